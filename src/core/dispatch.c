@@ -1,0 +1,261 @@
+/* dispatch.c: what every intercepted entry point does. The interposition layer forwards here;
+ * this file counts, times and hands the work to the backend chosen at start-up. It never asks
+ * which backend it has.
+ *
+ * Semantics kept from CUDA: arguments the driver would reject (NULL out-pointers) go to the
+ * driver as they are, so the program gets the driver's own error code; a pointer the backend did
+ * not hand out (foreign, double free) goes to the driver; nested calls (the driver calling a
+ * symbol we export while we are inside it) go straight to the driver. */
+#include "gs.h"
+
+#include <pthread.h>
+
+GS_TLS int gs_depth;
+GS_TLS uint64_t gs_driver_ticks;
+
+static const gs_backend_t *gs_backend = &gs_backend_passthrough;
+static pthread_once_t gs_backend_once = PTHREAD_ONCE_INIT;
+
+void gs_dispatch_use(const gs_backend_t *backend)
+{
+    gs_backend = backend;
+}
+
+const gs_backend_t *gs_dispatch_backend(void)
+{
+    return gs_backend;
+}
+
+static void start_backend(void)
+{
+    if (gs_backend->start)
+        gs_backend->start();
+}
+
+int gs_current_device(void)
+{
+    const gs_driver_t *drv = gs_driver();
+    CUdevice device = 0;
+    if (drv->ctx_get_device == NULL || drv->ctx_get_device(&device) != CUDA_SUCCESS)
+        return 0; /* no context: the call itself will fail; count it on device 0 */
+    return (unsigned)device < GS_MAX_DEVICES ? device : 0;
+}
+
+/* Brackets one counted call: depth for reentrancy, ticks for the time spent in the shim. */
+typedef struct gs_call {
+    uint64_t start;
+    uint64_t saved_driver_ticks;
+} gs_call_t;
+
+static inline gs_call_t call_begin(void)
+{
+    gs_depth++;
+    gs_call_t call = {.start = gs_ticks(), .saved_driver_ticks = gs_driver_ticks};
+    gs_driver_ticks = 0;
+    pthread_once(&gs_backend_once, start_backend);
+    return call;
+}
+
+static inline void call_end(gs_call_t call, int device)
+{
+    gs_stats_time(device, gs_ticks() - call.start - gs_driver_ticks);
+    gs_driver_ticks = call.saved_driver_ticks;
+    gs_depth--;
+}
+
+static CUresult allocate(gs_alloc_req_t *req, CUdeviceptr *dptr, size_t *pitch)
+{
+    gs_call_t call = call_begin();
+    req->device = gs_current_device();
+    gs_block_t block = {0};
+    CUresult rc = gs_backend->alloc(req, dptr, pitch, &block);
+    if (rc == CUDA_SUCCESS)
+        gs_stats_alloc(req->device, block.bytes);
+    else
+        gs_stats_alloc_failed(req->device);
+    call_end(call, req->device);
+    return rc;
+}
+
+#define RAW(field, ...)                                                                            \
+    (gs_driver()->field ? gs_driver()->field(__VA_ARGS__) : CUDA_ERROR_NOT_SUPPORTED)
+
+CUresult gs_mem_alloc(CUdeviceptr *dptr, size_t bytes)
+{
+    if (gs_depth > 0 || dptr == NULL)
+        return RAW(mem_alloc, dptr, bytes);
+    gs_alloc_req_t req = {.kind = GS_KIND_DEVICE, .bytes = bytes};
+    return allocate(&req, dptr, NULL);
+}
+
+CUresult gs_mem_alloc_pitch(CUdeviceptr *dptr, size_t *pitch, size_t width, size_t height,
+                            unsigned int element_size)
+{
+    if (gs_depth > 0 || dptr == NULL || pitch == NULL)
+        return RAW(mem_alloc_pitch, dptr, pitch, width, height, element_size);
+    gs_alloc_req_t req = {.kind = GS_KIND_PITCH, .width = width, .height = height,
+                          .element_size = element_size};
+    return allocate(&req, dptr, pitch);
+}
+
+CUresult gs_mem_alloc_managed(CUdeviceptr *dptr, size_t bytes, unsigned int flags)
+{
+    if (gs_depth > 0 || dptr == NULL)
+        return RAW(mem_alloc_managed, dptr, bytes, flags);
+    gs_alloc_req_t req = {.kind = GS_KIND_MANAGED, .bytes = bytes, .managed_flags = flags};
+    return allocate(&req, dptr, NULL);
+}
+
+CUresult gs_mem_alloc_async(CUdeviceptr *dptr, size_t bytes, CUstream stream, bool per_thread)
+{
+    if (gs_depth > 0 || dptr == NULL)
+        return per_thread ? RAW(mem_alloc_async_ptsz, dptr, bytes, stream)
+                          : RAW(mem_alloc_async, dptr, bytes, stream);
+    gs_alloc_req_t req = {.kind = GS_KIND_ASYNC, .bytes = bytes, .stream = stream,
+                          .per_thread_stream = per_thread};
+    return allocate(&req, dptr, NULL);
+}
+
+static CUresult driver_free(const gs_free_req_t *req, CUdeviceptr ptr)
+{
+    if (!req->stream_ordered)
+        return RAW(mem_free, ptr);
+    return req->per_thread_stream ? RAW(mem_free_async_ptsz, ptr, req->stream)
+                                   : RAW(mem_free_async, ptr, req->stream);
+}
+
+static CUresult release(CUdeviceptr ptr, const gs_free_req_t *req)
+{
+    if (gs_depth > 0 || ptr == 0) /* freeing 0: whatever the driver says (success) */
+        return driver_free(req, ptr);
+    gs_call_t call = call_begin();
+    CUresult result = CUDA_SUCCESS;
+    gs_block_t block = {0};
+    int device;
+    if (gs_backend->free(ptr, req, &result, &block) == GS_NOT_OURS) {
+        /* Not ours: allocated before we were loaded, by an API we pass through (explicit pools,
+         * cuMemCreate), or not at all (double free): the driver decides. */
+        device = gs_current_device();
+        result = GS_DRIVER_CALL(device, driver_free(req, ptr));
+        gs_stats_foreign_free(device);
+    } else {
+        device = block.device;
+        if (result == CUDA_SUCCESS && block.base != 0)
+            gs_stats_free(device, block.bytes);
+    }
+    call_end(call, device);
+    return result;
+}
+
+CUresult gs_mem_free(CUdeviceptr ptr)
+{
+    gs_free_req_t req = {.stream_ordered = false};
+    return release(ptr, &req);
+}
+
+CUresult gs_mem_free_async(CUdeviceptr ptr, CUstream stream, bool per_thread)
+{
+    gs_free_req_t req = {.stream_ordered = true, .stream = stream, .per_thread_stream = per_thread};
+    return release(ptr, &req);
+}
+
+/* The queries below change nothing: the backend may answer for its own blocks, the driver
+ * answers the rest. They are not counted. */
+
+CUresult gs_mem_get_info(size_t *free_bytes, size_t *total_bytes)
+{
+    CUresult rc;
+    if (gs_depth == 0 && free_bytes && total_bytes && gs_backend->mem_get_info) {
+        gs_depth++;
+        int handled = gs_backend->mem_get_info(free_bytes, total_bytes, &rc);
+        gs_depth--;
+        if (handled == 0)
+            return rc;
+    }
+    return RAW(mem_get_info, free_bytes, total_bytes);
+}
+
+CUresult gs_mem_get_address_range(CUdeviceptr *base, size_t *size, CUdeviceptr ptr)
+{
+    CUresult rc;
+    if (gs_depth == 0 && gs_backend->address_range &&
+        gs_backend->address_range(ptr, base, size, &rc) == 0)
+        return rc;
+    return RAW(mem_get_address_range, base, size, ptr);
+}
+
+CUresult gs_pointer_get_attribute(void *data, CUpointer_attribute attr, CUdeviceptr ptr)
+{
+    CUresult rc = RAW(pointer_get_attribute, data, attr, ptr);
+    CUresult ours;
+    if (rc == CUDA_SUCCESS && gs_depth == 0 && gs_backend->pointer_attribute &&
+        gs_backend->pointer_attribute(data, attr, ptr, &ours) == 0)
+        return ours;
+    return rc;
+}
+
+CUresult gs_pointer_get_attributes(unsigned int count, CUpointer_attribute *attrs, void **data,
+                                   CUdeviceptr ptr)
+{
+    CUresult rc = RAW(pointer_get_attributes, count, attrs, data, ptr);
+    if (rc != CUDA_SUCCESS || gs_depth > 0 || gs_backend->pointer_attribute == NULL)
+        return rc;
+    for (unsigned int i = 0; i < count; i++) {
+        CUresult ours;
+        if (data[i] && gs_backend->pointer_attribute(data[i], attrs[i], ptr, &ours) == 0 &&
+            ours != CUDA_SUCCESS)
+            return ours;
+    }
+    return rc;
+}
+
+CUresult gs_ipc_get_mem_handle(CUipcMemHandle *handle, CUdeviceptr ptr)
+{
+    CUresult rc;
+    if (gs_depth == 0 && gs_backend->ipc_handle && gs_backend->ipc_handle(handle, ptr, &rc) == 0)
+        return rc;
+    return RAW(ipc_get_mem_handle, handle, ptr);
+}
+
+static CUresult synchronize(int device, CUresult (*sync)(void *), void *arg)
+{
+    gs_depth++;
+    uint64_t token = gs_backend->before_sync ? gs_backend->before_sync(device) : 0;
+    CUresult rc = GS_DRIVER_CALL(device, sync(arg));
+    if (rc == CUDA_SUCCESS && gs_backend->after_sync)
+        gs_backend->after_sync(device, token);
+    gs_depth--;
+    return rc;
+}
+
+static CUresult sync_current(void *arg)
+{
+    (void)arg;
+    return RAW(ctx_synchronize);
+}
+
+static CUresult sync_context(void *ctx)
+{
+    return RAW(ctx_synchronize_v2, (CUcontext)ctx);
+}
+
+CUresult gs_ctx_synchronize(void)
+{
+    if (gs_depth > 0)
+        return RAW(ctx_synchronize);
+    return synchronize(gs_current_device(), sync_current, NULL);
+}
+
+CUresult gs_ctx_synchronize_v2(CUcontext ctx)
+{
+    const gs_driver_t *drv = gs_driver();
+    CUdevice device = 0;
+    if (gs_depth > 0)
+        return RAW(ctx_synchronize_v2, ctx);
+    if (ctx == NULL)
+        device = gs_current_device();
+    else if (drv->ctx_get_device_v2 == NULL || drv->ctx_get_device_v2(&device, ctx) != CUDA_SUCCESS ||
+             (unsigned)device >= GS_MAX_DEVICES)
+        return RAW(ctx_synchronize_v2, ctx); /* unknown context: nothing of ours to release */
+    return synchronize(device, sync_context, ctx);
+}

@@ -1,0 +1,126 @@
+/* lifecycle.c: what happens at load, at fork and at exit.
+ *
+ * Load: read the options (a bad value stops the process before main) and nothing else: a process
+ * that never touches CUDA (bash, pip, a compiler that inherited LD_PRELOAD) pays one scan of its
+ * environment. libcuda is loaded on the first intercepted call, not here.
+ * Fork: the child cannot use the parent's CUDA context, so it forgets the parent's blocks and
+ * counts; it prints a report only if it allocates itself.
+ * Exit: the report, once, from counters only. The CUDA runtime tears itself down in atexit
+ * handlers that may already have run, so no CUDA call is made. */
+#include "gs.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+static atomic_bool gs_finished;
+
+const gs_backend_t *gs_backend_for_mode(gs_mode_t mode)
+{
+    switch (mode) {
+    case GS_MODE_OFF:
+        return &gs_backend_passthrough;
+    case GS_MODE_POOL:
+    case GS_MODE_MANAGED:
+        return NULL;
+    }
+    return NULL;
+}
+
+static void forget_parent(void)
+{
+    const gs_backend_t *backend = gs_dispatch_backend();
+    if (backend->forget)
+        backend->forget();
+    gs_stats_reset();
+    atomic_store(&gs_finished, false);
+}
+
+/* The report directory must exist now: better to stop at start than lose the report at exit. */
+static int check_report_path(const char *path)
+{
+    char copy[GS_PATH_MAX];
+    snprintf(copy, sizeof copy, "%s", path);
+    const char *dir = dirname(copy);
+    return access(dir, W_OK) == 0 ? 0 : -errno;
+}
+
+void gs_start(char *const *envp)
+{
+    char err[1024];
+    if (gs_options_parse(envp, &gs_opts, err, sizeof err) != 0) {
+        gs_log_error("%s", err);
+        _exit(1);
+    }
+    const gs_backend_t *backend = gs_backend_for_mode(gs_opts.mode);
+    if (backend == NULL) {
+        static const char *const names[] = {"off", "pool", "managed"};
+        gs_log_error("GPUSHIM_MODE=%s is not implemented yet in this build; accepted now: off",
+                     names[gs_opts.mode]);
+        _exit(1);
+    }
+    if (gs_opts.report == GS_REPORT_FILE && check_report_path(gs_opts.report_path) != 0) {
+        gs_log_error("GPUSHIM_REPORT=%s: the folder does not exist or is not writable; accepted: "
+                     "stderr, off, or a file path in a writable folder",
+                     gs_opts.report_path);
+        _exit(1);
+    }
+    gs_dispatch_use(backend);
+    gs_clock_start();
+    pthread_atfork(NULL, NULL, forget_parent);
+}
+
+/* Expands %p (pid) and %% in the report path template. */
+static void expand_path(const char *template, char *out, size_t out_len)
+{
+    size_t n = 0;
+    for (const char *p = template; *p && n + 1 < out_len; p++) {
+        if (p[0] == '%' && p[1] == 'p') {
+            n += (size_t)snprintf(out + n, out_len - n, "%d", (int)getpid());
+            p++;
+        } else if (p[0] == '%' && p[1] == '%') {
+            out[n++] = '%';
+            p++;
+        } else {
+            out[n++] = *p;
+        }
+        if (n >= out_len)
+            n = out_len - 1;
+    }
+    out[n] = '\0';
+}
+
+void gs_report_emit(void)
+{
+    static gs_buf_t buf; /* static: 16 KiB is too much for the stack of an exiting thread */
+    buf.len = 0;
+    gs_report_render(&buf);
+    int fd = STDERR_FILENO;
+    if (gs_opts.report == GS_REPORT_FILE) {
+        char path[GS_PATH_MAX];
+        expand_path(gs_opts.report_path, path, sizeof path);
+        fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (fd < 0) {
+            gs_log_warning("cannot write the report to %s (%s); it follows here", path,
+                           strerror(errno));
+            fd = STDERR_FILENO;
+        }
+    }
+    gs_write_all(fd, buf.data, buf.len);
+    if (fd != STDERR_FILENO)
+        close(fd);
+}
+
+void gs_finish(void)
+{
+    /* Once, whichever thread calls exit and however often the destructor runs. */
+    if (atomic_exchange(&gs_finished, true))
+        return;
+    if (gs_opts.report == GS_REPORT_OFF || !gs_stats_active())
+        return;
+    gs_report_emit();
+}

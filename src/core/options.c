@@ -1,0 +1,252 @@
+/* options.c: the one table of GPUSHIM_* variables. Parsing, validation, error messages, the
+ * README table and the help text all come from gs_option_table below. */
+#include "gs.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+gs_options_t gs_opts;
+
+typedef struct gs_option gs_option_t;
+struct gs_option {
+    const char *name;
+    const char *accepted; /* what the error message and the docs say is accepted */
+    const char *default_text;
+    const char *help;
+    int (*parse)(const gs_option_t *opt, const char *value, gs_options_t *out);
+    size_t offset;               /* of the field in gs_options_t */
+    const char *const *choices;  /* enum options: index = stored value */
+};
+
+static const char *const mode_choices[] = {"off", "pool", "managed", NULL};
+static const char *const reuse_choices[] = {"safe", "immediate", NULL};
+
+static int parse_choice(const gs_option_t *opt, const char *value, gs_options_t *out)
+{
+    for (int i = 0; opt->choices[i]; i++) {
+        if (strcasecmp(value, opt->choices[i]) == 0) {
+            *(int *)((char *)out + opt->offset) = i;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+static int parse_size_option(const gs_option_t *opt, const char *value, gs_options_t *out)
+{
+    return gs_parse_size(value, (gs_size_spec_t *)((char *)out + opt->offset));
+}
+
+/* stderr | off | a file path. A bare word is refused so that a typo ("stdrr") is not taken
+ * for a file name. */
+static int parse_report(const gs_option_t *opt, const char *value, gs_options_t *out)
+{
+    (void)opt;
+    if (strcasecmp(value, "stderr") == 0) {
+        out->report = GS_REPORT_STDERR;
+        return 0;
+    }
+    if (strcasecmp(value, "off") == 0) {
+        out->report = GS_REPORT_OFF;
+        return 0;
+    }
+    if ((strchr(value, '/') == NULL && strchr(value, '.') == NULL) ||
+        strlen(value) >= sizeof out->report_path)
+        return -EINVAL;
+    out->report = GS_REPORT_FILE;
+    strcpy(out->report_path, value);
+    return 0;
+}
+
+#define GS_FIELD(f) offsetof(gs_options_t, f)
+
+static const gs_option_t gs_option_table[] = {
+    {"GPUSHIM_MODE", "off, pool, managed", "off",
+     "Backend for device allocations: off passes every call to the driver and only counts; "
+     "pool sub-allocates from large chunks; managed serves CUDA managed memory.",
+     parse_choice, GS_FIELD(mode), mode_choices},
+    {"GPUSHIM_REPORT", "stderr, off, or a file path containing '/' or '.' (%p: pid)", "stderr",
+     "Where the exit report goes. It is written only by processes that allocated device memory.",
+     parse_report, 0, NULL},
+    {"GPUSHIM_POOL_INITIAL", "bytes with K/M/G/T or KiB/MiB/GiB/TiB suffix, or N% of device memory",
+     "0", "Pool mode: memory reserved at the first allocation on a device (0: grow on demand).",
+     parse_size_option, GS_FIELD(pool_initial), NULL},
+    {"GPUSHIM_POOL_MAX", "bytes with K/M/G/T or KiB/MiB/GiB/TiB suffix, or N% of device memory",
+     "100%", "Pool mode: most memory the pool reserves on one device; past it allocations fail "
+     "with CUDA_ERROR_OUT_OF_MEMORY.",
+     parse_size_option, GS_FIELD(pool_max), NULL},
+    {"GPUSHIM_POOL_CHUNK", "bytes with K/M/G/T or KiB/MiB/GiB/TiB suffix, or N% of device memory",
+     "64M", "Pool mode: smallest amount the pool takes from the driver when it grows.",
+     parse_size_option, GS_FIELD(pool_chunk), NULL},
+    {"GPUSHIM_POOL_REUSE", "safe, immediate", "safe",
+     "Pool mode: safe keeps freed blocks out of use until a device synchronization has passed "
+     "(cudaFree's guarantee, without its wait); immediate reuses them at once (RMM and PyTorch "
+     "semantics: only for programs that order their streams themselves).",
+     parse_choice, GS_FIELD(pool_reuse), reuse_choices},
+    {"GPUSHIM_POOL_PENDING_MAX", "bytes with K/M/G/T or KiB/MiB/GiB/TiB suffix, or N% of device memory",
+     "256M", "Pool mode, safe reuse: freed bytes waiting for a synchronization; past this the "
+     "shim synchronizes the device itself.",
+     parse_size_option, GS_FIELD(pool_pending_max), NULL},
+};
+
+#define GS_OPTION_COUNT (sizeof gs_option_table / sizeof gs_option_table[0])
+
+void gs_options_defaults(gs_options_t *out)
+{
+    memset(out, 0, sizeof *out);
+    for (size_t i = 0; i < GS_OPTION_COUNT; i++) {
+        const gs_option_t *opt = &gs_option_table[i];
+        int rc = opt->parse(opt, opt->default_text, out);
+        (void)rc; /* defaults are valid: tests/unit/test_options.c checks it */
+    }
+}
+
+int gs_parse_size(const char *text, gs_size_spec_t *out)
+{
+    static const struct {
+        const char *suffix;
+        int shift;
+    } units[] = {{"", 0},     {"B", 0},      {"K", 10},   {"KB", 10}, {"KIB", 10},
+                 {"M", 20},   {"MB", 20},    {"MIB", 20}, {"G", 30},  {"GB", 30},
+                 {"GIB", 30}, {"T", 40},     {"TB", 40},  {"TIB", 40}};
+    char *end = NULL;
+    if (text == NULL || *text == '\0' || *text == '-' || *text == '+')
+        return -EINVAL;
+    errno = 0;
+    double number = strtod(text, &end);
+    if (errno != 0 || end == text || !isfinite(number) || number < 0)
+        return -EINVAL;
+    while (*end == ' ')
+        end++;
+    if (strcmp(end, "%") == 0) {
+        if (number <= 0 || number > 100)
+            return -EINVAL;
+        out->bytes = 0;
+        out->percent = number;
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
+        if (strcasecmp(end, units[i].suffix) != 0)
+            continue;
+        double bytes = ldexp(number, units[i].shift);
+        if (bytes >= 0x1p63 || bytes != floor(bytes))
+            return -EINVAL;
+        out->bytes = (uint64_t)bytes;
+        out->percent = 0;
+        return 0;
+    }
+    return -EINVAL;
+}
+
+uint64_t gs_size_resolve(gs_size_spec_t spec, uint64_t device_total)
+{
+    if (spec.percent > 0)
+        return (uint64_t)((double)device_total * spec.percent / 100.0);
+    return spec.bytes;
+}
+
+static size_t edit_distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    size_t row[64];
+    if (lb >= 64 || la >= 64)
+        return 64;
+    for (size_t j = 0; j <= lb; j++)
+        row[j] = j;
+    for (size_t i = 1; i <= la; i++) {
+        size_t diag = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= lb; j++) {
+            size_t up = row[j];
+            size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
+            size_t best = diag + cost;
+            if (up + 1 < best)
+                best = up + 1;
+            if (row[j - 1] + 1 < best)
+                best = row[j - 1] + 1;
+            row[j] = best;
+            diag = up;
+        }
+    }
+    return row[lb];
+}
+
+static void unknown_variable(const char *name, char *err, size_t err_len)
+{
+    const char *closest = NULL;
+    size_t best = 4; /* suggest only close matches */
+    for (size_t i = 0; i < GS_OPTION_COUNT; i++) {
+        size_t d = edit_distance(name, gs_option_table[i].name);
+        if (d < best) {
+            best = d;
+            closest = gs_option_table[i].name;
+        }
+    }
+    int n = snprintf(err, err_len, "%s is not a gpushim variable", name);
+    if (closest && n > 0 && (size_t)n < err_len)
+        n += snprintf(err + n, err_len - (size_t)n, " (did you mean %s?)", closest);
+    if (n > 0 && (size_t)n < err_len) {
+        n += snprintf(err + n, err_len - (size_t)n, "; known:");
+        for (size_t i = 0; i < GS_OPTION_COUNT && n > 0 && (size_t)n < err_len; i++)
+            n += snprintf(err + n, err_len - (size_t)n, "%s %s", i ? "," : "",
+                          gs_option_table[i].name);
+    }
+}
+
+int gs_options_parse(char *const *envp, gs_options_t *out, char *err, size_t err_len)
+{
+    gs_options_defaults(out);
+    for (; envp && *envp; envp++) {
+        const char *entry = *envp;
+        if (strncmp(entry, "GPUSHIM_", 8) != 0)
+            continue;
+        const char *eq = strchr(entry, '=');
+        size_t name_len = eq ? (size_t)(eq - entry) : strlen(entry);
+        const char *value = eq ? eq + 1 : "";
+        const gs_option_t *opt = NULL;
+        for (size_t i = 0; i < GS_OPTION_COUNT; i++) {
+            if (strlen(gs_option_table[i].name) == name_len &&
+                strncmp(gs_option_table[i].name, entry, name_len) == 0)
+                opt = &gs_option_table[i];
+        }
+        if (opt == NULL) {
+            char name[64];
+            snprintf(name, sizeof name, "%.*s", (int)(name_len < 63 ? name_len : 63), entry);
+            unknown_variable(name, err, err_len);
+            return -EINVAL;
+        }
+        if (*value == '\0') /* set but empty: the default, as if unset */
+            continue;
+        if (opt->parse(opt, value, out) != 0) {
+            snprintf(err, err_len, "%s=%s is not valid; accepted: %s", opt->name, value,
+                     opt->accepted);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+void gs_options_describe(int fd, bool markdown)
+{
+    gs_buf_t buf = {.len = 0};
+    if (markdown) {
+        gs_buf_printf(&buf, "| Variable | Accepted | Default | Meaning |\n|---|---|---|---|\n");
+        for (size_t i = 0; i < GS_OPTION_COUNT; i++) {
+            const gs_option_t *o = &gs_option_table[i];
+            gs_buf_printf(&buf, "| `%s` | %s | `%s` | %s |\n", o->name, o->accepted,
+                          o->default_text, o->help);
+        }
+    } else {
+        for (size_t i = 0; i < GS_OPTION_COUNT; i++) {
+            const gs_option_t *o = &gs_option_table[i];
+            gs_buf_printf(&buf, "%s (default %s)\n    %s\n    accepted: %s\n", o->name,
+                          o->default_text, o->help, o->accepted);
+        }
+    }
+    gs_write_all(fd, buf.data, buf.len);
+}

@@ -1,0 +1,276 @@
+/* gs.h: internal declarations shared by the core, the backends and the interposition layer.
+ *
+ * Layers (one file per subsystem):
+ *   interpose/  the exported symbols (dlsym, cuGetProcAddress, cu*) and load/exit hooks: thin skin
+ *   core/       dispatch (accounting around the backend), driver table, options, stats, report, log
+ *   backends/   pass-through, pool, managed: all behind gs_backend_t
+ *
+ * Internal functions return 0 on success or a negative errno-style code. Functions that stand in
+ * for a CUDA entry point return CUDA's own codes unchanged.
+ */
+#ifndef GS_H
+#define GS_H
+
+#include <cuda.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define GS_EXPORT __attribute__((visibility("default")))
+#define GS_TLS __thread __attribute__((tls_model("initial-exec")))
+#define GS_MAX_DEVICES 32
+#define GS_PATH_MAX 1024
+
+/* ------------------------------------------------------------------------------------------ */
+/* options.c: every GPUSHIM_* variable, declared once in a table                              */
+
+typedef enum { GS_MODE_OFF, GS_MODE_POOL, GS_MODE_MANAGED } gs_mode_t;
+typedef enum { GS_REPORT_STDERR, GS_REPORT_OFF, GS_REPORT_FILE } gs_report_kind_t;
+typedef enum { GS_REUSE_SAFE, GS_REUSE_IMMEDIATE } gs_reuse_t;
+
+/* A size given as bytes, or as a share of the device's memory (percent > 0). */
+typedef struct gs_size_spec {
+    uint64_t bytes;
+    double percent;
+} gs_size_spec_t;
+
+typedef struct gs_options {
+    gs_mode_t mode;
+    gs_report_kind_t report;
+    char report_path[GS_PATH_MAX]; /* template: %p -> pid, %% -> % */
+    gs_size_spec_t pool_initial;
+    gs_size_spec_t pool_max;
+    gs_size_spec_t pool_chunk;
+    gs_size_spec_t pool_pending_max;
+    gs_reuse_t pool_reuse;
+} gs_options_t;
+
+/* Parses the GPUSHIM_* entries of envp into *out (defaults first). On a bad or unknown variable
+ * writes one line into err (no prefix, no newline) and returns -EINVAL. */
+int gs_options_parse(char *const *envp, gs_options_t *out, char *err, size_t err_len);
+/* Defaults only. */
+void gs_options_defaults(gs_options_t *out);
+/* Resolves a size spec against a device's total memory. */
+uint64_t gs_size_resolve(gs_size_spec_t spec, uint64_t device_total);
+/* Parses "512M", "2GiB", "10%"... ; 0 or -EINVAL. */
+int gs_parse_size(const char *text, gs_size_spec_t *out);
+/* The options table rendered for people: markdown (README) or plain help text. */
+void gs_options_describe(int fd, bool markdown);
+
+/* The options in force, read once at load by gs_start(). */
+extern gs_options_t gs_opts;
+
+/* ------------------------------------------------------------------------------------------ */
+/* log.c: messages, formatted on the stack and written with write(2): no allocation, no CUDA  */
+
+void gs_log_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Capped: after a number of warnings the rest are counted, not printed. */
+void gs_log_warning(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+typedef struct gs_buf {
+    char data[16384];
+    size_t len;
+} gs_buf_t;
+void gs_buf_printf(gs_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* "0 B", "512 B", "4 KiB", "1.5 MiB": exact when the value is a whole number of the unit. */
+const char *gs_format_bytes(uint64_t bytes, char out[32]);
+int gs_write_all(int fd, const char *data, size_t len);
+
+/* ------------------------------------------------------------------------------------------ */
+/* clock.c: cheap tick counter for the per-call timing (rdtsc on x86-64)                      */
+
+uint64_t gs_ticks(void);
+double gs_ticks_per_ns(void); /* calibrated against CLOCK_MONOTONIC; no CUDA call */
+void gs_clock_start(void);
+
+/* ------------------------------------------------------------------------------------------ */
+/* driver.c: the real driver's entry points, loaded lazily from libcuda.so.1                  */
+
+#define GS_DRIVER_FUNCS(X)                                                                         \
+    X(mem_alloc, "cuMemAlloc_v2", CUresult (*)(CUdeviceptr *, size_t))                             \
+    X(mem_alloc_pitch, "cuMemAllocPitch_v2",                                                       \
+      CUresult (*)(CUdeviceptr *, size_t *, size_t, size_t, unsigned int))                         \
+    X(mem_free, "cuMemFree_v2", CUresult (*)(CUdeviceptr))                                         \
+    X(mem_alloc_managed, "cuMemAllocManaged", CUresult (*)(CUdeviceptr *, size_t, unsigned int))   \
+    X(mem_alloc_async, "cuMemAllocAsync", CUresult (*)(CUdeviceptr *, size_t, CUstream))           \
+    X(mem_alloc_async_ptsz, "cuMemAllocAsync_ptsz", CUresult (*)(CUdeviceptr *, size_t, CUstream)) \
+    X(mem_free_async, "cuMemFreeAsync", CUresult (*)(CUdeviceptr, CUstream))                       \
+    X(mem_free_async_ptsz, "cuMemFreeAsync_ptsz", CUresult (*)(CUdeviceptr, CUstream))             \
+    X(mem_get_info, "cuMemGetInfo_v2", CUresult (*)(size_t *, size_t *))                           \
+    X(mem_get_address_range, "cuMemGetAddressRange_v2",                                            \
+      CUresult (*)(CUdeviceptr *, size_t *, CUdeviceptr))                                          \
+    X(pointer_get_attribute, "cuPointerGetAttribute",                                              \
+      CUresult (*)(void *, CUpointer_attribute, CUdeviceptr))                                      \
+    X(pointer_get_attributes, "cuPointerGetAttributes",                                            \
+      CUresult (*)(unsigned int, CUpointer_attribute *, void **, CUdeviceptr))                     \
+    X(ipc_get_mem_handle, "cuIpcGetMemHandle", CUresult (*)(CUipcMemHandle *, CUdeviceptr))        \
+    X(ctx_synchronize, "cuCtxSynchronize", CUresult (*)(void))                                     \
+    X(ctx_synchronize_v2, "cuCtxSynchronize_v2", CUresult (*)(CUcontext))                          \
+    X(ctx_get_device, "cuCtxGetDevice", CUresult (*)(CUdevice *))                                  \
+    X(ctx_get_device_v2, "cuCtxGetDevice_v2", CUresult (*)(CUdevice *, CUcontext))                 \
+    X(device_get_attribute, "cuDeviceGetAttribute", CUresult (*)(int *, CUdevice_attribute, CUdevice)) \
+    X(device_total_mem, "cuDeviceTotalMem_v2", CUresult (*)(size_t *, CUdevice))                   \
+    X(get_proc_address, "cuGetProcAddress", CUresult (*)(const char *, void **, int, cuuint64_t))  \
+    X(get_proc_address_v2, "cuGetProcAddress_v2",                                                  \
+      CUresult (*)(const char *, void **, int, cuuint64_t, CUdriverProcAddressQueryResult *))
+
+typedef struct gs_driver {
+#define GS_DRIVER_FIELD(field, symbol, type) __typeof__(type) field;
+    GS_DRIVER_FUNCS(GS_DRIVER_FIELD)
+#undef GS_DRIVER_FIELD
+} gs_driver_t;
+
+/* The real driver; loads libcuda.so.1 on first use. Never NULL; a field the driver lacks is NULL. */
+const gs_driver_t *gs_driver(void);
+/* Unit tests install a fake upstream here. */
+void gs_driver_override(const gs_driver_t *fake);
+/* The real dlsym (libc's), found with dlvsym on first use. */
+extern void *(*gs_real_dlsym)(void *, const char *);
+void *(*gs_resolve_real_dlsym(void))(void *, const char *);
+
+/* ------------------------------------------------------------------------------------------ */
+/* stats.c: per-device counters, kept per thread so the hot path touches no shared cache line */
+
+typedef struct gs_device_stats {
+    uint64_t allocations, frees, failures, foreign_frees;
+    uint64_t bytes_requested, bytes_freed;
+    int64_t in_use, peak;
+    uint64_t driver_calls, timed_calls, shim_ticks;
+} gs_device_stats_t;
+
+void gs_stats_alloc(int device, uint64_t bytes);
+void gs_stats_alloc_failed(int device);
+void gs_stats_free(int device, uint64_t bytes);
+void gs_stats_foreign_free(int device);
+void gs_stats_driver_call(int device);
+void gs_stats_time(int device, uint64_t shim_ticks);
+/* Sums every thread's counters for one device. */
+void gs_stats_snapshot(int device, gs_device_stats_t *out);
+/* True once any allocation was attempted (decides whether a report is printed). */
+bool gs_stats_active(void);
+/* Forgets everything (fork child, tests). */
+void gs_stats_reset(void);
+
+/* ------------------------------------------------------------------------------------------ */
+/* ptrmap.c: live allocations by base address (pass-through and managed backends)             */
+
+typedef enum { GS_KIND_DEVICE, GS_KIND_PITCH, GS_KIND_MANAGED, GS_KIND_ASYNC } gs_alloc_kind_t;
+
+typedef struct gs_block {
+    CUdeviceptr base;
+    uint64_t bytes;
+    int device;
+    gs_alloc_kind_t kind;
+} gs_block_t;
+
+int gs_ptrmap_insert(const gs_block_t *block);                   /* 0, -ENOMEM, -EEXIST */
+int gs_ptrmap_find(CUdeviceptr base, gs_block_t *out);           /* 0 or -ENOENT */
+int gs_ptrmap_remove(CUdeviceptr base, gs_block_t *out);         /* 0 or -ENOENT */
+size_t gs_ptrmap_count(void);
+void gs_ptrmap_clear(void);
+
+/* ------------------------------------------------------------------------------------------ */
+/* backend.h contract: pass-through, pool and managed implement the same table.              */
+
+typedef struct gs_alloc_req {
+    gs_alloc_kind_t kind;
+    int device;
+    size_t bytes; /* DEVICE, MANAGED, ASYNC */
+    size_t width, height; /* PITCH */
+    unsigned int element_size;
+    unsigned int managed_flags; /* MANAGED */
+    CUstream stream;            /* ASYNC */
+    bool per_thread_stream;     /* ASYNC: the _ptsz entry point was called */
+} gs_alloc_req_t;
+
+typedef struct gs_free_req {
+    bool stream_ordered; /* cuMemFreeAsync */
+    CUstream stream;
+    bool per_thread_stream;
+} gs_free_req_t;
+
+#define GS_NOT_OURS (-2) /* backend free/find: the pointer is not a live block of this backend */
+
+typedef struct gs_backend {
+    const char *name;
+    /* Called once from the first intercepted call (driver loaded, CUDA in use). May be NULL. */
+    void (*start)(void);
+    /* Serves req. On success sets *ptr, *pitch (PITCH only) and *block (what the program got). */
+    CUresult (*alloc)(const gs_alloc_req_t *req, CUdeviceptr *ptr, size_t *pitch, gs_block_t *block);
+    /* Frees a block it handed out: 0 with *result set and *block filled (block->base == 0: nothing
+     * to count), or GS_NOT_OURS, and the core sends the call to the driver. */
+    int (*free)(CUdeviceptr ptr, const gs_free_req_t *req, CUresult *result, gs_block_t *block);
+    /* Optional answers for pointers of its own; NULL or GS_NOT_OURS sends the call to the driver. */
+    int (*mem_get_info)(size_t *free_bytes, size_t *total_bytes, CUresult *result);
+    int (*address_range)(CUdeviceptr ptr, CUdeviceptr *base, size_t *size, CUresult *result);
+    int (*pointer_attribute)(void *data, CUpointer_attribute attr, CUdeviceptr ptr, CUresult *result);
+    int (*ipc_handle)(CUipcMemHandle *handle, CUdeviceptr ptr, CUresult *result);
+    /* Around the program's own device synchronization: before_sync returns a token that
+     * after_sync receives once the synchronization succeeded. Both may be NULL. */
+    uint64_t (*before_sync)(int device);
+    void (*after_sync)(int device, uint64_t token);
+    /* Adds this backend's lines to the exit report for one device. May be NULL. */
+    void (*report)(int device, gs_buf_t *out);
+    /* After fork, in the child: forget the parent's device memory. May be NULL. */
+    void (*forget)(void);
+} gs_backend_t;
+
+extern const gs_backend_t gs_backend_passthrough;
+extern const gs_backend_t gs_backend_pool;
+
+/* The backend for a mode, or NULL when this build has none for it. */
+const gs_backend_t *gs_backend_for_mode(gs_mode_t mode);
+
+/* ------------------------------------------------------------------------------------------ */
+/* dispatch.c: what each intercepted entry point does (accounting around the backend).        */
+
+/* Per-thread depth of shim calls: the driver may call back into symbols we export, or dlsym;
+ * such nested calls go straight to the driver. Saved and restored around every core call. */
+extern GS_TLS int gs_depth;
+/* Ticks this thread spent inside the driver during the current call (subtracted from shim time). */
+extern GS_TLS uint64_t gs_driver_ticks;
+
+/* Runs a driver call, counting it and its time for the device. */
+#define GS_DRIVER_CALL(device, call)                                                               \
+    __extension__({                                                                                \
+        uint64_t gs_t0_ = gs_ticks();                                                              \
+        CUresult gs_r_ = (call);                                                                   \
+        gs_driver_ticks += gs_ticks() - gs_t0_;                                                    \
+        gs_stats_driver_call(device);                                                              \
+        gs_r_;                                                                                     \
+    })
+
+void gs_dispatch_use(const gs_backend_t *backend); /* tests; gs_start picks from the mode */
+const gs_backend_t *gs_dispatch_backend(void);
+int gs_current_device(void);
+
+CUresult gs_mem_alloc(CUdeviceptr *dptr, size_t bytes);
+CUresult gs_mem_alloc_pitch(CUdeviceptr *dptr, size_t *pitch, size_t width, size_t height,
+                            unsigned int element_size);
+CUresult gs_mem_alloc_managed(CUdeviceptr *dptr, size_t bytes, unsigned int flags);
+CUresult gs_mem_alloc_async(CUdeviceptr *dptr, size_t bytes, CUstream stream, bool per_thread);
+CUresult gs_mem_free(CUdeviceptr ptr);
+CUresult gs_mem_free_async(CUdeviceptr ptr, CUstream stream, bool per_thread);
+CUresult gs_mem_get_info(size_t *free_bytes, size_t *total_bytes);
+CUresult gs_mem_get_address_range(CUdeviceptr *base, size_t *size, CUdeviceptr ptr);
+CUresult gs_pointer_get_attribute(void *data, CUpointer_attribute attr, CUdeviceptr ptr);
+CUresult gs_pointer_get_attributes(unsigned int count, CUpointer_attribute *attrs, void **data,
+                                   CUdeviceptr ptr);
+CUresult gs_ipc_get_mem_handle(CUipcMemHandle *handle, CUdeviceptr ptr);
+CUresult gs_ctx_synchronize(void);
+CUresult gs_ctx_synchronize_v2(CUcontext ctx);
+
+/* ------------------------------------------------------------------------------------------ */
+/* lifecycle.c + report.c                                                                     */
+
+/* At load: read options (exit(1) on bad input), fork handlers. Touches no CUDA. */
+void gs_start(char *const *envp);
+/* At exit: the report, once. Touches no CUDA. */
+void gs_finish(void);
+/* Writes the report for every device that saw activity. */
+void gs_report_render(gs_buf_t *out);
+void gs_report_emit(void);
+
+#endif

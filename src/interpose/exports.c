@@ -1,0 +1,182 @@
+/* exports.c: the driver entry points we intercept. Each one forwards into the core; the table
+ * maps the names a program can look up (by dlsym, or cuGetProcAddress's base name, CUDA version
+ * and stream flags) to these functions. Every other name passes through untouched, including
+ * the virtual-memory API (cuMemCreate, cuMemMap) and explicit pools (cuMemAllocFromPoolAsync). */
+#include "gs.h"
+#include "interpose.h"
+
+#include <string.h>
+
+#undef cuGetProcAddress /* cuda.h maps it to _v2; we define both */
+
+CUresult cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t bytes, CUstream stream);
+CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream stream);
+CUresult cuGetProcAddress(const char *symbol, void **pfn, int version, cuuint64_t flags);
+
+GS_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytes)
+{
+    return gs_mem_alloc(dptr, bytes);
+}
+
+GS_EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pitch, size_t width,
+                                      size_t height, unsigned int element_size)
+{
+    return gs_mem_alloc_pitch(dptr, pitch, width, height, element_size);
+}
+
+GS_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr)
+{
+    return gs_mem_free(dptr);
+}
+
+GS_EXPORT CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t bytes, unsigned int flags)
+{
+    return gs_mem_alloc_managed(dptr, bytes, flags);
+}
+
+GS_EXPORT CUresult cuMemAllocAsync(CUdeviceptr *dptr, size_t bytes, CUstream stream)
+{
+    return gs_mem_alloc_async(dptr, bytes, stream, false);
+}
+
+GS_EXPORT CUresult cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t bytes, CUstream stream)
+{
+    return gs_mem_alloc_async(dptr, bytes, stream, true);
+}
+
+GS_EXPORT CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream stream)
+{
+    return gs_mem_free_async(dptr, stream, false);
+}
+
+GS_EXPORT CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream stream)
+{
+    return gs_mem_free_async(dptr, stream, true);
+}
+
+GS_EXPORT CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total_bytes)
+{
+    return gs_mem_get_info(free_bytes, total_bytes);
+}
+
+GS_EXPORT CUresult cuMemGetAddressRange_v2(CUdeviceptr *base, size_t *size, CUdeviceptr dptr)
+{
+    return gs_mem_get_address_range(base, size, dptr);
+}
+
+GS_EXPORT CUresult cuPointerGetAttribute(void *data, CUpointer_attribute attr, CUdeviceptr ptr)
+{
+    return gs_pointer_get_attribute(data, attr, ptr);
+}
+
+GS_EXPORT CUresult cuPointerGetAttributes(unsigned int count, CUpointer_attribute *attrs,
+                                          void **data, CUdeviceptr ptr)
+{
+    return gs_pointer_get_attributes(count, attrs, data, ptr);
+}
+
+GS_EXPORT CUresult cuIpcGetMemHandle(CUipcMemHandle *handle, CUdeviceptr dptr)
+{
+    return gs_ipc_get_mem_handle(handle, dptr);
+}
+
+GS_EXPORT CUresult cuCtxSynchronize(void)
+{
+    return gs_ctx_synchronize();
+}
+
+GS_EXPORT CUresult cuCtxSynchronize_v2(CUcontext ctx)
+{
+    return gs_ctx_synchronize_v2(ctx);
+}
+
+/* cuGetProcAddress: ask the driver, then hand out our wrapper for what it resolved. Where the
+ * driver finds nothing we return its answer unchanged (never a NULL we made up). */
+GS_EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int version,
+                                       cuuint64_t flags, CUdriverProcAddressQueryResult *status)
+{
+    const gs_driver_t *drv = gs_driver();
+    if (drv->get_proc_address_v2 == NULL)
+        return CUDA_ERROR_NOT_SUPPORTED;
+    CUresult rc = drv->get_proc_address_v2(symbol, pfn, version, flags, status);
+    if (rc == CUDA_SUCCESS && symbol && pfn && *pfn && gs_depth == 0) {
+        void *wrapper = gs_intercept_for_proc(symbol, version, flags);
+        if (wrapper)
+            *pfn = wrapper;
+    }
+    return rc;
+}
+
+GS_EXPORT CUresult cuGetProcAddress(const char *symbol, void **pfn, int version, cuuint64_t flags)
+{
+    const gs_driver_t *drv = gs_driver();
+    if (drv->get_proc_address == NULL)
+        return CUDA_ERROR_NOT_SUPPORTED;
+    CUresult rc = drv->get_proc_address(symbol, pfn, version, flags);
+    if (rc == CUDA_SUCCESS && symbol && pfn && *pfn && gs_depth == 0) {
+        void *wrapper = gs_intercept_for_proc(symbol, version, flags);
+        if (wrapper)
+            *pfn = wrapper;
+    }
+    return rc;
+}
+
+/* Which variant cuGetProcAddress returns for a base name: the newest one whose version is at
+ * most the caller's CUDA version (cudaTypedefs.h: PFN_<name>_v<version>), and for stream-taking
+ * functions the _ptsz one when the per-thread default stream is asked for. */
+enum { ANY_STREAM, LEGACY_STREAM, PER_THREAD_STREAM };
+
+typedef struct gs_intercept {
+    const char *base;
+    const char *name;
+    int since;
+    int stream;
+    void *wrapper;
+} gs_intercept_t;
+
+static const gs_intercept_t gs_intercepts[] = {
+    {"cuMemAlloc", "cuMemAlloc_v2", 3020, ANY_STREAM, (void *)cuMemAlloc_v2},
+    {"cuMemAllocPitch", "cuMemAllocPitch_v2", 3020, ANY_STREAM, (void *)cuMemAllocPitch_v2},
+    {"cuMemFree", "cuMemFree_v2", 3020, ANY_STREAM, (void *)cuMemFree_v2},
+    {"cuMemAllocManaged", "cuMemAllocManaged", 6000, ANY_STREAM, (void *)cuMemAllocManaged},
+    {"cuMemAllocAsync", "cuMemAllocAsync", 11020, LEGACY_STREAM, (void *)cuMemAllocAsync},
+    {"cuMemAllocAsync", "cuMemAllocAsync_ptsz", 11020, PER_THREAD_STREAM, (void *)cuMemAllocAsync_ptsz},
+    {"cuMemFreeAsync", "cuMemFreeAsync", 11020, LEGACY_STREAM, (void *)cuMemFreeAsync},
+    {"cuMemFreeAsync", "cuMemFreeAsync_ptsz", 11020, PER_THREAD_STREAM, (void *)cuMemFreeAsync_ptsz},
+    {"cuMemGetInfo", "cuMemGetInfo_v2", 3020, ANY_STREAM, (void *)cuMemGetInfo_v2},
+    {"cuMemGetAddressRange", "cuMemGetAddressRange_v2", 3020, ANY_STREAM, (void *)cuMemGetAddressRange_v2},
+    {"cuPointerGetAttribute", "cuPointerGetAttribute", 4000, ANY_STREAM, (void *)cuPointerGetAttribute},
+    {"cuPointerGetAttributes", "cuPointerGetAttributes", 7000, ANY_STREAM, (void *)cuPointerGetAttributes},
+    {"cuIpcGetMemHandle", "cuIpcGetMemHandle", 4010, ANY_STREAM, (void *)cuIpcGetMemHandle},
+    {"cuCtxSynchronize", "cuCtxSynchronize", 2000, ANY_STREAM, (void *)cuCtxSynchronize},
+    {"cuCtxSynchronize", "cuCtxSynchronize_v2", 13000, ANY_STREAM, (void *)cuCtxSynchronize_v2},
+    {"cuGetProcAddress", "cuGetProcAddress", 11030, ANY_STREAM, (void *)cuGetProcAddress},
+    {"cuGetProcAddress", "cuGetProcAddress_v2", 12000, ANY_STREAM, (void *)cuGetProcAddress_v2},
+};
+
+#define GS_INTERCEPT_COUNT (sizeof gs_intercepts / sizeof gs_intercepts[0])
+
+void *gs_intercept_by_name(const char *name)
+{
+    for (size_t i = 0; i < GS_INTERCEPT_COUNT; i++)
+        if (strcmp(gs_intercepts[i].name, name) == 0)
+            return gs_intercepts[i].wrapper;
+    return NULL;
+}
+
+void *gs_intercept_for_proc(const char *symbol, int cuda_version, cuuint64_t flags)
+{
+    int stream = (flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM) ? PER_THREAD_STREAM
+                                                                         : LEGACY_STREAM;
+    const gs_intercept_t *best = NULL;
+    for (size_t i = 0; i < GS_INTERCEPT_COUNT; i++) {
+        const gs_intercept_t *e = &gs_intercepts[i];
+        if (strcmp(e->base, symbol) != 0 || e->since > cuda_version)
+            continue;
+        if (e->stream != ANY_STREAM && e->stream != stream)
+            continue;
+        if (best == NULL || e->since > best->since)
+            best = e;
+    }
+    return best ? best->wrapper : NULL;
+}
