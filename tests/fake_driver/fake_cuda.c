@@ -1,0 +1,635 @@
+/* fake_cuda.c: a libcuda.so.1 for tests on machines without a GPU. Device memory is host memory,
+ * so programs can copy into it and read it back. It implements the entry points gpushim
+ * intercepts plus what a small program needs (init, contexts, copies), and resolves them through
+ * cuGetProcAddress the way the real driver does (base name, CUDA version, stream flags).
+ *
+ * Environment:
+ *   FAKECUDA_DEVICES=N          devices (default 1)
+ *   FAKECUDA_MEMORY=BYTES       memory per device (default 1 GiB); allocations past it fail
+ *   FAKECUDA_FAIL=SPEC[,SPEC]   fault injection; SPEC is NAME:N (the Nth call of NAME fails),
+ *                               NAME:N+ (the Nth and every later call), optional =CODE (default
+ *                               CUDA_ERROR_OUT_OF_MEMORY)
+ *   FAKECUDA_STATS=stderr|PATH  at exit, one line per entry point called: "fakecuda: calls NAME N"
+ */
+#include <cuda.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#undef cuGetProcAddress
+
+#define FAKE_EXPORT __attribute__((visibility("default")))
+#define MAX_DEVICES 8
+#define MAX_BLOCKS 65536
+
+enum { KIND_DEVICE, KIND_MANAGED, KIND_ASYNC, KIND_POOL };
+
+typedef struct block {
+    uintptr_t base;
+    size_t size;
+    int device;
+    int kind;
+} block_t;
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static block_t blocks[MAX_BLOCKS];
+static size_t used[MAX_DEVICES];
+static size_t high_water; /* blocks[] beyond this index are all empty */
+static size_t memory_per_device = 1ull << 30;
+static int device_count = 1;
+static atomic_bool initialized;
+static __thread int current_device = -1; /* -1: no context */
+
+/* ---- call counting and fault injection ---- */
+
+#define FAKE_FUNCS(X)                                                                              \
+    X(cuInit) X(cuDriverGetVersion) X(cuDeviceGetCount) X(cuDeviceGet) X(cuDeviceTotalMem_v2)      \
+    X(cuDeviceGetAttribute) X(cuDevicePrimaryCtxRetain) X(cuCtxSetCurrent) X(cuCtxGetCurrent)      \
+    X(cuCtxGetDevice) X(cuCtxGetDevice_v2) X(cuCtxSynchronize) X(cuCtxSynchronize_v2)              \
+    X(cuMemAlloc_v2) X(cuMemAllocPitch_v2) X(cuMemFree_v2) X(cuMemAllocManaged)                    \
+    X(cuMemAllocAsync) X(cuMemAllocAsync_ptsz) X(cuMemFreeAsync) X(cuMemFreeAsync_ptsz)            \
+    X(cuMemAllocFromPoolAsync) X(cuMemGetInfo_v2) X(cuMemGetAddressRange_v2)                       \
+    X(cuPointerGetAttribute) X(cuPointerGetAttributes) X(cuIpcGetMemHandle) X(cuMemcpyHtoD_v2)    \
+    X(cuMemcpyDtoH_v2) X(cuMemsetD8_v2) X(cuGetProcAddress) X(cuGetProcAddress_v2)
+
+enum {
+#define FAKE_ENUM(name) ID_##name,
+    FAKE_FUNCS(FAKE_ENUM)
+#undef FAKE_ENUM
+        ID_COUNT
+};
+
+static const char *const func_names[] = {
+#define FAKE_NAME(name) #name,
+    FAKE_FUNCS(FAKE_NAME)
+#undef FAKE_NAME
+};
+
+static atomic_ulong calls[ID_COUNT];
+
+typedef struct fault {
+    int id;
+    unsigned long nth;
+    int and_later;
+    CUresult code;
+} fault_t;
+static fault_t faults[16];
+static int fault_count;
+
+/* Counts the call; returns the injected error for it, or CUDA_SUCCESS. */
+static CUresult enter(int id)
+{
+    unsigned long n = atomic_fetch_add(&calls[id], 1) + 1;
+    for (int i = 0; i < fault_count; i++) {
+        if (faults[i].id == id && (n == faults[i].nth || (faults[i].and_later && n > faults[i].nth)))
+            return faults[i].code;
+    }
+    return CUDA_SUCCESS;
+}
+
+#define ENTER(name)                                                                                \
+    do {                                                                                           \
+        CUresult injected_ = enter(ID_##name);                                                     \
+        if (injected_ != CUDA_SUCCESS)                                                             \
+            return injected_;                                                                      \
+    } while (0)
+
+static void parse_faults(const char *spec)
+{
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", spec);
+    for (char *save = NULL, *item = strtok_r(buf, ",", &save); item && fault_count < 16;
+         item = strtok_r(NULL, ",", &save)) {
+        char *colon = strchr(item, ':');
+        if (!colon)
+            continue;
+        *colon = '\0';
+        fault_t f = {.id = -1, .code = CUDA_ERROR_OUT_OF_MEMORY};
+        for (int i = 0; i < ID_COUNT; i++)
+            if (strcmp(func_names[i], item) == 0)
+                f.id = i;
+        char *end;
+        f.nth = strtoul(colon + 1, &end, 10);
+        if (*end == '+') {
+            f.and_later = 1;
+            end++;
+        }
+        if (*end == '=')
+            f.code = (CUresult)strtol(end + 1, NULL, 10);
+        if (f.id >= 0)
+            faults[fault_count++] = f;
+    }
+}
+
+__attribute__((constructor)) static void fake_load(void)
+{
+    const char *s;
+    if ((s = getenv("FAKECUDA_DEVICES")))
+        device_count = atoi(s) > 0 && atoi(s) <= MAX_DEVICES ? atoi(s) : 1;
+    if ((s = getenv("FAKECUDA_MEMORY")))
+        memory_per_device = strtoull(s, NULL, 10);
+    if ((s = getenv("FAKECUDA_FAIL")))
+        parse_faults(s);
+}
+
+__attribute__((destructor)) static void fake_unload(void)
+{
+    const char *where = getenv("FAKECUDA_STATS");
+    if (!where)
+        return;
+    FILE *out = strcmp(where, "stderr") == 0 ? stderr : fopen(where, "w");
+    if (!out)
+        return;
+    for (int i = 0; i < ID_COUNT; i++)
+        if (atomic_load(&calls[i]))
+            fprintf(out, "fakecuda: calls %s %lu\n", func_names[i], atomic_load(&calls[i]));
+    fflush(out);
+    if (out != stderr)
+        fclose(out);
+}
+
+/* ---- memory ---- */
+
+static block_t *find_containing(uintptr_t p)
+{
+    for (size_t i = 0; i < high_water; i++)
+        if (blocks[i].base && p >= blocks[i].base && p < blocks[i].base + blocks[i].size)
+            return &blocks[i];
+    return NULL;
+}
+
+static CUresult context_device(int *device)
+{
+    if (!atomic_load(&initialized))
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (current_device < 0)
+        return CUDA_ERROR_INVALID_CONTEXT;
+    *device = current_device;
+    return CUDA_SUCCESS;
+}
+
+static CUresult fake_alloc(CUdeviceptr *dptr, size_t size, int kind)
+{
+    int device;
+    CUresult rc = context_device(&device);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (dptr == NULL || size == 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    size_t rounded = (size + 511) & ~(size_t)511;
+    pthread_mutex_lock(&lock);
+    if (used[device] + rounded > memory_per_device) {
+        pthread_mutex_unlock(&lock);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    void *mem = aligned_alloc(512, rounded);
+    size_t slot = 0;
+    while (slot < MAX_BLOCKS && blocks[slot].base)
+        slot++;
+    if (mem == NULL || slot == MAX_BLOCKS) {
+        pthread_mutex_unlock(&lock);
+        free(mem);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    memset(mem, 0xA5, rounded); /* like real memory: not zeroed */
+    blocks[slot] = (block_t){(uintptr_t)mem, rounded, device, kind};
+    if (slot + 1 > high_water)
+        high_water = slot + 1;
+    used[device] += rounded;
+    pthread_mutex_unlock(&lock);
+    *dptr = (CUdeviceptr)(uintptr_t)mem;
+    return CUDA_SUCCESS;
+}
+
+static CUresult fake_free(CUdeviceptr dptr)
+{
+    if (!atomic_load(&initialized))
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (dptr == 0)
+        return CUDA_SUCCESS;
+    pthread_mutex_lock(&lock);
+    block_t *b = find_containing((uintptr_t)dptr);
+    if (b == NULL || b->base != (uintptr_t)dptr) {
+        pthread_mutex_unlock(&lock);
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    used[b->device] -= b->size;
+    free((void *)b->base);
+    memset(b, 0, sizeof *b);
+    pthread_mutex_unlock(&lock);
+    return CUDA_SUCCESS;
+}
+
+/* ---- entry points ---- */
+
+FAKE_EXPORT CUresult cuInit(unsigned int flags)
+{
+    ENTER(cuInit);
+    (void)flags;
+    atomic_store(&initialized, true);
+    return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuDriverGetVersion(int *version)
+{
+    ENTER(cuDriverGetVersion);
+    *version = CUDA_VERSION;
+    return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuDeviceGetCount(int *count)
+{
+    ENTER(cuDeviceGetCount);
+    *count = device_count;
+    return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuDeviceGet(CUdevice *device, int ordinal)
+{
+    ENTER(cuDeviceGet);
+    if (ordinal < 0 || ordinal >= device_count)
+        return CUDA_ERROR_INVALID_DEVICE;
+    *device = ordinal;
+    return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice device)
+{
+    ENTER(cuDeviceTotalMem_v2);
+    if (device < 0 || device >= device_count)
+        return CUDA_ERROR_INVALID_DEVICE;
+    *bytes = memory_per_device;
+    return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuDeviceGetAttribute(int *value, CUdevice_attribute attr, CUdevice device)
+{
+    ENTER(cuDeviceGetAttribute);
+    if (device < 0 || device >= device_count)
+        return CUDA_ERROR_INVALID_DEVICE;
+    switch (attr) {
+    case CU_DEVICE_ATTRIBUTE_TEXTURE_PITCH_ALIGNMENT:
+        *value = 32;
+        return CUDA_SUCCESS;
+    case CU_DEVICE_ATTRIBUTE_MAX_PITCH:
+        *value = 2147483647;
+        return CUDA_SUCCESS;
+    default:
+        *value = 0;
+        return CUDA_SUCCESS;
+    }
+}
+
+/* A context handle is the device ordinal + 1. */
+FAKE_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *ctx, CUdevice device)
+{
+    ENTER(cuDevicePrimaryCtxRetain);
+    if (device < 0 || device >= device_count)
+        return CUDA_ERROR_INVALID_DEVICE;
+    *ctx = (CUcontext)(uintptr_t)(device + 1);
+    return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuCtxSetCurrent(CUcontext ctx)
+{
+    ENTER(cuCtxSetCurrent);
+    current_device = ctx ? (int)(uintptr_t)ctx - 1 : -1;
+    return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuCtxGetCurrent(CUcontext *ctx)
+{
+    ENTER(cuCtxGetCurrent);
+    *ctx = current_device < 0 ? NULL : (CUcontext)(uintptr_t)(current_device + 1);
+    return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuCtxGetDevice(CUdevice *device)
+{
+    ENTER(cuCtxGetDevice);
+    int d;
+    CUresult rc = context_device(&d);
+    if (rc == CUDA_SUCCESS)
+        *device = d;
+    return rc;
+}
+
+FAKE_EXPORT CUresult cuCtxGetDevice_v2(CUdevice *device, CUcontext ctx)
+{
+    ENTER(cuCtxGetDevice_v2);
+    if (ctx == NULL)
+        return cuCtxGetDevice(device);
+    *device = (int)(uintptr_t)ctx - 1;
+    return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuCtxSynchronize(void)
+{
+    ENTER(cuCtxSynchronize);
+    int d;
+    return context_device(&d);
+}
+
+FAKE_EXPORT CUresult cuCtxSynchronize_v2(CUcontext ctx)
+{
+    ENTER(cuCtxSynchronize_v2);
+    (void)ctx;
+    return atomic_load(&initialized) ? CUDA_SUCCESS : CUDA_ERROR_NOT_INITIALIZED;
+}
+
+FAKE_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t size)
+{
+    ENTER(cuMemAlloc_v2);
+    return fake_alloc(dptr, size, KIND_DEVICE);
+}
+
+FAKE_EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pitch, size_t width,
+                                        size_t height, unsigned int element_size)
+{
+    ENTER(cuMemAllocPitch_v2);
+    if (pitch == NULL || width == 0 || height == 0 ||
+        (element_size != 4 && element_size != 8 && element_size != 16))
+        return CUDA_ERROR_INVALID_VALUE;
+    size_t p = (width + 511) & ~(size_t)511;
+    CUresult rc = fake_alloc(dptr, p * height, KIND_DEVICE);
+    if (rc == CUDA_SUCCESS)
+        *pitch = p;
+    return rc;
+}
+
+FAKE_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr)
+{
+    ENTER(cuMemFree_v2);
+    return fake_free(dptr);
+}
+
+FAKE_EXPORT CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t size, unsigned int flags)
+{
+    ENTER(cuMemAllocManaged);
+    (void)flags;
+    return fake_alloc(dptr, size, KIND_MANAGED);
+}
+
+FAKE_EXPORT CUresult cuMemAllocAsync(CUdeviceptr *dptr, size_t size, CUstream stream)
+{
+    ENTER(cuMemAllocAsync);
+    (void)stream;
+    return fake_alloc(dptr, size, KIND_ASYNC);
+}
+
+FAKE_EXPORT CUresult cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t size, CUstream stream)
+{
+    ENTER(cuMemAllocAsync_ptsz);
+    (void)stream;
+    return fake_alloc(dptr, size, KIND_ASYNC);
+}
+
+FAKE_EXPORT CUresult cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t size, CUmemoryPool pool,
+                                             CUstream stream)
+{
+    ENTER(cuMemAllocFromPoolAsync);
+    (void)pool;
+    (void)stream;
+    return fake_alloc(dptr, size, KIND_POOL);
+}
+
+FAKE_EXPORT CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream stream)
+{
+    ENTER(cuMemFreeAsync);
+    (void)stream;
+    return fake_free(dptr);
+}
+
+FAKE_EXPORT CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream stream)
+{
+    ENTER(cuMemFreeAsync_ptsz);
+    (void)stream;
+    return fake_free(dptr);
+}
+
+FAKE_EXPORT CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total)
+{
+    ENTER(cuMemGetInfo_v2);
+    int d;
+    CUresult rc = context_device(&d);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    pthread_mutex_lock(&lock);
+    *free_bytes = memory_per_device - used[d];
+    *total = memory_per_device;
+    pthread_mutex_unlock(&lock);
+    return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuMemGetAddressRange_v2(CUdeviceptr *base, size_t *size, CUdeviceptr dptr)
+{
+    ENTER(cuMemGetAddressRange_v2);
+    pthread_mutex_lock(&lock);
+    block_t *b = find_containing((uintptr_t)dptr);
+    block_t copy = b ? *b : (block_t){0};
+    pthread_mutex_unlock(&lock);
+    if (!b)
+        return CUDA_ERROR_NOT_FOUND;
+    if (base)
+        *base = copy.base;
+    if (size)
+        *size = copy.size;
+    return CUDA_SUCCESS;
+}
+
+static CUresult attribute(void *data, CUpointer_attribute attr, CUdeviceptr ptr)
+{
+    pthread_mutex_lock(&lock);
+    block_t *b = find_containing((uintptr_t)ptr);
+    block_t copy = b ? *b : (block_t){0};
+    pthread_mutex_unlock(&lock);
+    if (!b)
+        return CUDA_ERROR_INVALID_VALUE;
+    switch (attr) {
+    case CU_POINTER_ATTRIBUTE_MEMORY_TYPE:
+        *(unsigned int *)data = CU_MEMORYTYPE_DEVICE;
+        return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL:
+        *(int *)data = copy.device;
+        return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_IS_MANAGED:
+        *(int *)data = copy.kind == KIND_MANAGED;
+        return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_RANGE_START_ADDR:
+        *(CUdeviceptr *)data = copy.base;
+        return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_RANGE_SIZE:
+        *(size_t *)data = copy.size;
+        return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_DEVICE_POINTER:
+        *(CUdeviceptr *)data = ptr;
+        return CUDA_SUCCESS;
+    default:
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+}
+
+FAKE_EXPORT CUresult cuPointerGetAttribute(void *data, CUpointer_attribute attr, CUdeviceptr ptr)
+{
+    ENTER(cuPointerGetAttribute);
+    return attribute(data, attr, ptr);
+}
+
+FAKE_EXPORT CUresult cuPointerGetAttributes(unsigned int count, CUpointer_attribute *attrs,
+                                            void **data, CUdeviceptr ptr)
+{
+    ENTER(cuPointerGetAttributes);
+    for (unsigned int i = 0; i < count; i++) {
+        CUresult rc = attribute(data[i], attrs[i], ptr);
+        if (rc != CUDA_SUCCESS)
+            return rc;
+    }
+    return CUDA_SUCCESS;
+}
+
+/* Like the real driver: an interior pointer gets the handle of its allocation's base, and
+ * managed memory is refused. */
+FAKE_EXPORT CUresult cuIpcGetMemHandle(CUipcMemHandle *handle, CUdeviceptr ptr)
+{
+    ENTER(cuIpcGetMemHandle);
+    pthread_mutex_lock(&lock);
+    block_t *b = find_containing((uintptr_t)ptr);
+    block_t copy = b ? *b : (block_t){0};
+    pthread_mutex_unlock(&lock);
+    if (!b || copy.kind == KIND_MANAGED)
+        return CUDA_ERROR_INVALID_VALUE;
+    memset(handle, 0, sizeof *handle);
+    memcpy(handle->reserved, &copy.base, sizeof copy.base);
+    return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void *src, size_t bytes)
+{
+    ENTER(cuMemcpyHtoD_v2);
+    memcpy((void *)(uintptr_t)dst, src, bytes);
+    return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuMemcpyDtoH_v2(void *dst, CUdeviceptr src, size_t bytes)
+{
+    ENTER(cuMemcpyDtoH_v2);
+    memcpy(dst, (const void *)(uintptr_t)src, bytes);
+    return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuMemsetD8_v2(CUdeviceptr dst, unsigned char value, size_t count)
+{
+    ENTER(cuMemsetD8_v2);
+    memset((void *)(uintptr_t)dst, value, count);
+    return CUDA_SUCCESS;
+}
+
+/* For the exit-from-a-library test. */
+FAKE_EXPORT void fakecuda_exit(int status)
+{
+    exit(status);
+}
+
+/* ---- cuGetProcAddress, with the real driver's version and stream rules ---- */
+
+enum { ANY, LEGACY, PER_THREAD };
+typedef struct proc {
+    const char *base;
+    int since;
+    int stream;
+    void *fn;
+} proc_t;
+
+static CUresult fake_get_proc_v1(const char *, void **, int, cuuint64_t);
+FAKE_EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int version,
+                                         cuuint64_t flags, CUdriverProcAddressQueryResult *status);
+
+static const proc_t procs[] = {
+    {"cuInit", 2000, ANY, (void *)cuInit},
+    {"cuDriverGetVersion", 2020, ANY, (void *)cuDriverGetVersion},
+    {"cuDeviceGetCount", 2000, ANY, (void *)cuDeviceGetCount},
+    {"cuDeviceGet", 2000, ANY, (void *)cuDeviceGet},
+    {"cuDeviceTotalMem", 3020, ANY, (void *)cuDeviceTotalMem_v2},
+    {"cuDeviceGetAttribute", 2000, ANY, (void *)cuDeviceGetAttribute},
+    {"cuDevicePrimaryCtxRetain", 7000, ANY, (void *)cuDevicePrimaryCtxRetain},
+    {"cuCtxSetCurrent", 4000, ANY, (void *)cuCtxSetCurrent},
+    {"cuCtxGetCurrent", 4000, ANY, (void *)cuCtxGetCurrent},
+    {"cuCtxGetDevice", 2000, ANY, (void *)cuCtxGetDevice},
+    {"cuCtxGetDevice", 13000, ANY, (void *)cuCtxGetDevice_v2},
+    {"cuCtxSynchronize", 2000, ANY, (void *)cuCtxSynchronize},
+    {"cuCtxSynchronize", 13000, ANY, (void *)cuCtxSynchronize_v2},
+    {"cuMemAlloc", 3020, ANY, (void *)cuMemAlloc_v2},
+    {"cuMemAllocPitch", 3020, ANY, (void *)cuMemAllocPitch_v2},
+    {"cuMemFree", 3020, ANY, (void *)cuMemFree_v2},
+    {"cuMemAllocManaged", 6000, ANY, (void *)cuMemAllocManaged},
+    {"cuMemAllocAsync", 11020, LEGACY, (void *)cuMemAllocAsync},
+    {"cuMemAllocAsync", 11020, PER_THREAD, (void *)cuMemAllocAsync_ptsz},
+    {"cuMemFreeAsync", 11020, LEGACY, (void *)cuMemFreeAsync},
+    {"cuMemFreeAsync", 11020, PER_THREAD, (void *)cuMemFreeAsync_ptsz},
+    {"cuMemAllocFromPoolAsync", 11020, ANY, (void *)cuMemAllocFromPoolAsync},
+    {"cuMemGetInfo", 3020, ANY, (void *)cuMemGetInfo_v2},
+    {"cuMemGetAddressRange", 3020, ANY, (void *)cuMemGetAddressRange_v2},
+    {"cuPointerGetAttribute", 4000, ANY, (void *)cuPointerGetAttribute},
+    {"cuPointerGetAttributes", 7000, ANY, (void *)cuPointerGetAttributes},
+    {"cuIpcGetMemHandle", 4010, ANY, (void *)cuIpcGetMemHandle},
+    {"cuMemcpyHtoD", 3020, ANY, (void *)cuMemcpyHtoD_v2},
+    {"cuMemcpyDtoH", 3020, ANY, (void *)cuMemcpyDtoH_v2},
+    {"cuMemsetD8", 3020, ANY, (void *)cuMemsetD8_v2},
+    {"cuGetProcAddress", 11030, ANY, (void *)fake_get_proc_v1},
+    {"cuGetProcAddress", 12000, ANY, (void *)cuGetProcAddress_v2},
+};
+
+static void *resolve(const char *symbol, int version, cuuint64_t flags, int *found_older)
+{
+    int stream = (flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM) ? PER_THREAD : LEGACY;
+    const proc_t *best = NULL;
+    *found_older = 0;
+    for (size_t i = 0; i < sizeof procs / sizeof procs[0]; i++) {
+        if (strcmp(procs[i].base, symbol) != 0)
+            continue;
+        if (procs[i].since > version) {
+            *found_older = 1;
+            continue;
+        }
+        if (procs[i].stream != ANY && procs[i].stream != stream)
+            continue;
+        if (!best || procs[i].since > best->since)
+            best = &procs[i];
+    }
+    return best ? best->fn : NULL;
+}
+
+FAKE_EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int version,
+                                         cuuint64_t flags, CUdriverProcAddressQueryResult *status)
+{
+    ENTER(cuGetProcAddress_v2);
+    if (symbol == NULL || pfn == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    int too_new;
+    *pfn = resolve(symbol, version, flags, &too_new);
+    if (status)
+        *status = *pfn ? CU_GET_PROC_ADDRESS_SUCCESS
+                       : too_new ? CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT
+                                 : CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+    return CUDA_SUCCESS; /* measured: an unknown symbol answers success with *pfn = NULL */
+}
+
+static CUresult fake_get_proc_v1(const char *symbol, void **pfn, int version, cuuint64_t flags)
+{
+    ENTER(cuGetProcAddress);
+    int too_new;
+    if (symbol == NULL || pfn == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    *pfn = resolve(symbol, version, flags, &too_new);
+    return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuGetProcAddress(const char *symbol, void **pfn, int version, cuuint64_t flags)
+{
+    return fake_get_proc_v1(symbol, pfn, version, flags);
+}

@@ -1,0 +1,373 @@
+/* test_preload.c: the shim preloaded into real programs that use the fake driver. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+#define ENV(...) ((const char *const[]){__VA_ARGS__, NULL})
+#define ARGV(...) ((const char *const[]){__VA_ARGS__, NULL})
+
+static void show(const run_result_t *r)
+{
+    print_message("--- status %d\n--- stdout\n%s--- stderr\n%s---\n", r->status, r->out, r->err);
+}
+
+#define EXPECT_STATUS(r, want)                                                                     \
+    do {                                                                                           \
+        if ((r).status != (want))                                                                  \
+            show(&(r));                                                                            \
+        assert_int_equal((r).status, (want));                                                      \
+    } while (0)
+
+#define EXPECT_IN(r, text, needle)                                                                 \
+    do {                                                                                           \
+        if (strstr((r).text, (needle)) == NULL) {                                                  \
+            print_message("expected in " #text ": %s\n", (needle));                               \
+            show(&(r));                                                                            \
+        }                                                                                          \
+        assert_non_null(strstr((r).text, (needle)));                                               \
+    } while (0)
+
+static void runtime_like_counts_every_allocation(void **state)
+{
+    (void)state;
+    run_result_t r = run_shim(ENV("FAKECUDA_STATS=stderr"), ARGV(path_of("GS_RUNTIME_LIKE"), "basic", "10"));
+    EXPECT_STATUS(r, 0);
+    EXPECT_IN(r, out, "ok basic 10");
+    assert_int_equal(count_of(r.err, "gpushim: report for pid"), 1);
+    EXPECT_IN(r, err, "device 0: 10 allocations, 10 frees, 0 failed, 0 frees of pointers not allocated");
+    /* 4 KiB * (1 + ... + 10) */
+    EXPECT_IN(r, err, "requested 220 KiB in total; in use: peak 220 KiB, at exit 0 B in 0 live");
+    EXPECT_IN(r, err, "device 0: 20 calls reached the driver");
+    EXPECT_IN(r, err, "fakecuda: calls cuMemAlloc_v2 10\n");
+    EXPECT_IN(r, err, "fakecuda: calls cuMemFree_v2 10\n");
+    assert_true(number_after(r.err, "time in the shim ") >= 0);
+    run_free(&r);
+}
+
+static void without_the_shim_there_is_no_report(void **state)
+{
+    (void)state;
+    char library_path[4096];
+    snprintf(library_path, sizeof library_path, "LD_LIBRARY_PATH=%s", path_of("GS_FAKE_DIR"));
+    run_result_t r = run_env(ENV(library_path), ARGV(path_of("GS_RUNTIME_LIKE"), "basic", "3"));
+    EXPECT_STATUS(r, 0);
+    assert_null(strstr(r.err, "gpushim"));
+    run_free(&r);
+}
+
+static void directly_linked_program_is_counted(void **state)
+{
+    (void)state;
+    run_result_t r = run_shim(NULL, ARGV(path_of("GS_DIRECT_LINK"), "7"));
+    EXPECT_STATUS(r, 0);
+    EXPECT_IN(r, out, "ok direct 7");
+    EXPECT_IN(r, err, "device 0: 7 allocations, 7 frees, 0 failed");
+    EXPECT_IN(r, err, "requested 448 KiB in total; in use: peak 64 KiB, at exit 0 B");
+    run_free(&r);
+}
+
+/* Same program, with and without the shim: the same error codes, call for call. */
+static void error_codes_are_the_drivers(void **state)
+{
+    (void)state;
+    char library_path[4096];
+    snprintf(library_path, sizeof library_path, "LD_LIBRARY_PATH=%s", path_of("GS_FAKE_DIR"));
+    run_result_t plain = run_env(ENV(library_path), ARGV(path_of("GS_RUNTIME_LIKE"), "errors"));
+    run_result_t shim = run_shim(NULL, ARGV(path_of("GS_RUNTIME_LIKE"), "errors"));
+    EXPECT_STATUS(plain, 0);
+    EXPECT_STATUS(shim, 0);
+    assert_string_equal(plain.out, shim.out);
+    EXPECT_IN(shim, out, "free_zero 0\n");
+    EXPECT_IN(shim, out, "free_unknown 1\n");
+    EXPECT_IN(shim, out, "free_double 1\n");
+    EXPECT_IN(shim, out, "alloc_zero 1\n");
+    /* the zero-byte request failed; unknown and double free went to the driver */
+    EXPECT_IN(shim, err, "device 0: 1 allocations, 1 frees, 1 failed, 2 frees of pointers not allocated");
+    run_free(&plain);
+    run_free(&shim);
+}
+
+static void out_of_memory_is_cudas_error_and_counted(void **state)
+{
+    (void)state;
+    run_result_t r = run_shim(ENV("FAKECUDA_FAIL=cuMemAlloc_v2:2"), ARGV(path_of("GS_RUNTIME_LIKE"), "oom", "3"));
+    EXPECT_STATUS(r, 0);
+    EXPECT_IN(r, out, "alloc 1 0\nalloc 2 2\nalloc 3 0\n");
+    EXPECT_IN(r, err, "device 0: 2 allocations, 2 frees, 1 failed");
+    run_free(&r);
+}
+
+static void every_intercepted_entry_point_passes_through(void **state)
+{
+    (void)state;
+    run_result_t r = run_shim(ENV("FAKECUDA_STATS=stderr"), ARGV(path_of("GS_RUNTIME_LIKE"), "all"));
+    EXPECT_STATUS(r, 0);
+    EXPECT_IN(r, out, "ok all pitch 1024");
+    /* device, pitch (1024 * 10), managed, async, async per-thread; the explicit pool's block is
+     * not ours and its free goes to the driver */
+    EXPECT_IN(r, err, "device 0: 5 allocations, 5 frees, 0 failed, 1 frees of pointers not allocated");
+    EXPECT_IN(r, err, "requested 1.0 MiB in total");
+    EXPECT_IN(r, err, "fakecuda: calls cuMemAllocAsync 1\n");
+    EXPECT_IN(r, err, "fakecuda: calls cuMemAllocAsync_ptsz 1\n");
+    EXPECT_IN(r, err, "fakecuda: calls cuMemFreeAsync 2\n");
+    EXPECT_IN(r, err, "fakecuda: calls cuMemFreeAsync_ptsz 1\n");
+    EXPECT_IN(r, err, "fakecuda: calls cuCtxSynchronize 1\n");
+    EXPECT_IN(r, err, "fakecuda: calls cuCtxSynchronize_v2 1\n");
+    EXPECT_IN(r, err, "fakecuda: calls cuMemAllocFromPoolAsync 1\n");
+    run_free(&r);
+}
+
+static void lookups_land_in_the_shim_only_for_intercepted_names(void **state)
+{
+    (void)state;
+    run_result_t r = run_shim(NULL, ARGV(path_of("GS_RUNTIME_LIKE"), "lookups"));
+    EXPECT_STATUS(r, 0);
+    EXPECT_IN(r, out, "proc cuMemAlloc libgpushim.so\n");
+    EXPECT_IN(r, out, "proc cuMemFree libgpushim.so\n");
+    EXPECT_IN(r, out, "proc cuMemAllocAsync libgpushim.so\n");
+    EXPECT_IN(r, out, "proc cuMemAllocAsync/ptsz libgpushim.so\n");
+    EXPECT_IN(r, out, "proc cuGetProcAddress libgpushim.so\n");
+    EXPECT_IN(r, out, "proc cuCtxSynchronize libgpushim.so\n");
+    EXPECT_IN(r, out, "proc cuInit libcuda.so.1\n");
+    EXPECT_IN(r, out, "proc cuMemAllocFromPoolAsync libcuda.so.1\n");
+    EXPECT_IN(r, out, "proc cuMemcpyHtoD libcuda.so.1\n");
+    EXPECT_IN(r, out, "dlsym cuMemAlloc_v2 libgpushim.so\n");
+    EXPECT_IN(r, out, "dlsym cuInit libcuda.so.1\n");
+    EXPECT_IN(r, out, "dlsym missing null\n");
+    EXPECT_IN(r, out, "proc missing rc 0 pfn null status 1\n");
+    assert_null(strstr(r.err, "gpushim: report")); /* looked up, never allocated */
+    run_free(&r);
+}
+
+static void threads_are_counted_exactly(void **state)
+{
+    (void)state;
+    run_result_t r = run_shim(NULL, ARGV(path_of("GS_RUNTIME_LIKE"), "threads", "8", "500"));
+    EXPECT_STATUS(r, 0);
+    EXPECT_IN(r, err, "device 0: 4000 allocations, 4000 frees, 0 failed");
+    EXPECT_IN(r, err, "at exit 0 B in 0 live allocations");
+    run_free(&r);
+}
+
+static void forked_child_prints_no_report(void **state)
+{
+    (void)state;
+    run_result_t r = run_shim(NULL, ARGV(path_of("GS_RUNTIME_LIKE"), "fork"));
+    EXPECT_STATUS(r, 0);
+    EXPECT_IN(r, out, "child-ran\n");
+    EXPECT_IN(r, out, "ok fork\n");
+    assert_int_equal(count_of(r.err, "gpushim: report for pid"), 1);
+    EXPECT_IN(r, err, "device 0: 1 allocations, 1 frees, 0 failed");
+    run_free(&r);
+
+    r = run_shim(NULL, ARGV(path_of("GS_RUNTIME_LIKE"), "fork", "exec"));
+    EXPECT_STATUS(r, 0);
+    EXPECT_IN(r, out, "child-exec-ran\n");
+    assert_int_equal(count_of(r.err, "gpushim: report for pid"), 1);
+    run_free(&r);
+}
+
+static void exit_from_a_thread_reports_once(void **state)
+{
+    (void)state;
+    run_result_t r = run_shim(NULL, ARGV(path_of("GS_RUNTIME_LIKE"), "exit-thread"));
+    EXPECT_STATUS(r, 0);
+    assert_int_equal(count_of(r.err, "gpushim: report for pid"), 1);
+    EXPECT_IN(r, err, "at exit 8 KiB in 1 live allocations");
+    run_free(&r);
+}
+
+static void exit_from_a_library_reports_once(void **state)
+{
+    (void)state;
+    run_result_t r = run_shim(NULL, ARGV(path_of("GS_RUNTIME_LIKE"), "exit-library"));
+    EXPECT_STATUS(r, 0);
+    EXPECT_IN(r, out, "exiting from a library");
+    assert_int_equal(count_of(r.err, "gpushim: report for pid"), 1);
+    EXPECT_IN(r, err, "at exit 8 KiB in 1 live allocations");
+    run_free(&r);
+}
+
+static void each_device_is_counted_apart(void **state)
+{
+    (void)state;
+    run_result_t r = run_shim(ENV("FAKECUDA_DEVICES=2"), ARGV(path_of("GS_RUNTIME_LIKE"), "devices"));
+    EXPECT_STATUS(r, 0);
+    EXPECT_IN(r, err, "device 0: 1 allocations, 1 frees, 0 failed");
+    EXPECT_IN(r, err, "device 1: 1 allocations, 1 frees, 0 failed");
+    EXPECT_IN(r, err, "device 1: requested 1 MiB in total");
+    run_free(&r);
+}
+
+/* Bad input stops the program before main with one line naming variable, value, accepted. */
+static void bad_variables_stop_the_program_at_start(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *env;
+        const char *message;
+    } cases[] = {
+        {"GPUSHIM_MODE=bogus", "gpushim: error: GPUSHIM_MODE=bogus is not valid; accepted: off, pool, managed\n"},
+        {"GPUSHIM_MODEE=pool", "gpushim: error: GPUSHIM_MODEE is not a gpushim variable (did you mean GPUSHIM_MODE?)"},
+        {"GPUSHIM_REPORT=stdrr", "gpushim: error: GPUSHIM_REPORT=stdrr is not valid; accepted: stderr, off, or a file path"},
+        {"GPUSHIM_REPORT=/no/such/folder/r.txt", "gpushim: error: GPUSHIM_REPORT=/no/such/folder/r.txt: the folder does not exist"},
+        {"GPUSHIM_POOL_MAX=12Q", "gpushim: error: GPUSHIM_POOL_MAX=12Q is not valid; accepted: bytes with K/M/G/T"},
+        {"GPUSHIM_POOL_INITIAL=150%", "gpushim: error: GPUSHIM_POOL_INITIAL=150% is not valid"},
+        {"GPUSHIM_POOL_REUSE=sometimes", "gpushim: error: GPUSHIM_POOL_REUSE=sometimes is not valid; accepted: safe, immediate\n"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        run_result_t r = run_shim(ENV(cases[i].env), ARGV(path_of("GS_NO_CUDA")));
+        EXPECT_STATUS(r, 1);
+        EXPECT_IN(r, err, cases[i].message);
+        assert_int_equal(count_of(r.err, "\n"), 1); /* one line */
+        assert_string_equal(r.out, "");            /* main never ran */
+        run_free(&r);
+    }
+}
+
+static void report_goes_to_a_file_named_by_pid(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/gpushim-report-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char env[256], pattern[256];
+    snprintf(env, sizeof env, "GPUSHIM_REPORT=%s/report-%%p.txt", dir);
+    run_result_t r = run_shim(ENV(env), ARGV(path_of("GS_RUNTIME_LIKE"), "basic", "2"));
+    EXPECT_STATUS(r, 0);
+    assert_null(strstr(r.err, "gpushim"));
+    snprintf(pattern, sizeof pattern, "ls %s", dir);
+    FILE *ls = popen(pattern, "r");
+    char name[256] = "";
+    assert_non_null(fgets(name, sizeof name, ls));
+    pclose(ls);
+    assert_non_null(strstr(name, "report-"));
+    long pid = strtol(name + strlen("report-"), NULL, 10);
+    assert_true(pid > 1);
+    char path[512];
+    snprintf(path, sizeof path, "%s/report-%ld.txt", dir, pid);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    char text[4096] = "";
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    text[n] = '\0';
+    fclose(f);
+    assert_non_null(strstr(text, "device 0: 2 allocations, 2 frees"));
+    unlink(path);
+    rmdir(dir);
+    run_free(&r);
+}
+
+static void report_off_prints_nothing(void **state)
+{
+    (void)state;
+    run_result_t r = run_shim(ENV("GPUSHIM_REPORT=off"), ARGV(path_of("GS_RUNTIME_LIKE"), "basic", "2"));
+    EXPECT_STATUS(r, 0);
+    assert_string_equal(r.err, "");
+    run_free(&r);
+}
+
+static void unused_shim_is_invisible(void **state)
+{
+    (void)state;
+    run_result_t r = run_shim(ENV("GPUSHIM_MODE=off"), ARGV(path_of("GS_NO_CUDA")));
+    EXPECT_STATUS(r, 0);
+    assert_string_equal(r.out, "ok no-cuda\n"); /* libcuda was not loaded */
+    assert_string_equal(r.err, "");
+    run_free(&r);
+
+    r = run_shim(NULL, ARGV("/bin/sh", "-c", "echo shell-ran"));
+    EXPECT_STATUS(r, 0);
+    assert_string_equal(r.out, "shell-ran\n");
+    assert_string_equal(r.err, "");
+    run_free(&r);
+
+    /* Loading the driver and looking things up is not allocating: no report. */
+    r = run_shim(NULL, ARGV(path_of("GS_RUNTIME_LIKE"), "load-only"));
+    EXPECT_STATUS(r, 0);
+    assert_string_equal(r.err, "");
+    run_free(&r);
+}
+
+static void rtld_next_of_other_preload_libraries_still_works(void **state)
+{
+    (void)state;
+    char preload[4096];
+    snprintf(preload, sizeof preload, "LD_PRELOAD=%s %s", path_of("GS_SHIM"), path_of("GS_NEXT_LIB"));
+    run_result_t r = run_env(ENV(preload), ARGV(path_of("GS_NEXT_USER")));
+    EXPECT_STATUS(r, 0);
+    assert_string_equal(r.out, "ok next value\n");
+    run_free(&r);
+}
+
+static char *command_output(const char *command)
+{
+    FILE *p = popen(command, "r");
+    assert_non_null(p);
+    static char text[16384];
+    size_t n = fread(text, 1, sizeof text - 1, p);
+    text[n] = '\0';
+    pclose(p);
+    return text;
+}
+
+/* Nothing but the intercepted symbols leaves libgpushim.so. */
+static void exports_are_exactly_the_intercepted_symbols(void **state)
+{
+    (void)state;
+    static const char expected[] =
+        "cuCtxSynchronize\ncuCtxSynchronize_v2\ncuGetProcAddress\ncuGetProcAddress_v2\n"
+        "cuIpcGetMemHandle\ncuMemAllocAsync\ncuMemAllocAsync_ptsz\ncuMemAllocManaged\n"
+        "cuMemAllocPitch_v2\ncuMemAlloc_v2\ncuMemFreeAsync\ncuMemFreeAsync_ptsz\ncuMemFree_v2\n"
+        "cuMemGetAddressRange_v2\ncuMemGetInfo_v2\ncuPointerGetAttribute\n"
+        "cuPointerGetAttributes\ndlsym\n";
+    char command[4096];
+    snprintf(command, sizeof command,
+             "nm -D --defined-only %s | awk '{print $3}' | LC_ALL=C sort", path_of("GS_SHIM"));
+    assert_string_equal(command_output(command), expected);
+}
+
+static void shim_links_no_cuda_library(void **state)
+{
+    (void)state;
+    char command[4096];
+    snprintf(command, sizeof command, "readelf -d %s | grep NEEDED", path_of("GS_SHIM"));
+    const char *needed = command_output(command);
+    assert_non_null(strstr(needed, "libc.so"));
+    assert_null(strstr(needed, "libcuda"));
+    assert_null(strstr(needed, "libcudart"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(runtime_like_counts_every_allocation),
+        cmocka_unit_test(without_the_shim_there_is_no_report),
+        cmocka_unit_test(directly_linked_program_is_counted),
+        cmocka_unit_test(error_codes_are_the_drivers),
+        cmocka_unit_test(out_of_memory_is_cudas_error_and_counted),
+        cmocka_unit_test(every_intercepted_entry_point_passes_through),
+        cmocka_unit_test(lookups_land_in_the_shim_only_for_intercepted_names),
+        cmocka_unit_test(threads_are_counted_exactly),
+        cmocka_unit_test(forked_child_prints_no_report),
+        cmocka_unit_test(exit_from_a_thread_reports_once),
+        cmocka_unit_test(exit_from_a_library_reports_once),
+        cmocka_unit_test(each_device_is_counted_apart),
+        cmocka_unit_test(bad_variables_stop_the_program_at_start),
+        cmocka_unit_test(report_goes_to_a_file_named_by_pid),
+        cmocka_unit_test(report_off_prints_nothing),
+        cmocka_unit_test(unused_shim_is_invisible),
+        cmocka_unit_test(rtld_next_of_other_preload_libraries_still_works),
+        cmocka_unit_test(exports_are_exactly_the_intercepted_symbols),
+        cmocka_unit_test(shim_links_no_cuda_library),
+    };
+    return cmocka_run_group_tests_name("preload", tests, NULL, NULL);
+}

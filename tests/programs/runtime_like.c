@@ -1,0 +1,363 @@
+/* runtime_like.c: reaches the driver exactly the way the CUDA runtime (static or shared), CuPy
+ * and JAX do: dlopen("libcuda.so.1"), dlsym(handle, "cuGetProcAddress_v2"), then cuGetProcAddress
+ * for everything, cuGetProcAddress itself included. It never names a cu* symbol at link time.
+ *
+ * Usage: runtime_like SCENARIO [ARGS]   (see main). Prints results on stdout; exit 0 when the
+ * scenario's own checks pass. */
+#include <cuda.h>
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#undef cuGetProcAddress
+
+typedef CUresult (*get_proc_fn)(const char *, void **, int, cuuint64_t, CUdriverProcAddressQueryResult *);
+
+static get_proc_fn get_proc;
+static void *driver;
+
+static struct {
+    CUresult (*init)(unsigned int);
+    CUresult (*device_get)(CUdevice *, int);
+    CUresult (*primary_ctx_retain)(CUcontext *, CUdevice);
+    CUresult (*ctx_set_current)(CUcontext);
+    CUresult (*mem_alloc)(CUdeviceptr *, size_t);
+    CUresult (*mem_alloc_pitch)(CUdeviceptr *, size_t *, size_t, size_t, unsigned int);
+    CUresult (*mem_free)(CUdeviceptr);
+    CUresult (*mem_alloc_managed)(CUdeviceptr *, size_t, unsigned int);
+    CUresult (*mem_alloc_async)(CUdeviceptr *, size_t, CUstream);
+    CUresult (*mem_alloc_async_ptsz)(CUdeviceptr *, size_t, CUstream);
+    CUresult (*mem_free_async)(CUdeviceptr, CUstream);
+    CUresult (*mem_free_async_ptsz)(CUdeviceptr, CUstream);
+    CUresult (*mem_alloc_from_pool_async)(CUdeviceptr *, size_t, CUmemoryPool, CUstream);
+    CUresult (*mem_get_info)(size_t *, size_t *);
+    CUresult (*mem_get_address_range)(CUdeviceptr *, size_t *, CUdeviceptr);
+    CUresult (*pointer_get_attribute)(void *, CUpointer_attribute, CUdeviceptr);
+    CUresult (*pointer_get_attributes)(unsigned int, CUpointer_attribute *, void **, CUdeviceptr);
+    CUresult (*ipc_get_mem_handle)(CUipcMemHandle *, CUdeviceptr);
+    CUresult (*ctx_synchronize)(void);
+    CUresult (*ctx_synchronize_v2)(CUcontext);
+    CUresult (*memcpy_htod)(CUdeviceptr, const void *, size_t);
+    CUresult (*memcpy_dtoh)(void *, CUdeviceptr, size_t);
+} cu;
+
+static void *proc(const char *name, int version, cuuint64_t flags)
+{
+    void *fn = NULL;
+    CUdriverProcAddressQueryResult status;
+    if (get_proc(name, &fn, version, flags, &status) != CUDA_SUCCESS || fn == NULL) {
+        fprintf(stderr, "runtime_like: cuGetProcAddress(%s) failed\n", name);
+        exit(3);
+    }
+    return fn;
+}
+
+static void load(void)
+{
+    driver = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!driver) {
+        fprintf(stderr, "runtime_like: %s\n", dlerror());
+        exit(3);
+    }
+    get_proc = (get_proc_fn)dlsym(driver, "cuGetProcAddress_v2");
+    if (!get_proc)
+        exit(3);
+    get_proc = (get_proc_fn)proc("cuGetProcAddress", 13000, 0); /* the runtime does this too */
+    const int v = 13000;
+    cu.init = proc("cuInit", v, 0);
+    cu.device_get = proc("cuDeviceGet", v, 0);
+    cu.primary_ctx_retain = proc("cuDevicePrimaryCtxRetain", v, 0);
+    cu.ctx_set_current = proc("cuCtxSetCurrent", v, 0);
+    cu.mem_alloc = proc("cuMemAlloc", v, 0);
+    cu.mem_alloc_pitch = proc("cuMemAllocPitch", v, 0);
+    cu.mem_free = proc("cuMemFree", v, 0);
+    cu.mem_alloc_managed = proc("cuMemAllocManaged", v, 0);
+    cu.mem_alloc_async = proc("cuMemAllocAsync", v, CU_GET_PROC_ADDRESS_LEGACY_STREAM);
+    cu.mem_alloc_async_ptsz = proc("cuMemAllocAsync", v, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM);
+    cu.mem_free_async = proc("cuMemFreeAsync", v, CU_GET_PROC_ADDRESS_LEGACY_STREAM);
+    cu.mem_free_async_ptsz = proc("cuMemFreeAsync", v, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM);
+    cu.mem_alloc_from_pool_async = proc("cuMemAllocFromPoolAsync", v, 0);
+    cu.mem_get_info = proc("cuMemGetInfo", v, 0);
+    cu.mem_get_address_range = proc("cuMemGetAddressRange", v, 0);
+    cu.pointer_get_attribute = proc("cuPointerGetAttribute", v, 0);
+    cu.pointer_get_attributes = proc("cuPointerGetAttributes", v, 0);
+    cu.ipc_get_mem_handle = proc("cuIpcGetMemHandle", v, 0);
+    cu.ctx_synchronize = proc("cuCtxSynchronize", 12000, 0);
+    cu.ctx_synchronize_v2 = proc("cuCtxSynchronize", 13000, 0);
+    cu.memcpy_htod = proc("cuMemcpyHtoD", v, 0);
+    cu.memcpy_dtoh = proc("cuMemcpyDtoH", v, 0);
+}
+
+static void use_device(int ordinal)
+{
+    CUdevice dev;
+    CUcontext ctx;
+    if (cu.device_get(&dev, ordinal) || cu.primary_ctx_retain(&ctx, dev) || cu.ctx_set_current(ctx)) {
+        fprintf(stderr, "runtime_like: no device %d\n", ordinal);
+        exit(3);
+    }
+}
+
+static void start(void)
+{
+    load();
+    if (cu.init(0) != CUDA_SUCCESS)
+        exit(3);
+    use_device(0);
+}
+
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "runtime_like: check failed at line %d: %s\n", __LINE__, #cond);       \
+            exit(2);                                                                               \
+        }                                                                                          \
+    } while (0)
+
+/* N allocations of (i+1) * 4 KiB, each written and read back, then all freed. */
+static int scenario_basic(int n)
+{
+    CUdeviceptr *ptrs = calloc((size_t)n, sizeof *ptrs);
+    for (int i = 0; i < n; i++) {
+        size_t bytes = (size_t)(i + 1) * 4096;
+        CHECK(cu.mem_alloc(&ptrs[i], bytes) == CUDA_SUCCESS);
+        CHECK(ptrs[i] % 256 == 0);
+        unsigned char *host = malloc(bytes), *back = malloc(bytes);
+        for (size_t j = 0; j < bytes; j++)
+            host[j] = (unsigned char)(i * 31 + j);
+        CHECK(cu.memcpy_htod(ptrs[i], host, bytes) == CUDA_SUCCESS);
+        CHECK(cu.memcpy_dtoh(back, ptrs[i], bytes) == CUDA_SUCCESS);
+        CHECK(memcmp(host, back, bytes) == 0);
+        free(host);
+        free(back);
+    }
+    for (int i = 0; i < n; i++)
+        CHECK(cu.mem_free(ptrs[i]) == CUDA_SUCCESS);
+    free(ptrs);
+    printf("ok basic %d\n", n);
+    return 0;
+}
+
+static int scenario_errors(void)
+{
+    CUdeviceptr p = 0;
+    printf("free_zero %d\n", cu.mem_free(0));
+    printf("free_unknown %d\n", cu.mem_free((CUdeviceptr)0x1000));
+    CHECK(cu.mem_alloc(&p, 4096) == CUDA_SUCCESS);
+    printf("free_first %d\n", cu.mem_free(p));
+    printf("free_double %d\n", cu.mem_free(p));
+    printf("alloc_null %d\n", cu.mem_alloc(NULL, 4096));
+    printf("alloc_zero %d\n", cu.mem_alloc(&p, 0));
+    return 0;
+}
+
+static int scenario_oom(int n)
+{
+    for (int i = 0; i < n; i++) {
+        CUdeviceptr p;
+        CUresult rc = cu.mem_alloc(&p, 1 << 20);
+        printf("alloc %d %d\n", i + 1, rc);
+        if (rc == CUDA_SUCCESS)
+            CHECK(cu.mem_free(p) == CUDA_SUCCESS);
+    }
+    return 0;
+}
+
+/* Every intercepted entry point once, results checked against what the driver would say. */
+static int scenario_all(void)
+{
+    CUdeviceptr p, q, m, a, b, f;
+    size_t pitch = 0;
+    CHECK(cu.mem_alloc(&p, 1 << 20) == CUDA_SUCCESS);
+    CHECK(cu.mem_alloc_pitch(&q, &pitch, 1000, 10, 4) == CUDA_SUCCESS);
+    CHECK(pitch >= 1000 && pitch % 32 == 0 && q % 256 == 0);
+    CHECK(cu.mem_alloc_managed(&m, 8192, CU_MEM_ATTACH_GLOBAL) == CUDA_SUCCESS);
+    CHECK(cu.mem_alloc_async(&a, 4096, NULL) == CUDA_SUCCESS);
+    CHECK(cu.mem_alloc_async_ptsz(&b, 4096, NULL) == CUDA_SUCCESS);
+    CHECK(cu.mem_alloc_from_pool_async(&f, 4096, NULL, NULL) == CUDA_SUCCESS);
+    size_t free_bytes = 0, total = 0;
+    CHECK(cu.mem_get_info(&free_bytes, &total) == CUDA_SUCCESS && free_bytes < total);
+    CUdeviceptr base = 0;
+    size_t size = 0;
+    CHECK(cu.mem_get_address_range(&base, &size, p + 100) == CUDA_SUCCESS);
+    CHECK(base == p && size == 1 << 20);
+    CUdeviceptr start = 0;
+    CHECK(cu.pointer_get_attribute(&start, CU_POINTER_ATTRIBUTE_RANGE_START_ADDR, p + 8) == CUDA_SUCCESS);
+    CHECK(start == p);
+    int managed = 0;
+    size_t range = 0;
+    CUpointer_attribute attrs[2] = {CU_POINTER_ATTRIBUTE_IS_MANAGED, CU_POINTER_ATTRIBUTE_RANGE_SIZE};
+    void *data[2] = {&managed, &range};
+    CHECK(cu.pointer_get_attributes(2, attrs, data, m) == CUDA_SUCCESS && managed == 1 && range == 8192);
+    CUipcMemHandle handle;
+    CHECK(cu.ipc_get_mem_handle(&handle, p) == CUDA_SUCCESS);
+    CHECK(cu.ipc_get_mem_handle(&handle, m) == CUDA_ERROR_INVALID_VALUE);
+    CHECK(cu.ctx_synchronize() == CUDA_SUCCESS);
+    CHECK(cu.ctx_synchronize_v2(NULL) == CUDA_SUCCESS);
+    CHECK(cu.mem_free_async(a, NULL) == CUDA_SUCCESS);
+    CHECK(cu.mem_free_async_ptsz(b, NULL) == CUDA_SUCCESS);
+    CHECK(cu.mem_free_async(f, NULL) == CUDA_SUCCESS); /* from an explicit pool: passes through */
+    CHECK(cu.mem_free(m) == CUDA_SUCCESS);
+    CHECK(cu.mem_free(q) == CUDA_SUCCESS);
+    CHECK(cu.mem_free(p) == CUDA_SUCCESS);
+    printf("ok all pitch %zu\n", pitch);
+    return 0;
+}
+
+static int pairs_per_thread;
+
+static void *thread_main(void *arg)
+{
+    (void)arg;
+    use_device(0);
+    for (int i = 0; i < pairs_per_thread; i++) {
+        CUdeviceptr p;
+        size_t bytes = (i & 1) ? (1 << 20) : 4096;
+        CHECK(cu.mem_alloc(&p, bytes) == CUDA_SUCCESS);
+        CHECK(cu.mem_free(p) == CUDA_SUCCESS);
+    }
+    return NULL;
+}
+
+static int scenario_threads(int threads, int pairs)
+{
+    pthread_t tid[64];
+    pairs_per_thread = pairs;
+    for (int i = 0; i < threads; i++)
+        pthread_create(&tid[i], NULL, thread_main, NULL);
+    for (int i = 0; i < threads; i++)
+        pthread_join(tid[i], NULL);
+    printf("ok threads %d x %d\n", threads, pairs);
+    return 0;
+}
+
+/* The child keeps running without CUDA (or execs); only the parent's report may appear. */
+static int scenario_fork(const char *how)
+{
+    CUdeviceptr p;
+    CHECK(cu.mem_alloc(&p, 4096) == CUDA_SUCCESS);
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (how && strcmp(how, "exec") == 0)
+            execl("/bin/sh", "sh", "-c", "echo child-exec-ran", (char *)NULL);
+        printf("child-ran\n");
+        exit(0);
+    }
+    int status;
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CHECK(cu.mem_free(p) == CUDA_SUCCESS);
+    printf("ok fork\n");
+    return 0;
+}
+
+static void *exit_from_thread(void *arg)
+{
+    (void)arg;
+    printf("exiting from a thread\n");
+    fflush(stdout);
+    exit(0);
+}
+
+static int scenario_exit_thread(void)
+{
+    CUdeviceptr p;
+    CHECK(cu.mem_alloc(&p, 8192) == CUDA_SUCCESS); /* left live: the report shows it */
+    pthread_t tid;
+    pthread_create(&tid, NULL, exit_from_thread, NULL);
+    pthread_join(tid, NULL);
+    return 1; /* not reached */
+}
+
+static int scenario_exit_library(void)
+{
+    CUdeviceptr p;
+    CHECK(cu.mem_alloc(&p, 8192) == CUDA_SUCCESS);
+    void (*lib_exit)(int) = (void (*)(int))dlsym(driver, "fakecuda_exit");
+    CHECK(lib_exit != NULL);
+    printf("exiting from a library\n");
+    fflush(stdout);
+    lib_exit(0);
+    return 1;
+}
+
+static const char *owner(void *fn)
+{
+    Dl_info info;
+    if (!dladdr(fn, &info) || !info.dli_fname)
+        return "?";
+    const char *slash = strrchr(info.dli_fname, '/');
+    return slash ? slash + 1 : info.dli_fname;
+}
+
+/* Which library each lookup lands in: ours for intercepted names, the driver's for the rest. */
+static int scenario_lookups(void)
+{
+    static const char *const names[] = {"cuMemAlloc", "cuMemFree", "cuMemAllocAsync", "cuGetProcAddress",
+                                        "cuCtxSynchronize", "cuInit", "cuMemAllocFromPoolAsync", "cuMemcpyHtoD"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        printf("proc %s %s\n", names[i], owner(proc(names[i], 13000, 0)));
+    printf("proc cuMemAllocAsync/ptsz %s\n", owner(proc("cuMemAllocAsync", 13000, 2)));
+    printf("dlsym cuMemAlloc_v2 %s\n", owner(dlsym(driver, "cuMemAlloc_v2")));
+    printf("dlsym cuInit %s\n", owner(dlsym(driver, "cuInit")));
+    printf("dlsym missing %s\n", dlsym(driver, "cuNoSuchFunction") ? "found" : "null");
+    void *unknown = (void *)1;
+    CUdriverProcAddressQueryResult status;
+    CUresult rc = get_proc("cuNoSuchFunction", &unknown, 13000, 0, &status);
+    printf("proc missing rc %d pfn %s status %d\n", rc, unknown ? "set" : "null", (int)status);
+    return 0;
+}
+
+/* Two devices: a block allocated on device 1 is freed while device 0 is current. */
+static int scenario_devices(void)
+{
+    CUdeviceptr on0, on1;
+    CHECK(cu.mem_alloc(&on0, 4096) == CUDA_SUCCESS);
+    use_device(1);
+    CHECK(cu.mem_alloc(&on1, 1 << 20) == CUDA_SUCCESS);
+    use_device(0);
+    CHECK(cu.mem_free(on1) == CUDA_SUCCESS);
+    CHECK(cu.mem_free(on0) == CUDA_SUCCESS);
+    printf("ok devices\n");
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *scenario = argc > 1 ? argv[1] : "basic";
+    int a = argc > 2 ? atoi(argv[2]) : 10;
+    int b = argc > 3 ? atoi(argv[3]) : 1000;
+    if (strcmp(scenario, "load-only") == 0) {
+        load();
+        printf("ok load-only\n");
+        return 0;
+    }
+    start();
+    if (strcmp(scenario, "basic") == 0)
+        return scenario_basic(a);
+    if (strcmp(scenario, "errors") == 0)
+        return scenario_errors();
+    if (strcmp(scenario, "oom") == 0)
+        return scenario_oom(a);
+    if (strcmp(scenario, "all") == 0)
+        return scenario_all();
+    if (strcmp(scenario, "threads") == 0)
+        return scenario_threads(a, b);
+    if (strcmp(scenario, "fork") == 0)
+        return scenario_fork(argc > 2 ? argv[2] : NULL);
+    if (strcmp(scenario, "exit-thread") == 0)
+        return scenario_exit_thread();
+    if (strcmp(scenario, "exit-library") == 0)
+        return scenario_exit_library();
+    if (strcmp(scenario, "lookups") == 0)
+        return scenario_lookups();
+    if (strcmp(scenario, "devices") == 0)
+        return scenario_devices();
+    fprintf(stderr, "runtime_like: unknown scenario %s\n", scenario);
+    return 64;
+}

@@ -1,0 +1,163 @@
+#include "fake_upstream.h"
+
+#include <string.h>
+
+fake_upstream_t fake;
+
+/* Sizes are kept in a small table keyed by address so frees can give memory back. */
+#define FAKE_SLOTS 4096
+static struct {
+    CUdeviceptr base;
+    uint64_t bytes;
+} slots[FAKE_SLOTS];
+
+static CUresult fake_alloc(CUdeviceptr *p, size_t bytes)
+{
+    fake.allocs++;
+    if (p == NULL || bytes == 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (fake.fail_next_allocs > 0) {
+        fake.fail_next_allocs--;
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    uint64_t rounded = (bytes + 511) & ~511ull;
+    if (fake.used + rounded > fake.limit)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    for (int i = 0; i < FAKE_SLOTS; i++) {
+        if (slots[i].base == 0) {
+            slots[i].base = fake.next_address;
+            slots[i].bytes = rounded;
+            *p = fake.next_address;
+            fake.next_address += rounded + 4096; /* gaps: chunks are never adjacent */
+            fake.used += rounded;
+            return CUDA_SUCCESS;
+        }
+    }
+    return CUDA_ERROR_OUT_OF_MEMORY;
+}
+
+static CUresult fake_free(CUdeviceptr p)
+{
+    fake.frees++;
+    if (p == 0)
+        return CUDA_SUCCESS;
+    for (int i = 0; i < FAKE_SLOTS; i++) {
+        if (slots[i].base == p) {
+            fake.used -= slots[i].bytes;
+            slots[i].base = 0;
+            return CUDA_SUCCESS;
+        }
+    }
+    return CUDA_ERROR_INVALID_VALUE;
+}
+
+static CUresult fake_pitch(CUdeviceptr *p, size_t *pitch, size_t width, size_t height, unsigned e)
+{
+    (void)e;
+    *pitch = (width + 511) & ~(size_t)511;
+    return fake_alloc(p, *pitch * height);
+}
+
+static CUresult fake_alloc_async(CUdeviceptr *p, size_t bytes, CUstream s)
+{
+    (void)s;
+    fake.async_allocs++;
+    return fake_alloc(p, bytes);
+}
+
+static CUresult fake_free_async(CUdeviceptr p, CUstream s)
+{
+    (void)s;
+    fake.async_frees++;
+    return fake_free(p);
+}
+
+static CUresult fake_managed(CUdeviceptr *p, size_t bytes, unsigned flags)
+{
+    (void)flags;
+    return fake_alloc(p, bytes);
+}
+
+static CUresult fake_info(size_t *free_bytes, size_t *total)
+{
+    fake.infos++;
+    *free_bytes = fake.limit - fake.used;
+    *total = fake.limit;
+    return CUDA_SUCCESS;
+}
+
+static CUresult fake_sync(void)
+{
+    fake.syncs++;
+    return CUDA_SUCCESS;
+}
+
+static CUresult fake_ctx_device(CUdevice *d)
+{
+    *d = fake.device;
+    return CUDA_SUCCESS;
+}
+
+static CUresult fake_total_mem(size_t *bytes, CUdevice d)
+{
+    (void)d;
+    *bytes = fake.limit;
+    return CUDA_SUCCESS;
+}
+
+static CUresult fake_attribute(int *value, CUdevice_attribute attr, CUdevice d)
+{
+    (void)d;
+    *value = attr == CU_DEVICE_ATTRIBUTE_TEXTURE_PITCH_ALIGNMENT ? 32 : 0;
+    return CUDA_SUCCESS;
+}
+
+static CUresult fake_range(CUdeviceptr *base, size_t *size, CUdeviceptr p)
+{
+    for (int i = 0; i < FAKE_SLOTS; i++) {
+        if (slots[i].base && p >= slots[i].base && p < slots[i].base + slots[i].bytes) {
+            *base = slots[i].base;
+            *size = slots[i].bytes;
+            return CUDA_SUCCESS;
+        }
+    }
+    return CUDA_ERROR_NOT_FOUND;
+}
+
+static CUresult fake_ipc(CUipcMemHandle *h, CUdeviceptr p)
+{
+    CUdeviceptr base;
+    size_t size;
+    if (fake_range(&base, &size, p) != CUDA_SUCCESS)
+        return CUDA_ERROR_INVALID_VALUE;
+    memset(h, 0, sizeof *h);
+    memcpy(h->reserved, &base, sizeof base);
+    return CUDA_SUCCESS;
+}
+
+static const gs_driver_t fake_table = {
+    .mem_alloc = fake_alloc,
+    .mem_alloc_pitch = fake_pitch,
+    .mem_free = fake_free,
+    .mem_alloc_managed = fake_managed,
+    .mem_alloc_async = fake_alloc_async,
+    .mem_alloc_async_ptsz = fake_alloc_async,
+    .mem_free_async = fake_free_async,
+    .mem_free_async_ptsz = fake_free_async,
+    .mem_get_info = fake_info,
+    .mem_get_address_range = fake_range,
+    .ipc_get_mem_handle = fake_ipc,
+    .ctx_synchronize = fake_sync,
+    .ctx_get_device = fake_ctx_device,
+    .device_get_attribute = fake_attribute,
+    .device_total_mem = fake_total_mem,
+};
+
+void fake_upstream_install(uint64_t limit)
+{
+    memset(&fake, 0, sizeof fake);
+    memset(slots, 0, sizeof slots);
+    fake.limit = limit;
+    fake.next_address = 0x7f0000000000ull;
+    gs_driver_override(&fake_table);
+}

@@ -1,0 +1,21 @@
+/* fake_upstream.h: an in-process driver table for unit tests of the core and the backends.
+ * Device memory is a range of fake addresses (never dereferenced); every call is counted, and
+ * the next N calls of mem_alloc can be made to fail. */
+#ifndef GS_FAKE_UPSTREAM_H
+#define GS_FAKE_UPSTREAM_H
+
+#include "gs.h"
+
+typedef struct fake_upstream {
+    int allocs, frees, syncs, infos, async_allocs, async_frees;
+    int fail_next_allocs;       /* the next N mem_alloc calls return OUT_OF_MEMORY */
+    uint64_t total, used, limit; /* limit: bytes the fake device has */
+    uint64_t next_address;
+    int device; /* current device */
+} fake_upstream_t;
+
+extern fake_upstream_t fake;
+/* Installs the fake as the driver and resets it (limit bytes of device memory). */
+void fake_upstream_install(uint64_t limit);
+
+#endif
