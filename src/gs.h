@@ -163,9 +163,11 @@ typedef struct gs_block {
     uint64_t bytes;
     int device;
     gs_alloc_kind_t kind;
+    void *owner; /* the backend's own record of the block (pool), or NULL */
 } gs_block_t;
 
 int gs_ptrmap_insert(const gs_block_t *block);                   /* 0, -ENOMEM, -EEXIST */
+int gs_ptrmap_update(const gs_block_t *block);                   /* 0 or -ENOENT */
 int gs_ptrmap_find(CUdeviceptr base, gs_block_t *out);           /* 0 or -ENOENT */
 int gs_ptrmap_remove(CUdeviceptr base, gs_block_t *out);         /* 0 or -ENOENT */
 size_t gs_ptrmap_count(void);

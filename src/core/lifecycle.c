@@ -25,6 +25,7 @@ const gs_backend_t *gs_backend_for_mode(gs_mode_t mode)
     case GS_MODE_OFF:
         return &gs_backend_passthrough;
     case GS_MODE_POOL:
+        return &gs_backend_pool;
     case GS_MODE_MANAGED:
         return NULL;
     }
@@ -59,7 +60,7 @@ void gs_start(char *const *envp)
     const gs_backend_t *backend = gs_backend_for_mode(gs_opts.mode);
     if (backend == NULL) {
         static const char *const names[] = {"off", "pool", "managed"};
-        gs_log_error("GPUSHIM_MODE=%s is not implemented yet in this build; accepted now: off",
+        gs_log_error("GPUSHIM_MODE=%s is not implemented yet in this build; accepted now: off, pool",
                      names[gs_opts.mode]);
         _exit(1);
     }

@@ -1,5 +1,5 @@
-/* ptrmap.c: live allocations by base address, for the backends that do not keep their own
- * metadata (pass-through, managed). Sharded by address hash so threads rarely share a lock;
+/* ptrmap.c: blocks by base address: the live allocations of pass-through and managed, and every
+ * block of the pool (with a pointer to the pool's record). Sharded by address hash so threads rarely share a lock;
  * each shard is an open-addressing table with backward-shift deletion (no tombstones). */
 #include "gs.h"
 
@@ -78,6 +78,23 @@ int gs_ptrmap_insert(const gs_block_t *block)
         } else {
             s->slots[i] = *block;
             s->count++;
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+int gs_ptrmap_update(const gs_block_t *block)
+{
+    uint64_t h = hash(block->base);
+    gs_ptrmap_shard_t *s = shard_of(h);
+    int rc = -ENOENT;
+    pthread_mutex_lock(&s->lock);
+    if (s->capacity) {
+        size_t i = probe(s, block->base, h);
+        if (s->slots[i].base == block->base) {
+            s->slots[i] = *block;
+            rc = 0;
         }
     }
     pthread_mutex_unlock(&s->lock);

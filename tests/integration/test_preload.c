@@ -308,6 +308,54 @@ static void rtld_next_of_other_preload_libraries_still_works(void **state)
     run_free(&r);
 }
 
+/* Pool mode serves the same programs with the same results and far fewer driver calls. */
+static void pool_mode_serves_the_same_programs(void **state)
+{
+    (void)state;
+    run_result_t r = run_shim(ENV("GPUSHIM_MODE=pool", "FAKECUDA_STATS=stderr"),
+                              ARGV(path_of("GS_RUNTIME_LIKE"), "basic", "50"));
+    EXPECT_STATUS(r, 0);
+    EXPECT_IN(r, out, "ok basic 50");
+    EXPECT_IN(r, err, "mode pool\n");
+    EXPECT_IN(r, err, "device 0: 50 allocations, 50 frees, 0 failed");
+    EXPECT_IN(r, err, "device 0: pool reserved ");
+    assert_true(number_after(r.err, "fakecuda: calls cuMemAlloc_v2 ") < 10);
+    assert_true(strstr(r.err, "fakecuda: calls cuMemFree_v2") == NULL); /* nothing freed at exit */
+    run_free(&r);
+
+    static const char *const scenarios[][3] = {{"all", NULL, NULL}, {"threads", "8", "300"},
+                                               {"devices", NULL, NULL}, {"fork", NULL, NULL}};
+    for (size_t i = 0; i < sizeof scenarios / sizeof scenarios[0]; i++) {
+        r = run_shim(ENV("GPUSHIM_MODE=pool", "FAKECUDA_DEVICES=2"),
+                     ARGV(path_of("GS_RUNTIME_LIKE"), scenarios[i][0], scenarios[i][1], scenarios[i][2]));
+        EXPECT_STATUS(r, 0);
+        assert_int_equal(count_of(r.err, "gpushim: report for pid"), 1);
+        EXPECT_IN(r, err, "0 B in 0 live allocations");
+        run_free(&r);
+    }
+
+    char library_path[4096];
+    snprintf(library_path, sizeof library_path, "LD_LIBRARY_PATH=%s", path_of("GS_FAKE_DIR"));
+    run_result_t plain = run_env(ENV(library_path), ARGV(path_of("GS_RUNTIME_LIKE"), "errors"));
+    r = run_shim(ENV("GPUSHIM_MODE=pool"), ARGV(path_of("GS_RUNTIME_LIKE"), "errors"));
+    EXPECT_STATUS(r, 0);
+    assert_string_equal(plain.out, r.out);
+    run_free(&plain);
+    run_free(&r);
+}
+
+/* The pool's retries exhausted: CUDA's out-of-memory error, counted, and the program goes on. */
+static void pool_out_of_memory_is_cudas_error(void **state)
+{
+    (void)state;
+    run_result_t r = run_shim(ENV("GPUSHIM_MODE=pool", "FAKECUDA_FAIL=cuMemAlloc_v2:1+"),
+                              ARGV(path_of("GS_RUNTIME_LIKE"), "oom", "2"));
+    EXPECT_STATUS(r, 0);
+    EXPECT_IN(r, out, "alloc 1 2\nalloc 2 2\n");
+    EXPECT_IN(r, err, "device 0: 0 allocations, 0 frees, 2 failed");
+    run_free(&r);
+}
+
 static char *command_output(const char *command)
 {
     FILE *p = popen(command, "r");
@@ -366,6 +414,8 @@ int main(void)
         cmocka_unit_test(report_off_prints_nothing),
         cmocka_unit_test(unused_shim_is_invisible),
         cmocka_unit_test(rtld_next_of_other_preload_libraries_still_works),
+        cmocka_unit_test(pool_mode_serves_the_same_programs),
+        cmocka_unit_test(pool_out_of_memory_is_cudas_error),
         cmocka_unit_test(exports_are_exactly_the_intercepted_symbols),
         cmocka_unit_test(shim_links_no_cuda_library),
     };

@@ -1,0 +1,842 @@
+/* pool.c: GPUSHIM_MODE=pool. Synchronous device allocations (cuMemAlloc, cuMemAllocPitch) come
+ * from per-device pools that take memory from the driver in chunks; cuMemFree gives blocks back
+ * to the pool. Stream-ordered and managed allocations already have CUDA's own pools: they pass
+ * through (counted), as in the pass-through backend.
+ *
+ * Layers, fastest first:
+ *   thread cache   per thread and device, a few recently freed blocks per size class, behind a
+ *                  spinlock that only its owner takes in normal operation (so 16 threads never
+ *                  share a cache line on the hot path);
+ *   central pool   per device, behind a mutex: good-fit segregated free lists (TLSF classes, 8 per
+ *                  power of two) over address-ordered blocks that coalesce with free neighbours;
+ *   the driver     cuMemAlloc of a new chunk; on failure, wholly free chunks are given back and
+ *                  the allocation retried; then CUDA_ERROR_OUT_OF_MEMORY.
+ * Every block is in gs_ptrmap (base -> record), so a free is one hashed lookup.
+ *
+ * Reuse safety (GPUSHIM_POOL_REUSE=safe, the default): cuMemFree guarantees that memory is not
+ * reused while GPU work issued before the free may still touch it, by waiting for the device.
+ * We keep the guarantee without the wait: a freed block is stamped with the device's current
+ * sync epoch and may be handed out again only after a device synchronization that started after
+ * the free has completed: the program's own (cuCtxSynchronize, i.e. cudaDeviceSynchronize) or
+ * one the shim makes when the pool would otherwise grow while pending bytes could serve, or when
+ * pending bytes pass GPUSHIM_POOL_PENDING_MAX. immediate: reuse at once (RMM, PyTorch). */
+#include "gs.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define GS_POOL_ALIGN 512ull          /* what cudaMalloc gives in practice (>= the 256 promised) */
+#define GS_POOL_GRANULE (2ull << 20)  /* chunks are multiples of the driver's 2 MiB pages */
+#define SL_BITS 3                     /* 8 classes per power of two: at most 12.5% apart */
+#define MIN_FL 9                      /* 512 B */
+#define CLASS_COUNT ((48 - MIN_FL) << SL_BITS)
+#define BITMAP_WORDS ((CLASS_COUNT + 63) / 64)
+#define CACHE_SLOTS 8                 /* blocks per class in a thread cache */
+#define CACHE_BYTES (64ull << 20)     /* bytes a thread cache may hold (one larger block allowed) */
+
+enum { BLOCK_FREE, BLOCK_LIVE, BLOCK_CACHED, BLOCK_PENDING };
+
+typedef struct pool_chunk pool_chunk_t;
+
+typedef struct pool_block {
+    CUdeviceptr base;
+    uint64_t size;      /* rounded, what the block spans */
+    uint64_t requested; /* what the program asked for (range queries answer this) */
+    uint64_t epoch;     /* sync epoch at free (safe reuse) */
+    struct pool_block *prev_addr, *next_addr; /* neighbours in the chunk */
+    struct pool_block *prev_free, *next_free; /* central free or pending list */
+    pool_chunk_t *chunk;
+    _Atomic int state;
+    int device;
+} pool_block_t;
+
+struct pool_chunk {
+    CUdeviceptr base;
+    uint64_t size;
+    pool_block_t *first;
+    pool_chunk_t *next;
+};
+
+typedef struct pool_device {
+    pthread_mutex_t lock;
+    atomic_bool ready;
+    uint64_t total, max, chunk_size, pending_max, pitch_align;
+    pool_chunk_t *chunks;
+    pool_block_t *free_lists[CLASS_COUNT];
+    uint64_t bitmap[BITMAP_WORDS];
+    pool_block_t *pending; /* central pending list (safe reuse) */
+    uint64_t pending_bytes, free_bytes, reserved, reserved_peak, chunk_count;
+    uint64_t shim_syncs, releases, grow_calls;
+    double fragmentation_at_peak; /* reserved / in use, when reserved peaked */
+    _Atomic uint64_t epoch;     /* frees are stamped with this */
+    _Atomic uint64_t completed; /* every free stamped <= this is safe to reuse */
+} pool_device_t;
+
+typedef struct thread_cache {
+    atomic_flag busy; /* spinlock: the owner, or a flush under memory pressure */
+    int device;
+    uint64_t bytes, count, hits, misses;
+    struct thread_cache *next;
+    atomic_bool orphaned;
+    pool_block_t *slots[CLASS_COUNT][CACHE_SLOTS];
+    uint8_t used[CLASS_COUNT];
+} thread_cache_t;
+
+static pool_device_t gs_pools[GS_MAX_DEVICES];
+static thread_cache_t *_Atomic gs_caches; /* all caches ever made, for flushes and the report */
+static pthread_mutex_t gs_caches_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_key_t gs_cache_key;
+static GS_TLS thread_cache_t *gs_my_caches[GS_MAX_DEVICES];
+
+/* ---- size classes ---------------------------------------------------------------------- */
+
+static inline uint64_t round_up(uint64_t x, uint64_t to)
+{
+    return (x + to - 1) / to * to;
+}
+
+static inline int class_floor(uint64_t size)
+{
+    int fl = 63 - __builtin_clzll(size);
+    int sl = (int)((size >> (fl - SL_BITS)) & ((1 << SL_BITS) - 1));
+    int index = ((fl - MIN_FL) << SL_BITS) + sl;
+    return index < CLASS_COUNT ? index : CLASS_COUNT - 1;
+}
+
+/* The first class whose every block is at least size. */
+static inline int class_ceil(uint64_t size)
+{
+    int fl = 63 - __builtin_clzll(size);
+    return class_floor(size + (1ull << (fl - SL_BITS)) - 1);
+}
+
+/* ---- central free lists (device lock held) ---------------------------------------------- */
+
+static void list_push(pool_device_t *p, pool_block_t *b)
+{
+    int c = class_floor(b->size);
+    b->prev_free = NULL;
+    b->next_free = p->free_lists[c];
+    if (b->next_free)
+        b->next_free->prev_free = b;
+    p->free_lists[c] = b;
+    p->bitmap[c / 64] |= 1ull << (c % 64);
+    p->free_bytes += b->size;
+    atomic_store_explicit(&b->state, BLOCK_FREE, memory_order_relaxed);
+}
+
+static void list_remove(pool_device_t *p, pool_block_t *b)
+{
+    int c = class_floor(b->size);
+    if (b->prev_free)
+        b->prev_free->next_free = b->next_free;
+    else
+        p->free_lists[c] = b->next_free;
+    if (b->next_free)
+        b->next_free->prev_free = b->prev_free;
+    if (p->free_lists[c] == NULL)
+        p->bitmap[c / 64] &= ~(1ull << (c % 64));
+    p->free_bytes -= b->size;
+}
+
+static pool_block_t *find_free(pool_device_t *p, uint64_t size)
+{
+    /* Exact class first (a block there may fit), then the first class where all blocks fit. */
+    for (pool_block_t *b = p->free_lists[class_floor(size)]; b; b = b->next_free)
+        if (b->size >= size)
+            return b;
+    for (int c = class_ceil(size); c < CLASS_COUNT;) {
+        uint64_t word = p->bitmap[c / 64] & (~0ull << (c % 64));
+        if (word)
+            return p->free_lists[(c / 64) * 64 + __builtin_ctzll(word)];
+        c = (c / 64 + 1) * 64;
+    }
+    return NULL;
+}
+
+static int map_block(pool_block_t *b)
+{
+    gs_block_t entry = {.base = b->base, .bytes = b->size, .device = b->device,
+                        .kind = GS_KIND_DEVICE, .owner = b};
+    return gs_ptrmap_insert(&entry);
+}
+
+static pool_block_t *new_block(pool_chunk_t *chunk, CUdeviceptr base, uint64_t size, int device)
+{
+    pool_block_t *b = calloc(1, sizeof *b);
+    if (b == NULL)
+        return NULL;
+    b->base = base;
+    b->size = size;
+    b->chunk = chunk;
+    b->device = device;
+    if (map_block(b) != 0) {
+        free(b);
+        return NULL;
+    }
+    return b;
+}
+
+/* Takes size bytes from the front of free block b; the rest stays free. */
+static void carve(pool_device_t *p, pool_block_t *b, uint64_t size)
+{
+    list_remove(p, b);
+    /* LIVE before the lock is dropped, or a neighbour's free could merge it as FREE. */
+    atomic_store_explicit(&b->state, BLOCK_LIVE, memory_order_relaxed);
+    if (b->size - size >= GS_POOL_ALIGN) {
+        pool_block_t *rest = new_block(b->chunk, b->base + size, b->size - size, b->device);
+        if (rest) {
+            rest->prev_addr = b;
+            rest->next_addr = b->next_addr;
+            if (b->next_addr)
+                b->next_addr->prev_addr = rest;
+            b->next_addr = rest;
+            b->size = size;
+            list_push(p, rest);
+        }
+    }
+}
+
+static void merge_into_prev(pool_block_t *prev, pool_block_t *b)
+{
+    prev->size += b->size;
+    prev->next_addr = b->next_addr;
+    if (b->next_addr)
+        b->next_addr->prev_addr = prev;
+    gs_ptrmap_remove(b->base, NULL);
+    free(b);
+}
+
+/* Returns a block to the central free lists, coalescing with free neighbours. */
+static void central_free(pool_device_t *p, pool_block_t *b)
+{
+    pool_block_t *next = b->next_addr, *prev = b->prev_addr;
+    if (next && atomic_load_explicit(&next->state, memory_order_relaxed) == BLOCK_FREE) {
+        list_remove(p, next);
+        merge_into_prev(b, next);
+    }
+    if (prev && atomic_load_explicit(&prev->state, memory_order_relaxed) == BLOCK_FREE) {
+        list_remove(p, prev);
+        merge_into_prev(prev, b);
+        b = prev;
+    }
+    list_push(p, b);
+}
+
+/* ---- safe reuse ------------------------------------------------------------------------- */
+
+static inline bool reusable(pool_device_t *p, const pool_block_t *b)
+{
+    return gs_opts.pool_reuse == GS_REUSE_IMMEDIATE ||
+           b->epoch <= atomic_load_explicit(&p->completed, memory_order_acquire);
+}
+
+/* Pending blocks whose free a completed synchronization covers go back to the free lists. */
+static void recycle_pending(pool_device_t *p)
+{
+    pool_block_t **link = &p->pending;
+    while (*link) {
+        pool_block_t *b = *link;
+        if (reusable(p, b)) {
+            *link = b->next_free;
+            p->pending_bytes -= b->size;
+            central_free(p, b);
+        } else {
+            link = &b->next_free;
+        }
+    }
+}
+
+static uint64_t pool_before_sync(int device)
+{
+    /* Frees stamped with the old epoch happened before this synchronization started. */
+    return atomic_fetch_add_explicit(&gs_pools[device].epoch, 1, memory_order_acq_rel);
+}
+
+static void pool_after_sync(int device, uint64_t token)
+{
+    pool_device_t *p = &gs_pools[device];
+    uint64_t done = atomic_load_explicit(&p->completed, memory_order_relaxed);
+    while (token > done && !atomic_compare_exchange_weak_explicit(&p->completed, &done, token,
+                                                                  memory_order_acq_rel,
+                                                                  memory_order_relaxed)) {
+    }
+    if (atomic_load_explicit(&p->ready, memory_order_acquire)) {
+        pthread_mutex_lock(&p->lock);
+        recycle_pending(p);
+        pthread_mutex_unlock(&p->lock);
+    }
+}
+
+/* The shim's own synchronization, device lock held: only when pending bytes are needed. */
+static void sync_and_recycle(pool_device_t *p, int device)
+{
+    const gs_driver_t *drv = gs_driver();
+    uint64_t token = pool_before_sync(device);
+    CUresult rc = drv->ctx_synchronize ? GS_DRIVER_CALL(device, drv->ctx_synchronize())
+                                       : CUDA_ERROR_NOT_SUPPORTED;
+    p->shim_syncs++;
+    if (rc == CUDA_SUCCESS) {
+        uint64_t done = atomic_load(&p->completed);
+        while (token > done && !atomic_compare_exchange_weak(&p->completed, &done, token)) {
+        }
+        recycle_pending(p);
+    }
+}
+
+/* ---- thread caches ---------------------------------------------------------------------- */
+
+static inline void cache_lock(thread_cache_t *c)
+{
+    while (atomic_flag_test_and_set_explicit(&c->busy, memory_order_acquire)) {
+    }
+}
+
+static inline void cache_unlock(thread_cache_t *c)
+{
+    atomic_flag_clear_explicit(&c->busy, memory_order_release);
+}
+
+/* Empties a cache into the central pool (device lock held, cache lock held). */
+static void cache_drain(pool_device_t *p, thread_cache_t *c)
+{
+    for (int k = 0; k < CLASS_COUNT; k++) {
+        for (int i = 0; i < c->used[k]; i++) {
+            pool_block_t *b = c->slots[k][i];
+            if (reusable(p, b)) {
+                central_free(p, b);
+            } else {
+                atomic_store_explicit(&b->state, BLOCK_PENDING, memory_order_relaxed);
+                b->next_free = p->pending;
+                p->pending = b;
+                p->pending_bytes += b->size;
+            }
+        }
+        c->used[k] = 0;
+    }
+    c->bytes = 0;
+    c->count = 0;
+}
+
+static void cache_orphan(void *arg)
+{
+    (void)arg;
+    for (int d = 0; d < GS_MAX_DEVICES; d++) {
+        thread_cache_t *c = gs_my_caches[d];
+        if (c == NULL)
+            continue;
+        pool_device_t *p = &gs_pools[d];
+        pthread_mutex_lock(&p->lock);
+        cache_lock(c);
+        cache_drain(p, c);
+        cache_unlock(c);
+        pthread_mutex_unlock(&p->lock);
+        atomic_store(&c->orphaned, true);
+        gs_my_caches[d] = NULL;
+    }
+}
+
+static thread_cache_t *my_cache(int device)
+{
+    thread_cache_t *c = gs_my_caches[device];
+    if (__builtin_expect(c != NULL, 1))
+        return c;
+    pthread_mutex_lock(&gs_caches_lock);
+    for (c = atomic_load(&gs_caches); c; c = c->next) { /* reuse a cache of a thread that ended */
+        bool expected = true;
+        if (c->device == device && atomic_compare_exchange_strong(&c->orphaned, &expected, false))
+            break;
+    }
+    if (c == NULL && (c = calloc(1, sizeof *c)) != NULL) {
+        atomic_flag_clear(&c->busy);
+        c->device = device;
+        c->next = atomic_load(&gs_caches);
+        atomic_store(&gs_caches, c);
+    }
+    pthread_mutex_unlock(&gs_caches_lock);
+    if (c) {
+        gs_my_caches[device] = c;
+        pthread_setspecific(gs_cache_key, c);
+    }
+    return c;
+}
+
+static pool_block_t *cache_take(pool_device_t *p, thread_cache_t *c, uint64_t size)
+{
+    cache_lock(c);
+    int first = class_floor(size);
+    for (int k = first; k <= first + 1 && k < CLASS_COUNT; k++) {
+        for (int i = c->used[k] - 1; i >= 0; i--) {
+            pool_block_t *b = c->slots[k][i];
+            /* A bigger block of the next class is not worth holding; the size must fit. */
+            if (b->size < size || b->size - size > b->size / 8 || !reusable(p, b))
+                continue;
+            c->slots[k][i] = c->slots[k][--c->used[k]];
+            c->bytes -= b->size;
+            c->count--;
+            c->hits++;
+            cache_unlock(c);
+            return b;
+        }
+    }
+    c->misses++;
+    cache_unlock(c);
+    return NULL;
+}
+
+static bool cache_put(thread_cache_t *c, pool_block_t *b)
+{
+    int k = class_floor(b->size);
+    bool kept = false;
+    cache_lock(c);
+    if (c->used[k] < CACHE_SLOTS && (c->bytes + b->size <= CACHE_BYTES || c->count == 0)) {
+        atomic_store_explicit(&b->state, BLOCK_CACHED, memory_order_relaxed);
+        c->slots[k][c->used[k]++] = b;
+        c->bytes += b->size;
+        c->count++;
+        kept = true;
+    }
+    cache_unlock(c);
+    return kept;
+}
+
+/* Under memory pressure: every thread's cache goes back to the central pool (lock held). */
+static void drain_all_caches(pool_device_t *p, int device)
+{
+    for (thread_cache_t *c = atomic_load(&gs_caches); c; c = c->next) {
+        if (c->device != device)
+            continue;
+        cache_lock(c);
+        cache_drain(p, c);
+        cache_unlock(c);
+    }
+}
+
+/* ---- growth and release (device lock held) ---------------------------------------------- */
+
+static void note_reserved(pool_device_t *p, int device)
+{
+    if (p->reserved <= p->reserved_peak)
+        return;
+    p->reserved_peak = p->reserved;
+    gs_device_stats_t s;
+    gs_stats_snapshot(device, &s);
+    p->fragmentation_at_peak = s.in_use > 0 ? (double)p->reserved / (double)s.in_use : 0;
+}
+
+static CUresult grow(pool_device_t *p, int device, uint64_t need)
+{
+    const gs_driver_t *drv = gs_driver();
+    /* Grow by 1/8 of what is reserved already (so unused reserve stays small), between 2 MiB and
+     * GPUSHIM_POOL_CHUNK, or by the request if it is larger; never past the maximum. */
+    uint64_t step = p->reserved / 8;
+    if (step < GS_POOL_GRANULE)
+        step = GS_POOL_GRANULE;
+    if (step > p->chunk_size)
+        step = p->chunk_size;
+    uint64_t size = round_up(need > step ? need : step, GS_POOL_GRANULE);
+    if (p->reserved + size > p->max) {
+        if (p->reserved + round_up(need, GS_POOL_GRANULE) > p->max)
+            return CUDA_ERROR_OUT_OF_MEMORY;
+        size = round_up(need, GS_POOL_GRANULE);
+    }
+    pool_chunk_t *chunk = calloc(1, sizeof *chunk);
+    if (chunk == NULL)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    CUdeviceptr base = 0;
+    p->grow_calls++;
+    CUresult rc = drv->mem_alloc ? GS_DRIVER_CALL(device, drv->mem_alloc(&base, size))
+                                 : CUDA_ERROR_NOT_SUPPORTED;
+    if (rc != CUDA_SUCCESS) {
+        free(chunk);
+        return rc;
+    }
+    chunk->base = base;
+    chunk->size = size;
+    chunk->first = new_block(chunk, base, size, device);
+    if (chunk->first == NULL) {
+        GS_DRIVER_CALL(device, drv->mem_free(base));
+        free(chunk);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    chunk->next = p->chunks;
+    p->chunks = chunk;
+    p->chunk_count++;
+    p->reserved += size;
+    list_push(p, chunk->first);
+    note_reserved(p, device);
+    return CUDA_SUCCESS;
+}
+
+/* Gives wholly free chunks back to the driver; returns how many. */
+static int release_free_chunks(pool_device_t *p, int device)
+{
+    const gs_driver_t *drv = gs_driver();
+    int released = 0;
+    for (pool_chunk_t **link = &p->chunks; *link;) {
+        pool_chunk_t *c = *link;
+        pool_block_t *b = c->first;
+        if (b->size != c->size || atomic_load(&b->state) != BLOCK_FREE) {
+            link = &c->next;
+            continue;
+        }
+        list_remove(p, b);
+        gs_ptrmap_remove(b->base, NULL);
+        if (GS_DRIVER_CALL(device, drv->mem_free(c->base)) != CUDA_SUCCESS) {
+            list_push(p, b); /* keep it; the driver refused */
+            map_block(b);
+            link = &c->next;
+            continue;
+        }
+        free(b);
+        *link = c->next;
+        p->reserved -= c->size;
+        p->chunk_count--;
+        p->releases++;
+        free(c);
+        released++;
+    }
+    return released;
+}
+
+/* ---- per-device set-up ------------------------------------------------------------------ */
+
+static void pool_device_init(pool_device_t *p, int device)
+{
+    const gs_driver_t *drv = gs_driver();
+    size_t total = 0;
+    if (drv->device_total_mem == NULL || drv->device_total_mem(&total, device) != CUDA_SUCCESS)
+        total = 0;
+    int align = 0;
+    if (drv->device_get_attribute)
+        drv->device_get_attribute(&align, CU_DEVICE_ATTRIBUTE_TEXTURE_PITCH_ALIGNMENT, device);
+    p->total = total;
+    p->max = gs_size_resolve(gs_opts.pool_max, total);
+    if (p->max == 0 || (total && p->max > total))
+        p->max = total ? total : UINT64_MAX;
+    p->chunk_size = gs_size_resolve(gs_opts.pool_chunk, total);
+    if (p->chunk_size < GS_POOL_GRANULE)
+        p->chunk_size = GS_POOL_GRANULE;
+    p->pending_max = gs_size_resolve(gs_opts.pool_pending_max, total);
+    p->pitch_align = (uint64_t)align > GS_POOL_ALIGN ? (uint64_t)align : GS_POOL_ALIGN;
+    atomic_store(&p->epoch, 1);
+    atomic_store(&p->completed, 0);
+    uint64_t initial = gs_size_resolve(gs_opts.pool_initial, total);
+    atomic_store_explicit(&p->ready, true, memory_order_release);
+    if (initial > 0 && grow(p, device, initial) != CUDA_SUCCESS)
+        gs_log_warning("GPUSHIM_POOL_INITIAL: could not reserve %llu bytes on device %d; the pool "
+                       "grows on demand", (unsigned long long)initial, device);
+}
+
+static pthread_once_t gs_pool_once = PTHREAD_ONCE_INIT;
+
+static void make_cache_key(void)
+{
+    pthread_key_create(&gs_cache_key, cache_orphan);
+}
+
+static void pool_start(void)
+{
+    pthread_once(&gs_pool_once, make_cache_key);
+}
+
+static pool_device_t *pool_for(int device)
+{
+    pool_device_t *p = &gs_pools[device];
+    if (__builtin_expect(!atomic_load_explicit(&p->ready, memory_order_acquire), 0)) {
+        pool_start();
+        pthread_mutex_lock(&p->lock);
+        if (!atomic_load_explicit(&p->ready, memory_order_relaxed))
+            pool_device_init(p, device);
+        pthread_mutex_unlock(&p->lock);
+    }
+    return p;
+}
+
+/* ---- the backend operations ------------------------------------------------------------- */
+
+/* The slow path: the central pool, then synchronization (safe reuse), then growth, then
+ * release of free chunks and caches, then out of memory. */
+static CUresult central_alloc(pool_device_t *p, int device, uint64_t size, pool_block_t **out)
+{
+    CUresult rc = CUDA_SUCCESS;
+    pthread_mutex_lock(&p->lock);
+    pool_block_t *b = find_free(p, size);
+    if (b == NULL && p->pending_bytes >= size &&
+        (p->pending_bytes >= p->pending_max || p->reserved + size > p->max)) {
+        sync_and_recycle(p, device);
+        b = find_free(p, size);
+    }
+    if (b == NULL) {
+        rc = grow(p, device, size);
+        if (rc == CUDA_ERROR_OUT_OF_MEMORY) {
+            /* Memory is short: everything free anywhere goes back, then one more try. */
+            drain_all_caches(p, device);
+            if (p->pending_bytes)
+                sync_and_recycle(p, device);
+            b = find_free(p, size);
+            if (b == NULL && release_free_chunks(p, device) >= 0)
+                rc = grow(p, device, size);
+        }
+        if (b == NULL && rc == CUDA_SUCCESS)
+            b = find_free(p, size);
+    }
+    if (b) {
+        carve(p, b, size);
+        rc = CUDA_SUCCESS;
+    } else if (rc == CUDA_SUCCESS) {
+        rc = CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    pthread_mutex_unlock(&p->lock);
+    *out = b;
+    return rc;
+}
+
+static CUresult pool_alloc(const gs_alloc_req_t *req, CUdeviceptr *ptr, size_t *pitch,
+                           gs_block_t *block)
+{
+    if (req->kind == GS_KIND_ASYNC || req->kind == GS_KIND_MANAGED)
+        return gs_backend_passthrough.alloc(req, ptr, pitch, block);
+    pool_device_t *p = pool_for(req->device);
+    uint64_t requested = req->bytes;
+    if (req->kind == GS_KIND_PITCH) {
+        /* cuMemAllocPitch's own checks, then the device's pitch alignment. */
+        if (req->width == 0 || req->height == 0 ||
+            (req->element_size != 4 && req->element_size != 8 && req->element_size != 16))
+            return CUDA_ERROR_INVALID_VALUE;
+        *pitch = round_up(req->width, p->pitch_align);
+        requested = (uint64_t)*pitch * req->height;
+    }
+    if (requested == 0)
+        return CUDA_ERROR_INVALID_VALUE; /* as cuMemAlloc(0) */
+    uint64_t size = round_up(requested, GS_POOL_ALIGN);
+    thread_cache_t *cache = my_cache(req->device);
+    pool_block_t *b = cache ? cache_take(p, cache, size) : NULL;
+    if (b == NULL) {
+        CUresult rc = central_alloc(p, req->device, size, &b);
+        if (rc != CUDA_SUCCESS)
+            return rc;
+    }
+    b->requested = requested;
+    atomic_store_explicit(&b->state, BLOCK_LIVE, memory_order_release); /* from CACHED */
+    *ptr = b->base;
+    *block = (gs_block_t){.base = b->base, .bytes = requested, .device = req->device,
+                          .kind = req->kind, .owner = b};
+    return CUDA_SUCCESS;
+}
+
+static int pool_free(CUdeviceptr ptr, const gs_free_req_t *req, CUresult *result, gs_block_t *block)
+{
+    gs_block_t entry;
+    if (gs_ptrmap_find(ptr, &entry) != 0)
+        return GS_NOT_OURS;
+    pool_block_t *b = entry.owner;
+    if (b == NULL) /* a stream-ordered or managed allocation we passed through */
+        return gs_backend_passthrough.free(ptr, req, result, block);
+    int live = BLOCK_LIVE;
+    if (!atomic_compare_exchange_strong(&b->state, &live, BLOCK_CACHED)) {
+        *result = CUDA_ERROR_INVALID_VALUE; /* double free: what the driver says */
+        block->base = 0;
+        return 0;
+    }
+    pool_device_t *p = &gs_pools[b->device];
+    *block = (gs_block_t){.base = b->base, .bytes = b->requested, .device = b->device,
+                          .kind = GS_KIND_DEVICE, .owner = b};
+    *result = CUDA_SUCCESS;
+    /* Stamp before publishing: a synchronization that starts after this covers the free. */
+    b->epoch = atomic_load_explicit(&p->epoch, memory_order_acquire);
+    thread_cache_t *cache = my_cache(b->device);
+    if (cache && cache_put(cache, b))
+        return 0;
+    pthread_mutex_lock(&p->lock);
+    if (reusable(p, b)) {
+        central_free(p, b);
+    } else {
+        atomic_store_explicit(&b->state, BLOCK_PENDING, memory_order_relaxed);
+        b->next_free = p->pending;
+        p->pending = b;
+        p->pending_bytes += b->size;
+    }
+    pthread_mutex_unlock(&p->lock);
+    (void)req; /* a stream-ordered free of a pool block: the same epoch rule covers it */
+    return 0;
+}
+
+/* The live pool block containing ptr (interior pointers too), or NULL. */
+static pool_block_t *containing(CUdeviceptr ptr)
+{
+    gs_block_t entry;
+    if (gs_ptrmap_find(ptr, &entry) == 0)
+        return entry.owner && atomic_load(&((pool_block_t *)entry.owner)->state) == BLOCK_LIVE
+                   ? entry.owner : NULL;
+    for (int d = 0; d < GS_MAX_DEVICES; d++) {
+        pool_device_t *p = &gs_pools[d];
+        if (!atomic_load(&p->ready))
+            continue;
+        pool_block_t *found = NULL;
+        pthread_mutex_lock(&p->lock);
+        for (pool_chunk_t *c = p->chunks; c && !found; c = c->next) {
+            if (ptr < c->base || ptr >= c->base + c->size)
+                continue;
+            for (pool_block_t *b = c->first; b; b = b->next_addr)
+                if (ptr >= b->base && ptr < b->base + b->size) {
+                    found = atomic_load(&b->state) == BLOCK_LIVE ? b : NULL;
+                    break;
+                }
+        }
+        pthread_mutex_unlock(&p->lock);
+        if (found)
+            return found;
+    }
+    return NULL;
+}
+
+static int pool_address_range(CUdeviceptr ptr, CUdeviceptr *base, size_t *size, CUresult *result)
+{
+    pool_block_t *b = containing(ptr);
+    if (b == NULL || ptr >= b->base + b->requested)
+        return GS_NOT_OURS;
+    if (base)
+        *base = b->base;
+    if (size)
+        *size = b->requested;
+    *result = CUDA_SUCCESS;
+    return 0;
+}
+
+static int pool_pointer_attribute(void *data, CUpointer_attribute attr, CUdeviceptr ptr,
+                                  CUresult *result)
+{
+    if (attr != CU_POINTER_ATTRIBUTE_RANGE_START_ADDR && attr != CU_POINTER_ATTRIBUTE_RANGE_SIZE)
+        return GS_NOT_OURS;
+    pool_block_t *b = containing(ptr);
+    if (b == NULL)
+        return GS_NOT_OURS;
+    if (attr == CU_POINTER_ATTRIBUTE_RANGE_START_ADDR)
+        *(CUdeviceptr *)data = b->base;
+    else
+        *(size_t *)data = b->requested;
+    *result = CUDA_SUCCESS;
+    return 0;
+}
+
+/* Differs from CUDA on purpose: the driver would hand out the handle of the whole chunk for a
+ * block inside it, and the importer would read the wrong memory. */
+static int pool_ipc_handle(CUipcMemHandle *handle, CUdeviceptr ptr, CUresult *result)
+{
+    (void)handle;
+    pool_block_t *b = containing(ptr);
+    if (b == NULL || (b->base == b->chunk->base && b->size == b->chunk->size))
+        return GS_NOT_OURS; /* not ours, or a whole chunk: the driver's handle is right */
+    gs_log_warning("cuIpcGetMemHandle refused (CUDA_ERROR_INVALID_VALUE): %#llx is a block inside "
+                   "a pool chunk, and its handle would map the whole chunk; run this program with "
+                   "GPUSHIM_MODE=off to share memory by IPC", (unsigned long long)ptr);
+    *result = CUDA_ERROR_INVALID_VALUE;
+    return 0;
+}
+
+static uint64_t cached_bytes(int device)
+{
+    uint64_t bytes = 0;
+    for (thread_cache_t *c = atomic_load(&gs_caches); c; c = c->next)
+        if (c->device == device) {
+            cache_lock(c);
+            bytes += c->bytes;
+            cache_unlock(c);
+        }
+    return bytes;
+}
+
+/* What the program can still get: the driver's free memory plus every pool byte not in use. */
+static int pool_mem_get_info(size_t *free_bytes, size_t *total_bytes, CUresult *result)
+{
+    const gs_driver_t *drv = gs_driver();
+    int device = gs_current_device();
+    pool_device_t *p = &gs_pools[device];
+    *result = drv->mem_get_info ? drv->mem_get_info(free_bytes, total_bytes) : CUDA_ERROR_NOT_SUPPORTED;
+    if (*result != CUDA_SUCCESS || !atomic_load(&p->ready))
+        return 0;
+    pthread_mutex_lock(&p->lock);
+    uint64_t idle = p->free_bytes + p->pending_bytes;
+    pthread_mutex_unlock(&p->lock);
+    idle += cached_bytes(device);
+    *free_bytes += idle;
+    if (*free_bytes > *total_bytes)
+        *free_bytes = *total_bytes;
+    return 0;
+}
+
+static void pool_report(int device, gs_buf_t *out)
+{
+    pool_device_t *p = &gs_pools[device];
+    if (!atomic_load(&p->ready))
+        return;
+    uint64_t hits = 0, misses = 0;
+    for (thread_cache_t *c = atomic_load(&gs_caches); c; c = c->next)
+        if (c->device == device) {
+            cache_lock(c);
+            hits += c->hits;
+            misses += c->misses;
+            cache_unlock(c);
+        }
+    pthread_mutex_lock(&p->lock);
+    uint64_t largest = 0;
+    for (int c = CLASS_COUNT - 1; c >= 0 && largest == 0; c--)
+        for (pool_block_t *b = p->free_lists[c]; b; b = b->next_free)
+            if (b->size > largest)
+                largest = b->size;
+    char reserved[32], peak[32], pending[32], large[32], cached[32];
+    uint64_t served = hits + misses;
+    gs_buf_printf(out,
+                  "gpushim: device %d: pool reserved %s now, peak %s, in %llu chunks; %llu driver "
+                  "allocations, %llu chunks given back\n",
+                  device, gs_format_bytes(p->reserved, reserved),
+                  gs_format_bytes(p->reserved_peak, peak), (unsigned long long)p->chunk_count,
+                  (unsigned long long)p->grow_calls, (unsigned long long)p->releases);
+    gs_buf_printf(out,
+                  "gpushim: device %d: pool hit rate %.1f%% (%llu of %llu allocations from "
+                  "thread caches, the rest from the pool's free lists or new chunks); %.1f%% "
+                  "of allocations needed the driver\n",
+                  device, served ? 100.0 * (double)hits / (double)served : 0.0,
+                  (unsigned long long)hits, (unsigned long long)served,
+                  served ? 100.0 * (double)p->grow_calls / (double)served : 0.0);
+    gs_buf_printf(out,
+                  "gpushim: device %d: pool reuse %s; pending %s, %llu synchronizations made by "
+                  "the shim; cached in threads %s; largest free block %s; reserved/in use at "
+                  "the reserved peak %.2f\n",
+                  device, gs_opts.pool_reuse == GS_REUSE_SAFE ? "safe" : "immediate",
+                  gs_format_bytes(p->pending_bytes, pending), (unsigned long long)p->shim_syncs,
+                  gs_format_bytes(cached_bytes(device), cached), gs_format_bytes(largest, large),
+                  p->fragmentation_at_peak);
+    pthread_mutex_unlock(&p->lock);
+}
+
+/* Fork child: the parent's device memory is not ours to use. Host records are dropped (leaked:
+ * freeing them safely would need locks another thread may have held at the fork). */
+static void pool_forget(void)
+{
+    memset(gs_pools, 0, sizeof gs_pools);
+    for (int d = 0; d < GS_MAX_DEVICES; d++)
+        pthread_mutex_init(&gs_pools[d].lock, NULL);
+    atomic_store(&gs_caches, NULL);
+    pthread_mutex_init(&gs_caches_lock, NULL);
+    memset(gs_my_caches, 0, sizeof gs_my_caches);
+    gs_ptrmap_clear();
+}
+
+const gs_backend_t gs_backend_pool = {
+    .name = "pool",
+    .start = pool_start,
+    .alloc = pool_alloc,
+    .free = pool_free,
+    .mem_get_info = pool_mem_get_info,
+    .address_range = pool_address_range,
+    .pointer_attribute = pool_pointer_attribute,
+    .ipc_handle = pool_ipc_handle,
+    .before_sync = pool_before_sync,
+    .after_sync = pool_after_sync,
+    .report = pool_report,
+    .forget = pool_forget,
+};

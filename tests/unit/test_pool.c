@@ -1,0 +1,340 @@
+/* test_pool.c: the pool backend against a fake upstream driver. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fake_upstream.h"
+
+#define MiB (1ull << 20)
+
+static int start(uint64_t limit, gs_reuse_t reuse)
+{
+    fake_upstream_install(limit);
+    gs_options_defaults(&gs_opts);
+    gs_opts.pool_reuse = reuse;
+    gs_opts.pool_chunk = (gs_size_spec_t){.bytes = 8 * MiB};
+    gs_backend_pool.forget();
+    gs_stats_reset();
+    gs_dispatch_use(&gs_backend_pool);
+    return 0;
+}
+
+static int immediate(void **state)
+{
+    (void)state;
+    return start(1ull << 30, GS_REUSE_IMMEDIATE);
+}
+
+static int safe(void **state)
+{
+    (void)state;
+    return start(1ull << 30, GS_REUSE_SAFE);
+}
+
+static void serves_aligned_blocks_from_few_driver_calls(void **state)
+{
+    (void)state;
+    CUdeviceptr p[100];
+    for (int i = 0; i < 100; i++) {
+        assert_int_equal(gs_mem_alloc(&p[i], 1000 + (size_t)i * 37), CUDA_SUCCESS);
+        assert_int_equal(p[i] % 512, 0);
+        for (int j = 0; j < i; j++)
+            assert_true(p[j] != p[i]);
+    }
+    assert_int_equal(fake.allocs, 1); /* one chunk */
+    for (int i = 0; i < 100; i++)
+        assert_int_equal(gs_mem_free(p[i]), CUDA_SUCCESS);
+    assert_int_equal(fake.frees, 0); /* the pool keeps its chunk */
+    gs_device_stats_t s;
+    gs_stats_snapshot(0, &s);
+    assert_int_equal(s.allocations, 100);
+    assert_int_equal(s.frees, 100);
+    assert_int_equal(s.in_use, 0);
+}
+
+static void reuses_freed_blocks_at_once_when_asked(void **state)
+{
+    (void)state;
+    CUdeviceptr a, b;
+    assert_int_equal(gs_mem_alloc(&a, 4096), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_free(a), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_alloc(&b, 4096), CUDA_SUCCESS);
+    assert_int_equal(a, b);
+}
+
+/* The default keeps cudaFree's guarantee: no reuse until a synchronization after the free. */
+static void safe_reuse_waits_for_a_synchronization(void **state)
+{
+    (void)state;
+    CUdeviceptr a, b, c;
+    assert_int_equal(gs_mem_alloc(&a, 4096), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_free(a), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_alloc(&b, 4096), CUDA_SUCCESS);
+    assert_true(b != a);
+    assert_int_equal(fake.syncs, 0);
+    assert_int_equal(gs_ctx_synchronize(), CUDA_SUCCESS); /* the program's own */
+    assert_int_equal(gs_mem_alloc(&c, 4096), CUDA_SUCCESS);
+    assert_int_equal(c, a);
+}
+
+/* With pending bytes past the bound, the shim synchronizes itself instead of growing. */
+static void pending_bytes_are_bounded(void **state)
+{
+    (void)state;
+    gs_opts.pool_pending_max = (gs_size_spec_t){.bytes = 4 * MiB};
+    gs_backend_pool.forget();
+    for (int i = 0; i < 200; i++) {
+        CUdeviceptr p;
+        assert_int_equal(gs_mem_alloc(&p, MiB), CUDA_SUCCESS);
+        assert_int_equal(gs_mem_free(p), CUDA_SUCCESS);
+    }
+    assert_true(fake.syncs > 0);
+    assert_true(fake.used <= 24 * MiB); /* bound + thread cache + a chunk, not 200 MiB */
+}
+
+static void coalesces_neighbours_back_into_one_block(void **state)
+{
+    (void)state;
+    CUdeviceptr a, b, c, whole;
+    gs_opts.pool_initial = (gs_size_spec_t){.bytes = 8 * MiB}; /* one chunk for all three */
+    gs_backend_pool.forget();
+    assert_int_equal(gs_mem_alloc(&a, 2 * MiB), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_alloc(&b, 3 * MiB), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_alloc(&c, 3 * MiB), CUDA_SUCCESS);
+    assert_int_equal(fake.allocs, 1);
+    assert_int_equal(b, a + 2 * MiB);
+    assert_int_equal(c, b + 3 * MiB);
+    /* b and a freed in that order: caches take them; the pool coalesces what reaches it. */
+    assert_int_equal(gs_mem_free(b), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_free(a), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_free(c), CUDA_SUCCESS);
+    /* Memory pressure drains the caches and must find the whole chunk as one free block. */
+    fake.limit = fake.used;
+    assert_int_equal(gs_mem_alloc(&whole, 8 * MiB), CUDA_SUCCESS);
+    assert_int_equal(whole, a);
+    assert_int_equal(fake.allocs, 2); /* one more try at the driver failed, none succeeded */
+}
+
+static void grows_in_chunks_and_serves_large_requests_whole(void **state)
+{
+    (void)state;
+    CUdeviceptr small, big;
+    assert_int_equal(gs_mem_alloc(&small, 4096), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_alloc(&big, 100 * MiB), CUDA_SUCCESS);
+    assert_int_equal(fake.allocs, 2);
+    assert_int_equal(fake.used, 2 * MiB + 100 * MiB); /* first chunk 2 MiB; the big one whole */
+    assert_int_equal(gs_mem_free(big), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_free(small), CUDA_SUCCESS);
+}
+
+/* Out of device memory: free chunks go back to the driver and the allocation is retried. */
+static void gives_free_chunks_back_before_failing(void **state)
+{
+    (void)state;
+    fake.limit = 40 * MiB;
+    CUdeviceptr a, b, c;
+    assert_int_equal(gs_mem_alloc(&a, 16 * MiB), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_alloc(&b, 16 * MiB), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_free(a), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_free(b), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_alloc(&c, 30 * MiB), CUDA_SUCCESS);
+    assert_true(fake.frees >= 1);
+    assert_int_equal(gs_mem_free(c), CUDA_SUCCESS);
+}
+
+static void out_of_memory_is_cudas_error_and_counted(void **state)
+{
+    (void)state;
+    fake.limit = 32 * MiB;
+    CUdeviceptr p;
+    assert_int_equal(gs_mem_alloc(&p, 64 * MiB), CUDA_ERROR_OUT_OF_MEMORY);
+    fake.fail_next_allocs = 100;
+    assert_int_equal(gs_mem_alloc(&p, 4096), CUDA_ERROR_OUT_OF_MEMORY);
+    gs_device_stats_t s;
+    gs_stats_snapshot(0, &s);
+    assert_int_equal(s.failures, 2);
+    assert_int_equal(gs_mem_alloc(&p, 0), CUDA_ERROR_INVALID_VALUE);
+}
+
+static void pool_max_caps_the_reservation(void **state)
+{
+    (void)state;
+    gs_opts.pool_max = (gs_size_spec_t){.bytes = 16 * MiB};
+    gs_backend_pool.forget();
+    CUdeviceptr a, b;
+    assert_int_equal(gs_mem_alloc(&a, 12 * MiB), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_alloc(&b, 12 * MiB), CUDA_ERROR_OUT_OF_MEMORY);
+    assert_true(fake.used <= 16 * MiB);
+}
+
+static void pitch_follows_the_device_alignment(void **state)
+{
+    (void)state;
+    CUdeviceptr p;
+    size_t pitch = 0;
+    assert_int_equal(gs_mem_alloc_pitch(&p, &pitch, 1000, 10, 4), CUDA_SUCCESS);
+    assert_int_equal(pitch, 1024);
+    assert_int_equal(p % 512, 0);
+    assert_int_equal(gs_mem_alloc_pitch(&p, &pitch, 1000, 10, 3), CUDA_ERROR_INVALID_VALUE);
+}
+
+static void bad_frees_get_the_drivers_answer(void **state)
+{
+    (void)state;
+    CUdeviceptr p;
+    assert_int_equal(gs_mem_alloc(&p, 4096), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_free(p), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_free(p), CUDA_ERROR_INVALID_VALUE);       /* double free */
+    assert_int_equal(gs_mem_free(0x1000), CUDA_ERROR_INVALID_VALUE);  /* foreign: driver */
+    assert_int_equal(gs_mem_free(0), CUDA_SUCCESS);
+}
+
+static void ranges_describe_the_block_not_the_chunk(void **state)
+{
+    (void)state;
+    CUdeviceptr a, b, base = 0;
+    size_t size = 0;
+    assert_int_equal(gs_mem_alloc(&a, 4096), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_alloc(&b, 10000), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_get_address_range(&base, &size, b + 5000), CUDA_SUCCESS);
+    assert_int_equal(base, b);
+    assert_int_equal(size, 10000);
+    CUipcMemHandle handle;
+    assert_int_equal(gs_ipc_get_mem_handle(&handle, b), CUDA_ERROR_INVALID_VALUE);
+    CUdeviceptr whole;
+    assert_int_equal(gs_mem_alloc(&whole, 64 * MiB), CUDA_SUCCESS); /* a chunk of its own */
+    assert_int_equal(gs_ipc_get_mem_handle(&handle, whole), CUDA_SUCCESS);
+}
+
+static void free_memory_counts_what_the_pool_holds_unused(void **state)
+{
+    (void)state;
+    CUdeviceptr p;
+    size_t free_before, free_after, total;
+    assert_int_equal(gs_mem_alloc(&p, 4096), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_get_info(&free_before, &total), CUDA_SUCCESS);
+    assert_int_equal(free_before, total - 4096); /* the rest of the chunk counts as free */
+    assert_int_equal(gs_mem_free(p), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_get_info(&free_after, &total), CUDA_SUCCESS);
+    assert_int_equal(free_after, total);
+}
+
+static void blocks_go_back_to_their_own_device(void **state)
+{
+    (void)state;
+    CUdeviceptr on1, again;
+    fake.device = 1;
+    assert_int_equal(gs_mem_alloc(&on1, 4096), CUDA_SUCCESS);
+    fake.device = 0;
+    assert_int_equal(gs_mem_free(on1), CUDA_SUCCESS);
+    gs_device_stats_t s;
+    gs_stats_snapshot(1, &s);
+    assert_int_equal(s.frees, 1);
+    fake.device = 1;
+    assert_int_equal(gs_mem_alloc(&again, 4096), CUDA_SUCCESS);
+    assert_int_equal(again, on1);
+    fake.device = 0;
+}
+
+static void async_and_managed_pass_through(void **state)
+{
+    (void)state;
+    CUdeviceptr a, m;
+    assert_int_equal(gs_mem_alloc_async(&a, 4096, NULL, false), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_alloc_managed(&m, 4096, CU_MEM_ATTACH_GLOBAL), CUDA_SUCCESS);
+    assert_int_equal(fake.async_allocs, 1);
+    assert_int_equal(gs_mem_free_async(a, NULL, false), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_free(m), CUDA_SUCCESS);
+    assert_int_equal(fake.async_frees, 1);
+    assert_int_equal(fake.frees, 2);
+}
+
+static void *stress_thread(void *arg)
+{
+    unsigned seed = (unsigned)(uintptr_t)arg;
+    CUdeviceptr live[64] = {0};
+    for (int i = 0; i < 20000; i++) {
+        int k = rand_r(&seed) % 64;
+        if (live[k]) {
+            assert_int_equal(gs_mem_free(live[k]), CUDA_SUCCESS);
+            live[k] = 0;
+        } else {
+            size_t bytes = (size_t)256 << (rand_r(&seed) % 12);
+            assert_int_equal(gs_mem_alloc(&live[k], bytes), CUDA_SUCCESS);
+        }
+        if (i % 5000 == 0)
+            gs_ctx_synchronize();
+    }
+    for (int k = 0; k < 64; k++)
+        if (live[k])
+            assert_int_equal(gs_mem_free(live[k]), CUDA_SUCCESS);
+    return NULL;
+}
+
+/* Many threads, both policies: counts stay exact, nothing is handed out twice (the fake's
+ * ledger would refuse), every byte comes back. Run under ThreadSanitizer by scripts/test.sh. */
+static void many_threads(void **state)
+{
+    (void)state;
+    for (int policy = 0; policy < 2; policy++) {
+        start(4ull << 30, policy ? GS_REUSE_IMMEDIATE : GS_REUSE_SAFE);
+        pthread_t t[16];
+        for (int i = 0; i < 16; i++)
+            pthread_create(&t[i], NULL, stress_thread, (void *)(uintptr_t)(i + 1));
+        for (int i = 0; i < 16; i++)
+            pthread_join(t[i], NULL);
+        gs_device_stats_t s;
+        gs_stats_snapshot(0, &s);
+        assert_int_equal(s.allocations, s.frees);
+        assert_int_equal(s.in_use, 0);
+        assert_int_equal(s.failures, 0);
+    }
+}
+
+static void report_tells_reserved_hits_and_pending(void **state)
+{
+    (void)state;
+    CUdeviceptr p;
+    for (int i = 0; i < 10; i++) {
+        assert_int_equal(gs_mem_alloc(&p, 4096), CUDA_SUCCESS);
+        assert_int_equal(gs_mem_free(p), CUDA_SUCCESS);
+    }
+    gs_buf_t *buf = calloc(1, sizeof *buf);
+    gs_opts.mode = GS_MODE_POOL;
+    gs_report_render(buf);
+    assert_non_null(strstr(buf->data, "mode pool\n"));
+    assert_non_null(strstr(buf->data, "device 0: pool reserved 2 MiB now, peak 2 MiB, in 1 chunks; 1 driver allocations"));
+    assert_non_null(strstr(buf->data, "pool hit rate 90.0% (9 of 10 allocations"));
+    assert_non_null(strstr(buf->data, "pool reuse immediate; pending 0 B, 0 synchronizations made by the shim"));
+    free(buf);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup(serves_aligned_blocks_from_few_driver_calls, immediate),
+        cmocka_unit_test_setup(reuses_freed_blocks_at_once_when_asked, immediate),
+        cmocka_unit_test_setup(safe_reuse_waits_for_a_synchronization, safe),
+        cmocka_unit_test_setup(pending_bytes_are_bounded, safe),
+        cmocka_unit_test_setup(coalesces_neighbours_back_into_one_block, immediate),
+        cmocka_unit_test_setup(grows_in_chunks_and_serves_large_requests_whole, immediate),
+        cmocka_unit_test_setup(gives_free_chunks_back_before_failing, immediate),
+        cmocka_unit_test_setup(out_of_memory_is_cudas_error_and_counted, safe),
+        cmocka_unit_test_setup(pool_max_caps_the_reservation, immediate),
+        cmocka_unit_test_setup(pitch_follows_the_device_alignment, safe),
+        cmocka_unit_test_setup(bad_frees_get_the_drivers_answer, safe),
+        cmocka_unit_test_setup(ranges_describe_the_block_not_the_chunk, safe),
+        cmocka_unit_test_setup(free_memory_counts_what_the_pool_holds_unused, immediate),
+        cmocka_unit_test_setup(blocks_go_back_to_their_own_device, immediate),
+        cmocka_unit_test_setup(async_and_managed_pass_through, safe),
+        cmocka_unit_test_setup(report_tells_reserved_hits_and_pending, immediate),
+        cmocka_unit_test(many_threads),
+    };
+    return cmocka_run_group_tests_name("pool", tests, NULL, NULL);
+}
