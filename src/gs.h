@@ -221,6 +221,7 @@ typedef struct gs_backend {
 
 extern const gs_backend_t gs_backend_passthrough;
 extern const gs_backend_t gs_backend_pool;
+void gs_pool_destroy(void); /* tests: forget and free every host record */
 
 /* The backend for a mode, or NULL when this build has none for it. */
 const gs_backend_t *gs_backend_for_mode(gs_mode_t mode);

@@ -826,6 +826,26 @@ static void pool_forget(void)
     gs_ptrmap_clear();
 }
 
+/* Tests: frees every host record (single-threaded; device memory is the fake's business). */
+void gs_pool_destroy(void)
+{
+    for (int d = 0; d < GS_MAX_DEVICES; d++) {
+        for (pool_chunk_t *c = gs_pools[d].chunks, *next; c; c = next) {
+            next = c->next;
+            for (pool_block_t *b = c->first, *after; b; b = after) {
+                after = b->next_addr;
+                free(b);
+            }
+            free(c);
+        }
+    }
+    for (thread_cache_t *c = atomic_load(&gs_caches), *next; c; c = next) {
+        next = c->next;
+        free(c);
+    }
+    pool_forget();
+}
+
 const gs_backend_t gs_backend_pool = {
     .name = "pool",
     .start = pool_start,

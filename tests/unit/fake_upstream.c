@@ -1,8 +1,10 @@
 #include "fake_upstream.h"
 
+#include <pthread.h>
 #include <string.h>
 
 fake_upstream_t fake;
+static pthread_mutex_t fake_lock = PTHREAD_MUTEX_INITIALIZER; /* the pool calls in from many threads */
 
 /* Sizes are kept in a small table keyed by address so frees can give memory back. */
 #define FAKE_SLOTS 4096
@@ -11,7 +13,7 @@ static struct {
     uint64_t bytes;
 } slots[FAKE_SLOTS];
 
-static CUresult fake_alloc(CUdeviceptr *p, size_t bytes)
+static CUresult fake_alloc_unlocked(CUdeviceptr *p, size_t bytes)
 {
     fake.allocs++;
     if (p == NULL || bytes == 0)
@@ -36,7 +38,7 @@ static CUresult fake_alloc(CUdeviceptr *p, size_t bytes)
     return CUDA_ERROR_OUT_OF_MEMORY;
 }
 
-static CUresult fake_free(CUdeviceptr p)
+static CUresult fake_free_unlocked(CUdeviceptr p)
 {
     fake.frees++;
     if (p == 0)
@@ -55,30 +57,30 @@ static CUresult fake_pitch(CUdeviceptr *p, size_t *pitch, size_t width, size_t h
 {
     (void)e;
     *pitch = (width + 511) & ~(size_t)511;
-    return fake_alloc(p, *pitch * height);
+    return fake_alloc_unlocked(p, *pitch * height);
 }
 
 static CUresult fake_alloc_async(CUdeviceptr *p, size_t bytes, CUstream s)
 {
     (void)s;
     fake.async_allocs++;
-    return fake_alloc(p, bytes);
+    return fake_alloc_unlocked(p, bytes);
 }
 
 static CUresult fake_free_async(CUdeviceptr p, CUstream s)
 {
     (void)s;
     fake.async_frees++;
-    return fake_free(p);
+    return fake_free_unlocked(p);
 }
 
 static CUresult fake_managed(CUdeviceptr *p, size_t bytes, unsigned flags)
 {
     (void)flags;
-    return fake_alloc(p, bytes);
+    return fake_alloc_unlocked(p, bytes);
 }
 
-static CUresult fake_info(size_t *free_bytes, size_t *total)
+static CUresult fake_info_unlocked(size_t *free_bytes, size_t *total)
 {
     fake.infos++;
     *free_bytes = fake.limit - fake.used;
@@ -86,7 +88,7 @@ static CUresult fake_info(size_t *free_bytes, size_t *total)
     return CUDA_SUCCESS;
 }
 
-static CUresult fake_sync(void)
+static CUresult fake_sync_unlocked(void)
 {
     fake.syncs++;
     return CUDA_SUCCESS;
@@ -112,7 +114,7 @@ static CUresult fake_attribute(int *value, CUdevice_attribute attr, CUdevice d)
     return CUDA_SUCCESS;
 }
 
-static CUresult fake_range(CUdeviceptr *base, size_t *size, CUdeviceptr p)
+static CUresult fake_range_unlocked(CUdeviceptr *base, size_t *size, CUdeviceptr p)
 {
     for (int i = 0; i < FAKE_SLOTS; i++) {
         if (slots[i].base && p >= slots[i].base && p < slots[i].base + slots[i].bytes) {
@@ -128,12 +130,26 @@ static CUresult fake_ipc(CUipcMemHandle *h, CUdeviceptr p)
 {
     CUdeviceptr base;
     size_t size;
-    if (fake_range(&base, &size, p) != CUDA_SUCCESS)
+    if (fake_range_unlocked(&base, &size, p) != CUDA_SUCCESS)
         return CUDA_ERROR_INVALID_VALUE;
     memset(h, 0, sizeof *h);
     memcpy(h->reserved, &base, sizeof base);
     return CUDA_SUCCESS;
 }
+
+#define LOCKED(name, params, args)                                                                 \
+    static CUresult name params                                                                    \
+    {                                                                                              \
+        pthread_mutex_lock(&fake_lock);                                                            \
+        CUresult rc = name##_unlocked args;                                                        \
+        pthread_mutex_unlock(&fake_lock);                                                          \
+        return rc;                                                                                 \
+    }
+LOCKED(fake_alloc, (CUdeviceptr *p, size_t bytes), (p, bytes))
+LOCKED(fake_free, (CUdeviceptr p), (p))
+LOCKED(fake_info, (size_t *free_bytes, size_t *total), (free_bytes, total))
+LOCKED(fake_sync, (void), ())
+LOCKED(fake_range, (CUdeviceptr *base, size_t *size, CUdeviceptr p), (base, size, p))
 
 static const gs_driver_t fake_table = {
     .mem_alloc = fake_alloc,

@@ -19,7 +19,7 @@ static int start(uint64_t limit, gs_reuse_t reuse)
     gs_options_defaults(&gs_opts);
     gs_opts.pool_reuse = reuse;
     gs_opts.pool_chunk = (gs_size_spec_t){.bytes = 8 * MiB};
-    gs_backend_pool.forget();
+    gs_pool_destroy();
     gs_stats_reset();
     gs_dispatch_use(&gs_backend_pool);
     return 0;
@@ -88,7 +88,7 @@ static void pending_bytes_are_bounded(void **state)
 {
     (void)state;
     gs_opts.pool_pending_max = (gs_size_spec_t){.bytes = 4 * MiB};
-    gs_backend_pool.forget();
+    gs_pool_destroy();
     for (int i = 0; i < 200; i++) {
         CUdeviceptr p;
         assert_int_equal(gs_mem_alloc(&p, MiB), CUDA_SUCCESS);
@@ -103,7 +103,7 @@ static void coalesces_neighbours_back_into_one_block(void **state)
     (void)state;
     CUdeviceptr a, b, c, whole;
     gs_opts.pool_initial = (gs_size_spec_t){.bytes = 8 * MiB}; /* one chunk for all three */
-    gs_backend_pool.forget();
+    gs_pool_destroy();
     assert_int_equal(gs_mem_alloc(&a, 2 * MiB), CUDA_SUCCESS);
     assert_int_equal(gs_mem_alloc(&b, 3 * MiB), CUDA_SUCCESS);
     assert_int_equal(gs_mem_alloc(&c, 3 * MiB), CUDA_SUCCESS);
@@ -166,7 +166,7 @@ static void pool_max_caps_the_reservation(void **state)
 {
     (void)state;
     gs_opts.pool_max = (gs_size_spec_t){.bytes = 16 * MiB};
-    gs_backend_pool.forget();
+    gs_pool_destroy();
     CUdeviceptr a, b;
     assert_int_equal(gs_mem_alloc(&a, 12 * MiB), CUDA_SUCCESS);
     assert_int_equal(gs_mem_alloc(&b, 12 * MiB), CUDA_ERROR_OUT_OF_MEMORY);
@@ -336,5 +336,8 @@ int main(void)
         cmocka_unit_test_setup(report_tells_reserved_hits_and_pending, immediate),
         cmocka_unit_test(many_threads),
     };
-    return cmocka_run_group_tests_name("pool", tests, NULL, NULL);
+    int failed = cmocka_run_group_tests_name("pool", tests, NULL, NULL);
+    gs_pool_destroy();
+    gs_ptrmap_clear();
+    return failed;
 }
