@@ -789,12 +789,15 @@ static void pool_report(int device, gs_buf_t *out)
                 largest = b->size;
     char reserved[32], peak[32], pending[32], large[32], cached[32];
     uint64_t served = hits + misses;
+    gs_device_stats_t s;
+    gs_stats_snapshot(device, &s);
     gs_buf_printf(out,
                   "gpushim: device %d: pool reserved %s now, peak %s, in %llu chunks; %llu driver "
-                  "allocations, %llu chunks given back\n",
+                  "allocations, %llu chunks given back; peak reserved / peak in use %.3f\n",
                   device, gs_format_bytes(p->reserved, reserved),
                   gs_format_bytes(p->reserved_peak, peak), (unsigned long long)p->chunk_count,
-                  (unsigned long long)p->grow_calls, (unsigned long long)p->releases);
+                  (unsigned long long)p->grow_calls, (unsigned long long)p->releases,
+                  s.peak > 0 ? (double)p->reserved_peak / (double)s.peak : 0.0);
     gs_buf_printf(out,
                   "gpushim: device %d: pool hit rate %.1f%% (%llu of %llu allocations from "
                   "thread caches, the rest from the pool's free lists or new chunks); %.1f%% "

@@ -1,0 +1,168 @@
+// bench_alloc.cu: allocation latency through the CUDA runtime, whatever backend is underneath
+// (run it with and without the shim; scripts/gpu-bench.sh does all of that side by side).
+//   bench_alloc sizes  API        median ns per alloc+free pair for 256 B .. 256 MiB
+//   bench_alloc random API        1000 live blocks, log-uniform 256 B..4 MiB, random free order
+//   bench_alloc threads API T     pairs per second of T threads together (4 KiB and 1 MiB)
+// API is malloc (cudaMalloc/cudaFree) or async (cudaMallocAsync/cudaFreeAsync, pool retained).
+// Lines starting with RESULT are machine-readable.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <thread>
+#include <vector>
+
+using clk = std::chrono::steady_clock;
+static bool use_async = false;
+static thread_local cudaStream_t stream = nullptr;
+
+static void die(cudaError_t e, const char *what)
+{
+    std::printf("FAIL %s: %s\n", what, cudaGetErrorString(e));
+    std::exit(1);
+}
+
+static void *alloc(size_t bytes)
+{
+    void *p = nullptr;
+    cudaError_t e = use_async ? cudaMallocAsync(&p, bytes, stream) : cudaMalloc(&p, bytes);
+    if (e != cudaSuccess)
+        die(e, "alloc");
+    return p;
+}
+
+static void release(void *p)
+{
+    cudaError_t e = use_async ? cudaFreeAsync(p, stream) : cudaFree(p);
+    if (e != cudaSuccess)
+        die(e, "free");
+}
+
+static void setup_stream()
+{
+    if (use_async)
+        cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
+}
+
+static double median(std::vector<double> v)
+{
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+
+static void sizes()
+{
+    const size_t list[] = {256, 4096, 65536, 1 << 20, 16 << 20, 256 << 20};
+    for (size_t bytes : list) {
+        release(alloc(bytes)); // warm: chunk, pool, context
+        std::vector<double> per_pair;
+        const int batch = 20;
+        auto deadline = clk::now() + std::chrono::milliseconds(300);
+        while ((per_pair.size() < 50 || clk::now() < deadline) && per_pair.size() < 20000) {
+            auto t0 = clk::now();
+            for (int i = 0; i < batch; i++)
+                release(alloc(bytes));
+            auto t1 = clk::now();
+            per_pair.push_back(std::chrono::duration<double, std::nano>(t1 - t0).count() / batch);
+        }
+        std::printf("RESULT sizes %zu %.0f\n", bytes, median(per_pair));
+    }
+}
+
+static void random_pattern()
+{
+    std::mt19937_64 rng(42);
+    std::uniform_real_distribution<double> logsize(std::log(256.0), std::log(4.0 * 1024 * 1024));
+    auto draw = [&] { return (size_t)std::exp(logsize(rng)); };
+    std::vector<void *> live(1000);
+    std::vector<size_t> live_size(1000);
+    size_t in_use = 0, peak = 0;
+    for (int i = 0; i < 1000; i++) {
+        live_size[i] = draw();
+        live[i] = alloc(live_size[i]);
+        in_use += live_size[i];
+    }
+    peak = in_use;
+    const int pairs = 20000, batch = 20;
+    std::vector<double> per_pair;
+    std::uniform_int_distribution<int> pick(0, 999);
+    for (int b = 0; b < pairs / batch; b++) {
+        auto t0 = clk::now();
+        for (int i = 0; i < batch; i++) {
+            int k = pick(rng);
+            release(live[k]);
+            in_use -= live_size[k];
+            live_size[k] = draw();
+            live[k] = alloc(live_size[k]);
+            in_use += live_size[k];
+            peak = std::max(peak, in_use);
+        }
+        auto t1 = clk::now();
+        per_pair.push_back(std::chrono::duration<double, std::nano>(t1 - t0).count() / batch);
+    }
+    for (void *p : live)
+        release(p);
+    std::printf("RESULT random %.0f peak_requested %zu\n", median(per_pair), peak);
+}
+
+static void threads(int count)
+{
+    std::atomic<bool> go{false}, stop{false};
+    std::atomic<uint64_t> total{0};
+    std::vector<std::thread> pool;
+    for (int t = 0; t < count; t++) {
+        pool.emplace_back([&] {
+            setup_stream();
+            cudaFree(0);
+            uint64_t pairs = 0;
+            while (!go.load())
+                ;
+            while (!stop.load(std::memory_order_relaxed)) {
+                for (int i = 0; i < 64; i++)
+                    release(alloc((pairs + i) & 1 ? (1 << 20) : 4096));
+                pairs += 64;
+            }
+            total += pairs;
+        });
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    auto t0 = clk::now();
+    go = true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(700));
+    stop = true;
+    for (auto &t : pool)
+        t.join();
+    double seconds = std::chrono::duration<double>(clk::now() - t0).count();
+    std::printf("RESULT threads %d %.0f\n", count, total.load() / seconds);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 3) {
+        std::fprintf(stderr, "usage: bench_alloc sizes|random|threads malloc|async [threads]\n");
+        return 64;
+    }
+    use_async = std::strcmp(argv[2], "async") == 0;
+    cudaFree(0);
+    if (use_async) { // keep freed memory in CUDA's pool: the retained-pool anchor
+        cudaMemPool_t mempool;
+        cudaDeviceGetDefaultMemPool(&mempool, 0);
+        uint64_t threshold = UINT64_MAX;
+        cudaMemPoolSetAttribute(mempool, cudaMemPoolAttrReleaseThreshold, &threshold);
+    }
+    setup_stream();
+    if (std::strcmp(argv[1], "sizes") == 0)
+        sizes();
+    else if (std::strcmp(argv[1], "random") == 0)
+        random_pattern();
+    else if (std::strcmp(argv[1], "threads") == 0)
+        threads(argc > 3 ? std::atoi(argv[3]) : 1);
+    if (use_async)
+        cudaStreamSynchronize(stream);
+    return 0;
+}

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Benchmarks, side by side in one run on one card: no shim (cudaMalloc), the shim's pool with
+# each reuse policy, cudaMallocAsync with a retained pool, and PyTorch's caching allocator.
+# Prints tables last (medians; ratios against the anchors). Timing never goes into tests.
+set -u
+cd "$(dirname "$0")/.."
+build=${GPUSHIM_BUILD:-build-gpu}
+bash scripts/gpu-build.sh || exit 1
+shim=$PWD/$build/src/libgpushim.so
+work=$(mktemp -d)
+card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+
+# with BACKEND CMD...: none | safe | immediate ; writes the shim report to $work/last-report.txt
+with() {
+  local backend=$1; shift
+  rm -f "$work"/report-*.txt
+  if [ "$backend" = none ]; then "$@"; else
+    LD_PRELOAD="$shim" GPUSHIM_MODE=pool GPUSHIM_POOL_REUSE="$backend" GPUSHIM_REPORT="$work/report-%p.txt" "$@"
+  fi
+  cat "$work"/report-*.txt 2>/dev/null >"$work/last-report.txt"
+}
+result() { sed -n "s/^RESULT $1 //p" "$2"; }
+
+for b in none safe immediate; do
+  with $b "$build/bench_alloc" sizes malloc >"$work/sizes-$b.txt"
+  with $b "$build/bench_alloc" random malloc >"$work/random-$b.txt"
+  cp "$work/last-report.txt" "$work/random-$b-report.txt"
+  for t in 1 4 16; do with $b "$build/bench_alloc" threads malloc $t; done >"$work/threads-$b.txt"
+done
+"$build/bench_alloc" sizes async >"$work/sizes-async.txt"
+"$build/bench_alloc" random async >"$work/random-async.txt"
+for t in 1 4 16; do "$build/bench_alloc" threads async $t; done >"$work/threads-async.txt"
+python3 bench/bench_torch.py alloc >"$work/torch-alloc.txt" 2>&1
+
+python3 bench/bench_torch.py mlp >"$work/mlp-caching.txt" 2>&1
+PYTORCH_NO_CUDA_MEMORY_CACHING=1 python3 bench/bench_torch.py mlp >"$work/mlp-raw.txt" 2>&1
+for b in safe immediate; do
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 with $b python3 bench/bench_torch.py mlp >"$work/mlp-$b.txt" 2>&1
+  cp "$work/last-report.txt" "$work/mlp-$b-report.txt"
+done
+python3 bench/bench_cupy.py >"$work/cupy-pool.txt" 2>&1
+python3 bench/bench_cupy.py none >"$work/cupy-raw.txt" 2>&1
+for b in safe immediate; do with $b python3 bench/bench_cupy.py none >"$work/cupy-$b.txt" 2>&1; done
+
+[ -n "${OUT:-}" ] && cp -r "$work" "$OUT/bench-raw" 2>/dev/null
+for f in "$work"/mlp-*-report.txt "$work"/random-*-report.txt; do echo "--- $(basename "$f")"; cat "$f"; done
+
+echo
+echo "## allocation latency, ns per cudaMalloc+cudaFree pair (median), $card"
+echo "| size | cudaMalloc (no shim) | shim pool, safe | shim pool, immediate | cudaMallocAsync, retained | PyTorch caching | safe vs torch | immediate vs torch |"
+echo "|---|---|---|---|---|---|---|---|"
+for size in 256 4096 65536 1048576 16777216 268435456; do
+  n=$(awk -v s=$size '$1 == s {print $2}' <(result sizes "$work/sizes-none.txt"))
+  s=$(awk -v s=$size '$1 == s {print $2}' <(result sizes "$work/sizes-safe.txt"))
+  i=$(awk -v s=$size '$1 == s {print $2}' <(result sizes "$work/sizes-immediate.txt"))
+  a=$(awk -v s=$size '$1 == s {print $2}' <(result sizes "$work/sizes-async.txt"))
+  t=$(awk -v s=$size '$1 == s {print $2}' <(result torch_alloc "$work/torch-alloc.txt"))
+  echo "| $size | $n | $s | $i | $a | $t | $(awk -v x="$s" -v y="$t" 'BEGIN {if (y > 0) printf "%.2fx", x / y}') | $(awk -v x="$i" -v y="$t" 'BEGIN {if (y > 0) printf "%.2fx", x / y}') |"
+done
+echo
+echo "## random pattern: 1000 live blocks, log-uniform 256 B..4 MiB, random free order"
+echo "| backend | ns per pair (median) | peak reserved / peak requested |"
+echo "|---|---|---|"
+for b in none safe immediate async; do
+  line=$(result random "$work/random-$b.txt")
+  ratio=$(sed -n 's/.*peak reserved \/ peak in use \([0-9.]*\).*/\1/p' "$work/random-$b-report.txt" 2>/dev/null | head -1)
+  echo "| $b | ${line%% *} | ${ratio:--} |"
+done
+echo
+echo "## threads: pairs per second, all threads together (4 KiB and 1 MiB alternating)"
+echo "| threads | cudaMalloc | pool safe | pool immediate | cudaMallocAsync | immediate scaling vs 1 thread | safe scaling |"
+echo "|---|---|---|---|---|---|---|"
+for t in 1 4 16; do
+  v() { awk -v t=$t '$1 == t {print $2}' <(result threads "$work/threads-$1.txt"); }
+  i1=$(awk '$1 == 1 {print $2}' <(result threads "$work/threads-immediate.txt"))
+  s1=$(awk '$1 == 1 {print $2}' <(result threads "$work/threads-safe.txt"))
+  echo "| $t | $(v none) | $(v safe) | $(v immediate) | $(v async) | $(awk -v x="$(v immediate)" -v y="$i1" 'BEGIN {printf "%.1fx", x / y}') | $(awk -v x="$(v safe)" -v y="$s1" 'BEGIN {printf "%.1fx", x / y}') |"
+done
+echo
+echo "## end to end"
+mc=$(result mlp_ms "$work/mlp-caching.txt" | cut -d' ' -f1)
+echo "| workload | ms per step/iteration | vs own allocator |"
+echo "|---|---|---|"
+for v in caching raw safe immediate; do
+  m=$(result mlp_ms "$work/mlp-$v.txt" | cut -d' ' -f1)
+  echo "| PyTorch MLP, $v | $m | $(awk -v x="$m" -v y="$mc" 'BEGIN {if (y > 0) printf "%.3fx", x / y}') |"
+done
+cc=$(result cupy_ms "$work/cupy-pool.txt" | cut -d' ' -f1)
+for v in pool raw safe immediate; do
+  m=$(result cupy_ms "$work/cupy-$v.txt" | cut -d' ' -f1)
+  echo "| CuPy pipeline, $v | $m | $(awk -v x="$m" -v y="$cc" 'BEGIN {if (y > 0) printf "%.3fx", x / y}') |"
+done
+echo "PyTorch's own peaks (caching run): $(result torch_peak "$work/mlp-caching.txt")"
+for b in safe immediate; do
+  echo "shim pool ($b) on the MLP: $(sed -n 's/.*\(peak reserved \/ peak in use [0-9.]*\).*/\1/p' "$work/mlp-$b-report.txt" | head -1)"
+done
+echo "card: $card"

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The GPU check: real programs under the shim, each with its own result check, and the number of
+# allocations the shim's report counted. One command on a GPU machine; prints a summary table last.
+#   scripts/gpu-check.sh [MODE ...]      (default: off pool)
+set -u
+cd "$(dirname "$0")/.."
+build=${GPUSHIM_BUILD:-build-gpu}
+bash scripts/gpu-build.sh || exit 1
+shim=$PWD/$build/src/libgpushim.so
+modes=${*:-off pool}
+work=$(mktemp -d)
+table=()
+failures=0
+
+# run_case NAME EXPECTED_ALLOCATIONS MODE [VAR=VALUE ...] -- COMMAND ...
+run_case() {
+  local name=$1 expected=$2 mode=$3; shift 3
+  local env=(); while [ "$1" != "--" ]; do env+=("$1"); shift; done; shift
+  local dir=$work/$name-$mode; mkdir -p "$dir"
+  env "${env[@]}" LD_PRELOAD="$shim" GPUSHIM_MODE="$mode" GPUSHIM_REPORT="$dir/report-%p.txt" \
+    PYTHONUNBUFFERED=1 "$@" >"$dir/out.txt" 2>"$dir/err.txt"
+  local rc=$?
+  local check; check=$(grep -E '^(PASS|FAIL)' "$dir/out.txt" | tail -1)
+  local counted; counted=$(cat "$dir"/report-*.txt 2>/dev/null |
+    sed -n 's/^gpushim: device [0-9]*: \([0-9]*\) allocations.*/\1/p' | awk '{s += $1} END {print s + 0}')
+  local verdict=ok
+  if [ $rc -ne 0 ] || [[ "$check" != PASS* ]]; then verdict=FAIL; fi
+  if [ "$expected" = any ]; then [ "$counted" -gt 0 ] || verdict=FAIL
+  elif [ "$counted" != "$expected" ]; then verdict=FAIL; fi
+  [ $verdict = ok ] || { failures=$((failures + 1)); echo "--- $name ($mode) failed: rc $rc"; cat "$dir/out.txt" "$dir/err.txt" | tail -20; }
+  echo "--- $name ($mode): $check"; cat "$dir"/report-*.txt 2>/dev/null
+  table+=("$(printf '| %-34s | %-7s | %-4s | %-10s | %-8s | %s |' "$name" "$mode" "$([[ "$check" == PASS* ]] && echo pass || echo FAIL)" "$counted" "$expected" "$verdict")")
+}
+
+for mode in $modes; do
+  run_case "cuda nvcc default (static)" 10 "$mode" -- "$build/alloc_kernel_static" 10
+  run_case "cuda -cudart shared" 10 "$mode" -- "$build/alloc_kernel_shared" 10
+  run_case "pytorch caching allocator" any "$mode" -- python3 tests/gpu/check_torch.py
+  run_case "pytorch NO_CUDA_MEMORY_CACHING=1" any "$mode" PYTORCH_NO_CUDA_MEMORY_CACHING=1 -- python3 tests/gpu/check_torch.py
+  run_case "cupy MemoryPool" any "$mode" -- python3 tests/gpu/check_cupy.py
+  run_case "cupy set_allocator(None)" any "$mode" -- python3 tests/gpu/check_cupy.py none
+  run_case "jax" any "$mode" -- python3 tests/gpu/check_jax.py
+done
+
+echo "--- reuse safety: a kernel still reads A while A is freed, re-allocated and overwritten"
+echo "no shim:        $("$build/reuse_safety")"
+for reuse in safe immediate; do
+  echo "pool $reuse: $(LD_PRELOAD="$shim" GPUSHIM_MODE=pool GPUSHIM_POOL_REUSE=$reuse GPUSHIM_REPORT=off "$build/reuse_safety")"
+done
+echo "--- invisible where unused: bash under the shim prints [$(LD_PRELOAD="$shim" GPUSHIM_MODE=pool bash -c 'echo hi' 2>&1)]"
+echo "--- libraries the shim links: $(readelf -d "$shim" | sed -n 's/.*NEEDED.*\[\(.*\)\]/\1/p' | tr '\n' ' ')"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | sed 's/^/--- card: /'
+
+echo
+echo "| program                            | mode    | check| counted    | expected | verdict |"
+echo "|------------------------------------|---------|------|------------|----------|---------|"
+printf '%s\n' "${table[@]}"
+echo "gpu-check: $failures failed"
+exit $((failures > 0))

@@ -1,0 +1,12 @@
+"""A jitted JAX computation checked against NumPy."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+rng = np.random.default_rng(0)
+a = rng.standard_normal((512, 512)).astype(np.float32)
+f = jax.jit(lambda m: jnp.tanh(m @ m.T).sum(axis=0))
+got = np.asarray(f(jnp.asarray(a)))
+want = np.tanh(a.astype(np.float64) @ a.T.astype(np.float64)).sum(axis=0)
+err = np.abs(got - want).max() / np.abs(want).max()
+print(f"{'PASS' if err < 1e-2 else 'FAIL'} jax on {jax.devices()[0].platform}: relative error {err:.2e}")

@@ -1,0 +1,67 @@
+// reuse_safety.cu: a kernel on a non-blocking stream keeps reading buffer A while the host frees
+// A, allocates B of the same size (a pool may hand back A's memory) and overwrites B from another
+// stream. cudaFree's contract: the reader sees only A's original data. Prints how many reads saw
+// something else, and how long cudaFree blocked.
+#include <chrono>
+#include <cstdio>
+
+#define CHECK(call)                                                                                \
+    do {                                                                                           \
+        cudaError_t e_ = (call);                                                                   \
+        if (e_ != cudaSuccess) {                                                                   \
+            std::printf("FAIL %s: %s\n", #call, cudaGetErrorString(e_));                           \
+            return 1;                                                                              \
+        }                                                                                          \
+    } while (0)
+
+// Re-reads a[] for about `cycles` clock cycles; counts elements that are not 7.
+__global__ void reader(const int *a, size_t n, long long cycles, unsigned long long *wrong)
+{
+    long long start = clock64();
+    unsigned long long local = 0;
+    while (clock64() - start < cycles) {
+        for (size_t i = threadIdx.x; i < n; i += blockDim.x)
+            if (((volatile const int *)a)[i] != 7)
+                local++;
+    }
+    atomicAdd(wrong, local);
+}
+
+__global__ void set7(int *a, size_t n)
+{
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i < n)
+        a[i] = 7;
+}
+
+int main()
+{
+    const size_t n = 1 << 20;
+    int *a, *b;
+    unsigned long long *wrong;
+    cudaStream_t s1, s2;
+    CHECK(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking));
+    CHECK(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking));
+    CHECK(cudaMalloc(&wrong, sizeof *wrong));
+    CHECK(cudaMemset(wrong, 0, sizeof *wrong));
+    CHECK(cudaMalloc(&a, n * sizeof(int)));
+    set7<<<(n + 255) / 256, 256>>>(a, n);
+    CHECK(cudaDeviceSynchronize());
+    int rate_khz = 0;
+    CHECK(cudaDeviceGetAttribute(&rate_khz, cudaDevAttrClockRate, 0));
+    reader<<<1, 1024, 0, s1>>>(a, n, (long long)rate_khz * 200, wrong); // about 200 ms
+    auto t0 = std::chrono::steady_clock::now();
+    CHECK(cudaFree(a));
+    auto t1 = std::chrono::steady_clock::now();
+    CHECK(cudaMalloc(&b, n * sizeof(int)));
+    CHECK(cudaMemsetAsync(b, 0xFF, n * sizeof(int), s2));
+    CHECK(cudaDeviceSynchronize());
+    unsigned long long host_wrong = 0;
+    CHECK(cudaMemcpy(&host_wrong, wrong, sizeof host_wrong, cudaMemcpyDeviceToHost));
+    double free_ms = std::chrono::duration<double, std::milli>(t1 - t0).count();
+    std::printf("reuse_safety: B %s A's memory; cudaFree blocked %.1f ms; reader saw %llu wrong values\n",
+                (void *)b == (void *)a ? "reuses" : "does not reuse", free_ms, host_wrong);
+    CHECK(cudaFree(b));
+    CHECK(cudaFree(wrong));
+    return 0;
+}
