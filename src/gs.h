@@ -112,6 +112,7 @@ void gs_clock_start(void);
     X(ctx_get_device_v2, "cuCtxGetDevice_v2", CUresult (*)(CUdevice *, CUcontext))                 \
     X(device_get_attribute, "cuDeviceGetAttribute", CUresult (*)(int *, CUdevice_attribute, CUdevice)) \
     X(device_total_mem, "cuDeviceTotalMem_v2", CUresult (*)(size_t *, CUdevice))                   \
+    X(device_get_count, "cuDeviceGetCount", CUresult (*)(int *))                                   \
     X(get_proc_address, "cuGetProcAddress", CUresult (*)(const char *, void **, int, cuuint64_t))  \
     X(get_proc_address_v2, "cuGetProcAddress_v2",                                                  \
       CUresult (*)(const char *, void **, int, cuuint64_t, CUdriverProcAddressQueryResult *))

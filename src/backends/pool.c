@@ -33,15 +33,18 @@
 #define MIN_FL 9                      /* 512 B */
 #define CLASS_COUNT ((48 - MIN_FL) << SL_BITS)
 #define BITMAP_WORDS ((CLASS_COUNT + 63) / 64)
-#define CACHE_SLOTS 8                 /* blocks per class in a thread cache */
-#define CACHE_BYTES (64ull << 20)     /* bytes a thread cache may hold (one larger block allowed) */
+#define CACHE_SLOTS 16                /* blocks per class in a thread cache */
+#define CACHE_BYTES (16ull << 20)     /* bytes a thread cache may hold (one larger block allowed) */
+#define RECENT_SLOTS 256              /* per-thread memory of recent allocations, for their frees */
 
 enum { BLOCK_FREE, BLOCK_LIVE, BLOCK_CACHED, BLOCK_PENDING };
 
 typedef struct pool_chunk pool_chunk_t;
 
+/* Records are type-stable: once made they are recycled through pool_device_t.spare, never freed,
+ * so a stale pointer to one (the per-thread recent table) is safe to read and then re-checked. */
 typedef struct pool_block {
-    CUdeviceptr base;
+    CUdeviceptr base; /* written and read with __atomic: the recent table reads it unlocked */
     uint64_t size;      /* rounded, what the block spans */
     uint64_t requested; /* what the program asked for (range queries answer this) */
     uint64_t epoch;     /* sync epoch at free (safe reuse) */
@@ -49,6 +52,7 @@ typedef struct pool_block {
     struct pool_block *prev_free, *next_free; /* central free or pending list */
     pool_chunk_t *chunk;
     _Atomic int state;
+    _Atomic uint32_t generation; /* bumped at every recycling */
     int device;
 } pool_block_t;
 
@@ -67,9 +71,9 @@ typedef struct pool_device {
     pool_block_t *free_lists[CLASS_COUNT];
     uint64_t bitmap[BITMAP_WORDS];
     pool_block_t *pending; /* central pending list (safe reuse) */
+    pool_block_t *spare;   /* recycled records */
     uint64_t pending_bytes, free_bytes, reserved, reserved_peak, chunk_count;
     uint64_t shim_syncs, releases, grow_calls;
-    double fragmentation_at_peak; /* reserved / in use, when reserved peaked */
     _Atomic uint64_t epoch;     /* frees are stamped with this */
     _Atomic uint64_t completed; /* every free stamped <= this is safe to reuse */
 } pool_device_t;
@@ -89,6 +93,18 @@ static thread_cache_t *_Atomic gs_caches; /* all caches ever made, for flushes a
 static pthread_mutex_t gs_caches_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_key_t gs_cache_key;
 static GS_TLS thread_cache_t *gs_my_caches[GS_MAX_DEVICES];
+
+/* What this thread allocated lately, so that its free needs no shared lookup. */
+static GS_TLS struct {
+    CUdeviceptr base;
+    pool_block_t *block;
+    uint32_t generation;
+} gs_recent[RECENT_SLOTS];
+
+static inline size_t recent_slot(CUdeviceptr base)
+{
+    return (size_t)((base >> 9) ^ (base >> 17)) % RECENT_SLOTS;
+}
 
 /* ---- size classes ---------------------------------------------------------------------- */
 
@@ -163,17 +179,32 @@ static int map_block(pool_block_t *b)
     return gs_ptrmap_insert(&entry);
 }
 
-static pool_block_t *new_block(pool_chunk_t *chunk, CUdeviceptr base, uint64_t size, int device)
+static void recycle_block(pool_device_t *p, pool_block_t *b)
 {
-    pool_block_t *b = calloc(1, sizeof *b);
-    if (b == NULL)
+    __atomic_store_n(&b->base, 0, __ATOMIC_RELAXED);
+    atomic_fetch_add_explicit(&b->generation, 1, memory_order_release);
+    b->next_free = p->spare;
+    p->spare = b;
+}
+
+static pool_block_t *new_block(pool_device_t *p, pool_chunk_t *chunk, CUdeviceptr base,
+                               uint64_t size, int device)
+{
+    pool_block_t *b = p->spare;
+    if (b)
+        p->spare = b->next_free;
+    else if ((b = calloc(1, sizeof *b)) == NULL)
         return NULL;
-    b->base = base;
     b->size = size;
+    b->requested = 0;
+    b->epoch = 0;
+    b->prev_addr = b->next_addr = b->prev_free = b->next_free = NULL;
     b->chunk = chunk;
     b->device = device;
+    atomic_store_explicit(&b->state, BLOCK_FREE, memory_order_relaxed);
+    __atomic_store_n(&b->base, base, __ATOMIC_RELAXED);
     if (map_block(b) != 0) {
-        free(b);
+        recycle_block(p, b);
         return NULL;
     }
     return b;
@@ -186,7 +217,7 @@ static void carve(pool_device_t *p, pool_block_t *b, uint64_t size)
     /* LIVE before the lock is dropped, or a neighbour's free could merge it as FREE. */
     atomic_store_explicit(&b->state, BLOCK_LIVE, memory_order_relaxed);
     if (b->size - size >= GS_POOL_ALIGN) {
-        pool_block_t *rest = new_block(b->chunk, b->base + size, b->size - size, b->device);
+        pool_block_t *rest = new_block(p, b->chunk, b->base + size, b->size - size, b->device);
         if (rest) {
             rest->prev_addr = b;
             rest->next_addr = b->next_addr;
@@ -199,14 +230,14 @@ static void carve(pool_device_t *p, pool_block_t *b, uint64_t size)
     }
 }
 
-static void merge_into_prev(pool_block_t *prev, pool_block_t *b)
+static void merge_into_prev(pool_device_t *p, pool_block_t *prev, pool_block_t *b)
 {
     prev->size += b->size;
     prev->next_addr = b->next_addr;
     if (b->next_addr)
         b->next_addr->prev_addr = prev;
     gs_ptrmap_remove(b->base, NULL);
-    free(b);
+    recycle_block(p, b);
 }
 
 /* Returns a block to the central free lists, coalescing with free neighbours. */
@@ -215,11 +246,11 @@ static void central_free(pool_device_t *p, pool_block_t *b)
     pool_block_t *next = b->next_addr, *prev = b->prev_addr;
     if (next && atomic_load_explicit(&next->state, memory_order_relaxed) == BLOCK_FREE) {
         list_remove(p, next);
-        merge_into_prev(b, next);
+        merge_into_prev(p, b, next);
     }
     if (prev && atomic_load_explicit(&prev->state, memory_order_relaxed) == BLOCK_FREE) {
         list_remove(p, prev);
-        merge_into_prev(prev, b);
+        merge_into_prev(p, prev, b);
         b = prev;
     }
     list_push(p, b);
@@ -416,22 +447,12 @@ static void drain_all_caches(pool_device_t *p, int device)
 
 /* ---- growth and release (device lock held) ---------------------------------------------- */
 
-static void note_reserved(pool_device_t *p, int device)
-{
-    if (p->reserved <= p->reserved_peak)
-        return;
-    p->reserved_peak = p->reserved;
-    gs_device_stats_t s;
-    gs_stats_snapshot(device, &s);
-    p->fragmentation_at_peak = s.in_use > 0 ? (double)p->reserved / (double)s.in_use : 0;
-}
-
 static CUresult grow(pool_device_t *p, int device, uint64_t need)
 {
     const gs_driver_t *drv = gs_driver();
-    /* Grow by 1/8 of what is reserved already (so unused reserve stays small), between 2 MiB and
+    /* Grow by 1/16 of what is reserved already (so unused reserve stays small), between 2 MiB and
      * GPUSHIM_POOL_CHUNK, or by the request if it is larger; never past the maximum. */
-    uint64_t step = p->reserved / 8;
+    uint64_t step = p->reserved / 16;
     if (step < GS_POOL_GRANULE)
         step = GS_POOL_GRANULE;
     if (step > p->chunk_size)
@@ -455,7 +476,7 @@ static CUresult grow(pool_device_t *p, int device, uint64_t need)
     }
     chunk->base = base;
     chunk->size = size;
-    chunk->first = new_block(chunk, base, size, device);
+    chunk->first = new_block(p, chunk, base, size, device);
     if (chunk->first == NULL) {
         GS_DRIVER_CALL(device, drv->mem_free(base));
         free(chunk);
@@ -465,8 +486,9 @@ static CUresult grow(pool_device_t *p, int device, uint64_t need)
     p->chunks = chunk;
     p->chunk_count++;
     p->reserved += size;
+    if (p->reserved > p->reserved_peak)
+        p->reserved_peak = p->reserved;
     list_push(p, chunk->first);
-    note_reserved(p, device);
     return CUDA_SUCCESS;
 }
 
@@ -490,7 +512,7 @@ static int release_free_chunks(pool_device_t *p, int device)
             link = &c->next;
             continue;
         }
-        free(b);
+        recycle_block(p, b);
         *link = c->next;
         p->reserved -= c->size;
         p->chunk_count--;
@@ -564,8 +586,11 @@ static CUresult central_alloc(pool_device_t *p, int device, uint64_t size, pool_
     CUresult rc = CUDA_SUCCESS;
     pthread_mutex_lock(&p->lock);
     pool_block_t *b = find_free(p, size);
+    /* Synchronize rather than grow when pending bytes could serve and are many: past the bound,
+     * past 1/8 of the pool, or where growth would pass the maximum. */
     if (b == NULL && p->pending_bytes >= size &&
-        (p->pending_bytes >= p->pending_max || p->reserved + size > p->max)) {
+        (p->pending_bytes >= p->pending_max || p->pending_bytes >= p->reserved / 8 ||
+         p->reserved + size > p->max)) {
         sync_and_recycle(p, device);
         b = find_free(p, size);
     }
@@ -622,24 +647,47 @@ static CUresult pool_alloc(const gs_alloc_req_t *req, CUdeviceptr *ptr, size_t *
     b->requested = requested;
     atomic_store_explicit(&b->state, BLOCK_LIVE, memory_order_release); /* from CACHED */
     *ptr = b->base;
+    size_t slot = recent_slot(b->base);
+    gs_recent[slot].base = b->base;
+    gs_recent[slot].block = b;
+    gs_recent[slot].generation = atomic_load_explicit(&b->generation, memory_order_relaxed);
     *block = (gs_block_t){.base = b->base, .bytes = requested, .device = req->device,
                           .kind = req->kind, .owner = b};
     return CUDA_SUCCESS;
 }
 
+/* Claims the live block at ptr for freeing (LIVE -> CACHED). */
+static inline bool claim(pool_block_t *b, CUdeviceptr ptr)
+{
+    int live = BLOCK_LIVE;
+    return __atomic_load_n(&b->base, __ATOMIC_RELAXED) == ptr &&
+           atomic_compare_exchange_strong(&b->state, &live, BLOCK_CACHED);
+}
+
 static int pool_free(CUdeviceptr ptr, const gs_free_req_t *req, CUresult *result, gs_block_t *block)
 {
-    gs_block_t entry;
-    if (gs_ptrmap_find(ptr, &entry) != 0)
-        return GS_NOT_OURS;
-    pool_block_t *b = entry.owner;
-    if (b == NULL) /* a stream-ordered or managed allocation we passed through */
-        return gs_backend_passthrough.free(ptr, req, result, block);
-    int live = BLOCK_LIVE;
-    if (!atomic_compare_exchange_strong(&b->state, &live, BLOCK_CACHED)) {
-        *result = CUDA_ERROR_INVALID_VALUE; /* double free: what the driver says */
-        block->base = 0;
-        return 0;
+    /* Fast: this thread allocated it lately. The generation tells whether the record still
+     * describes that block: a live block's record cannot be recycled, so if the generation is
+     * unchanged and the block is live, it is the one at ptr. Otherwise the map decides. */
+    size_t slot = recent_slot(ptr);
+    pool_block_t *b = NULL;
+    if (gs_recent[slot].base == ptr &&
+        atomic_load_explicit(&gs_recent[slot].block->generation, memory_order_acquire) ==
+            gs_recent[slot].generation)
+        b = gs_recent[slot].block;
+    gs_recent[slot].base = 0;
+    if (b == NULL || !claim(b, ptr)) {
+        gs_block_t entry;
+        if (gs_ptrmap_find(ptr, &entry) != 0)
+            return GS_NOT_OURS;
+        b = entry.owner;
+        if (b == NULL) /* a stream-ordered or managed allocation we passed through */
+            return gs_backend_passthrough.free(ptr, req, result, block);
+        if (!claim(b, ptr)) {
+            *result = CUDA_ERROR_INVALID_VALUE; /* double free: what the driver says */
+            block->base = 0;
+            return 0;
+        }
     }
     pool_device_t *p = &gs_pools[b->device];
     *block = (gs_block_t){.base = b->base, .bytes = b->requested, .device = b->device,
@@ -807,12 +855,10 @@ static void pool_report(int device, gs_buf_t *out)
                   served ? 100.0 * (double)p->grow_calls / (double)served : 0.0);
     gs_buf_printf(out,
                   "gpushim: device %d: pool reuse %s; pending %s, %llu synchronizations made by "
-                  "the shim; cached in threads %s; largest free block %s; reserved/in use at "
-                  "the reserved peak %.2f\n",
+                  "the shim; cached in threads %s; largest free block %s\n",
                   device, gs_opts.pool_reuse == GS_REUSE_SAFE ? "safe" : "immediate",
                   gs_format_bytes(p->pending_bytes, pending), (unsigned long long)p->shim_syncs,
-                  gs_format_bytes(cached_bytes(device), cached), gs_format_bytes(largest, large),
-                  p->fragmentation_at_peak);
+                  gs_format_bytes(cached_bytes(device), cached), gs_format_bytes(largest, large));
     pthread_mutex_unlock(&p->lock);
 }
 
@@ -826,6 +872,7 @@ static void pool_forget(void)
     atomic_store(&gs_caches, NULL);
     pthread_mutex_init(&gs_caches_lock, NULL);
     memset(gs_my_caches, 0, sizeof gs_my_caches);
+    memset(gs_recent, 0, sizeof gs_recent);
     gs_ptrmap_clear();
 }
 
@@ -840,6 +887,10 @@ void gs_pool_destroy(void)
                 free(b);
             }
             free(c);
+        }
+        for (pool_block_t *b = gs_pools[d].spare, *after; b; b = after) {
+            after = b->next_free;
+            free(b);
         }
     }
     for (thread_cache_t *c = atomic_load(&gs_caches), *next; c; c = next) {

@@ -51,7 +51,7 @@ void gs_report_render(gs_buf_t *out)
                                        : 0.0;
         gs_buf_printf(out,
                       "gpushim: device %d: %llu calls reached the driver; time in the shim %.0f ns "
-                      "per call (mean of %llu allocation and free calls)\n",
+                      "per call (mean of %llu timed allocation and free calls)\n",
                       device, (unsigned long long)s.driver_calls, mean_ns,
                       (unsigned long long)s.timed_calls);
         if (backend->report)
