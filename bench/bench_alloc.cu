@@ -3,8 +3,10 @@
 //   bench_alloc sizes  API        median ns per alloc+free pair for 256 B .. 256 MiB
 //   bench_alloc random API        1000 live blocks, log-uniform 256 B..4 MiB, random free order
 //   bench_alloc threads API T     pairs per second of T threads together (4 KiB and 1 MiB)
-// API is malloc (cudaMalloc/cudaFree) or async (cudaMallocAsync/cudaFreeAsync, pool retained).
+// API is malloc (cudaMalloc/cudaFree), async (cudaMallocAsync/cudaFreeAsync, pool retained) or
+// driver (cuMemAlloc_v2/cuMemFree_v2 straight from the driver's entry points).
 // Lines starting with RESULT are machine-readable.
+#include <cuda.h>
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -19,6 +21,10 @@
 
 using clk = std::chrono::steady_clock;
 static bool use_async = false;
+// API "driver": cuMemAlloc_v2/cuMemFree_v2 taken from the runtime's entry-point table (so, under
+// the shim, our wrappers): the shim's cost without the runtime's own.
+static CUresult (*driver_alloc)(CUdeviceptr *, size_t);
+static CUresult (*driver_free)(CUdeviceptr);
 static thread_local cudaStream_t stream = nullptr;
 
 static void die(cudaError_t e, const char *what)
@@ -29,6 +35,12 @@ static void die(cudaError_t e, const char *what)
 
 static void *alloc(size_t bytes)
 {
+    if (driver_alloc) {
+        CUdeviceptr d;
+        if (driver_alloc(&d, bytes) != CUDA_SUCCESS)
+            die(cudaErrorMemoryAllocation, "cuMemAlloc");
+        return (void *)d;
+    }
     void *p = nullptr;
     cudaError_t e = use_async ? cudaMallocAsync(&p, bytes, stream) : cudaMalloc(&p, bytes);
     if (e != cudaSuccess)
@@ -38,6 +50,11 @@ static void *alloc(size_t bytes)
 
 static void release(void *p)
 {
+    if (driver_free) {
+        if (driver_free((CUdeviceptr)p) != CUDA_SUCCESS)
+            die(cudaErrorInvalidValue, "cuMemFree");
+        return;
+    }
     cudaError_t e = use_async ? cudaFreeAsync(p, stream) : cudaFree(p);
     if (e != cudaSuccess)
         die(e, "free");
@@ -149,6 +166,13 @@ int main(int argc, char **argv)
     }
     use_async = std::strcmp(argv[2], "async") == 0;
     cudaFree(0);
+    if (std::strcmp(argv[2], "driver") == 0) {
+        cudaDriverEntryPointQueryResult q;
+        cudaGetDriverEntryPointByVersion("cuMemAlloc", (void **)&driver_alloc, 13000, cudaEnableDefault, &q);
+        cudaGetDriverEntryPointByVersion("cuMemFree", (void **)&driver_free, 13000, cudaEnableDefault, &q);
+        if (!driver_alloc || !driver_free)
+            die(cudaErrorNotSupported, "cudaGetDriverEntryPointByVersion");
+    }
     if (use_async) { // keep freed memory in CUDA's pool: the retained-pool anchor
         cudaMemPool_t mempool;
         cudaDeviceGetDefaultMemPool(&mempool, 0);

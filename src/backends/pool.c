@@ -157,16 +157,28 @@ static void list_remove(pool_device_t *p, pool_block_t *b)
     p->free_bytes -= b->size;
 }
 
+/* The smallest block of a list that holds size (lowest address among equals), or NULL. */
+static pool_block_t *best_in(pool_block_t *list, uint64_t size)
+{
+    pool_block_t *best = NULL;
+    for (pool_block_t *b = list; b; b = b->next_free)
+        if (b->size >= size && (best == NULL || b->size < best->size ||
+                                (b->size == best->size && b->base < best->base)))
+            best = b;
+    return best;
+}
+
+/* Best fit: the size's own class first (a block there may fit), then the first non-empty class
+ * where every block fits, and the smallest block in it. */
 static pool_block_t *find_free(pool_device_t *p, uint64_t size)
 {
-    /* Exact class first (a block there may fit), then the first class where all blocks fit. */
-    for (pool_block_t *b = p->free_lists[class_floor(size)]; b; b = b->next_free)
-        if (b->size >= size)
-            return b;
+    pool_block_t *b = best_in(p->free_lists[class_floor(size)], size);
+    if (b)
+        return b;
     for (int c = class_ceil(size); c < CLASS_COUNT;) {
         uint64_t word = p->bitmap[c / 64] & (~0ull << (c % 64));
         if (word)
-            return p->free_lists[(c / 64) * 64 + __builtin_ctzll(word)];
+            return best_in(p->free_lists[(c / 64) * 64 + __builtin_ctzll(word)], size);
         c = (c / 64 + 1) * 64;
     }
     return NULL;
