@@ -4,9 +4,9 @@
  * through (counted), as in the pass-through backend.
  *
  * Layers, fastest first:
- *   thread cache   per thread and device, a few recently freed blocks per size class, behind a
- *                  spinlock that only its owner takes in normal operation (so 16 threads never
- *                  share a cache line on the hot path);
+ *   thread cache   per thread and device, a few recently freed blocks per size class, touched
+ *                  only by its owner (no locked instruction, no shared cache line: 16 threads
+ *                  scale); another thread under memory pressure asks it to drain itself;
  *   central pool   per device, behind a mutex: good-fit segregated free lists (TLSF classes, 8 per
  *                  power of two) over address-ordered blocks that coalesce with free neighbours;
  *   the driver     cuMemAlloc of a new chunk; on failure, wholly free chunks are given back and
@@ -79,9 +79,10 @@ typedef struct pool_device {
 } pool_device_t;
 
 typedef struct thread_cache {
-    atomic_flag busy; /* spinlock: the owner, or a flush under memory pressure */
     int device;
-    uint64_t bytes, count, hits, misses;
+    _Atomic uint64_t bytes, hits, misses; /* written by the owner only; read by reports */
+    uint64_t count;
+    atomic_bool drain_requested; /* set by a thread short of memory; the owner drains */
     struct thread_cache *next;
     atomic_bool orphaned;
     pool_block_t *slots[CLASS_COUNT][CACHE_SLOTS];
@@ -331,18 +332,11 @@ static void sync_and_recycle(pool_device_t *p, int device)
 
 /* ---- thread caches ---------------------------------------------------------------------- */
 
-static inline void cache_lock(thread_cache_t *c)
-{
-    while (atomic_flag_test_and_set_explicit(&c->busy, memory_order_acquire)) {
-    }
-}
+#define OWNER_ADD(field, amount)                                                                   \
+    atomic_store_explicit(&(field), atomic_load_explicit(&(field), memory_order_relaxed) + (amount), \
+                          memory_order_relaxed)
 
-static inline void cache_unlock(thread_cache_t *c)
-{
-    atomic_flag_clear_explicit(&c->busy, memory_order_release);
-}
-
-/* Empties a cache into the central pool (device lock held, cache lock held). */
+/* Empties the caller's own cache into the central pool (device lock held). */
 static void cache_drain(pool_device_t *p, thread_cache_t *c)
 {
     for (int k = 0; k < CLASS_COUNT; k++) {
@@ -359,7 +353,7 @@ static void cache_drain(pool_device_t *p, thread_cache_t *c)
         }
         c->used[k] = 0;
     }
-    c->bytes = 0;
+    atomic_store_explicit(&c->bytes, 0, memory_order_relaxed);
     c->count = 0;
 }
 
@@ -372,9 +366,7 @@ static void cache_orphan(void *arg)
             continue;
         pool_device_t *p = &gs_pools[d];
         pthread_mutex_lock(&p->lock);
-        cache_lock(c);
         cache_drain(p, c);
-        cache_unlock(c);
         pthread_mutex_unlock(&p->lock);
         atomic_store(&c->orphaned, true);
         gs_my_caches[d] = NULL;
@@ -393,7 +385,6 @@ static thread_cache_t *my_cache(int device)
             break;
     }
     if (c == NULL && (c = calloc(1, sizeof *c)) != NULL) {
-        atomic_flag_clear(&c->busy);
         c->device = device;
         c->next = atomic_load(&gs_caches);
         atomic_store(&gs_caches, c);
@@ -408,7 +399,13 @@ static thread_cache_t *my_cache(int device)
 
 static pool_block_t *cache_take(pool_device_t *p, thread_cache_t *c, uint64_t size)
 {
-    cache_lock(c);
+    if (__builtin_expect(atomic_load_explicit(&c->drain_requested, memory_order_relaxed), 0)) {
+        atomic_store(&c->drain_requested, false);
+        pthread_mutex_lock(&p->lock);
+        cache_drain(p, c);
+        pthread_mutex_unlock(&p->lock);
+        return NULL;
+    }
     int first = class_floor(size);
     for (int k = first; k <= first + 1 && k < CLASS_COUNT; k++) {
         for (int i = c->used[k] - 1; i >= 0; i--) {
@@ -417,44 +414,38 @@ static pool_block_t *cache_take(pool_device_t *p, thread_cache_t *c, uint64_t si
             if (b->size < size || b->size - size > b->size / 8 || !reusable(p, b))
                 continue;
             c->slots[k][i] = c->slots[k][--c->used[k]];
-            c->bytes -= b->size;
+            OWNER_ADD(c->bytes, -b->size);
             c->count--;
-            c->hits++;
-            cache_unlock(c);
+            OWNER_ADD(c->hits, 1);
             return b;
         }
     }
-    c->misses++;
-    cache_unlock(c);
+    OWNER_ADD(c->misses, 1);
     return NULL;
 }
 
 static bool cache_put(thread_cache_t *c, pool_block_t *b)
 {
     int k = class_floor(b->size);
-    bool kept = false;
-    cache_lock(c);
-    if (c->used[k] < CACHE_SLOTS && (c->bytes + b->size <= CACHE_BYTES || c->count == 0)) {
-        atomic_store_explicit(&b->state, BLOCK_CACHED, memory_order_relaxed);
-        c->slots[k][c->used[k]++] = b;
-        c->bytes += b->size;
-        c->count++;
-        kept = true;
-    }
-    cache_unlock(c);
-    return kept;
+    uint64_t bytes = atomic_load_explicit(&c->bytes, memory_order_relaxed);
+    if (c->used[k] >= CACHE_SLOTS || (bytes + b->size > CACHE_BYTES && c->count > 0))
+        return false;
+    c->slots[k][c->used[k]++] = b;
+    OWNER_ADD(c->bytes, b->size);
+    c->count++;
+    return true;
 }
 
-/* Under memory pressure: every thread's cache goes back to the central pool (lock held). */
+/* Under memory pressure (device lock held): our own cache goes back to the central pool now;
+ * other threads are asked to drain theirs at their next allocation. What they hold meanwhile is
+ * bounded by CACHE_BYTES each. */
 static void drain_all_caches(pool_device_t *p, int device)
 {
-    for (thread_cache_t *c = atomic_load(&gs_caches); c; c = c->next) {
-        if (c->device != device)
-            continue;
-        cache_lock(c);
-        cache_drain(p, c);
-        cache_unlock(c);
-    }
+    for (thread_cache_t *c = atomic_load(&gs_caches); c; c = c->next)
+        if (c->device == device && c != gs_my_caches[device])
+            atomic_store_explicit(&c->drain_requested, true, memory_order_relaxed);
+    if (gs_my_caches[device])
+        cache_drain(p, gs_my_caches[device]);
 }
 
 /* ---- growth and release (device lock held) ---------------------------------------------- */
@@ -801,11 +792,8 @@ static uint64_t cached_bytes(int device)
 {
     uint64_t bytes = 0;
     for (thread_cache_t *c = atomic_load(&gs_caches); c; c = c->next)
-        if (c->device == device) {
-            cache_lock(c);
-            bytes += c->bytes;
-            cache_unlock(c);
-        }
+        if (c->device == device)
+            bytes += atomic_load_explicit(&c->bytes, memory_order_relaxed);
     return bytes;
 }
 
@@ -836,10 +824,8 @@ static void pool_report(int device, gs_buf_t *out)
     uint64_t hits = 0, misses = 0;
     for (thread_cache_t *c = atomic_load(&gs_caches); c; c = c->next)
         if (c->device == device) {
-            cache_lock(c);
-            hits += c->hits;
-            misses += c->misses;
-            cache_unlock(c);
+            hits += atomic_load_explicit(&c->hits, memory_order_relaxed);
+            misses += atomic_load_explicit(&c->misses, memory_order_relaxed);
         }
     pthread_mutex_lock(&p->lock);
     uint64_t largest = 0;

@@ -92,7 +92,7 @@ static CUresult allocate(gs_alloc_req_t *req, CUdeviceptr *dptr, size_t *pitch)
 {
     gs_call_t call = call_begin();
     req->device = gs_current_device();
-    gs_block_t block = {0};
+    gs_block_t block; /* filled by the backend on success */
     CUresult rc = gs_backend->alloc(req, dptr, pitch, &block);
     if (rc == CUDA_SUCCESS)
         gs_stats_alloc(req->device, block.bytes);
@@ -155,7 +155,7 @@ static CUresult release(CUdeviceptr ptr, const gs_free_req_t *req)
         return driver_free(req, ptr);
     gs_call_t call = call_begin();
     CUresult result = CUDA_SUCCESS;
-    gs_block_t block = {0};
+    gs_block_t block; /* filled by the backend unless GS_NOT_OURS */
     int device;
     if (gs_backend->free(ptr, req, &result, &block) == GS_NOT_OURS) {
         /* Not ours: allocated before we were loaded, by an API we pass through (explicit pools,

@@ -3,10 +3,11 @@
  * Why per thread: 16 threads bumping one shared counter bounce its cache line and cap the whole
  * process near 8 M operations/s (measured, BRIEF section 3). So each thread owns a shard of
  * plain counters, written only by that thread with relaxed atomics (no lock prefix), and the
- * report sums the shards. The in-use peak needs a global view: each thread folds its in-use
- * delta into the device's global count once it passes GS_FOLD_BYTES, and checks the peak against
- * global + its own delta, so the peak is exact for one thread and, with several, low by at most
- * GS_FOLD_BYTES per other thread. */
+ * report sums the shards. The in-use peak needs a global view: each thread checks the peak
+ * against the device's global count + its own unfolded delta. While one thread allocates that
+ * is exact and needs no shared write at all; once several do, each folds its delta into the
+ * global count when it passes GS_FOLD_BYTES, so the peak can read low by at most that much per
+ * other allocating thread. */
 #include "gs.h"
 
 #include <pthread.h>
@@ -39,6 +40,7 @@ static pthread_mutex_t gs_shards_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_key_t gs_shard_key;
 static pthread_once_t gs_shard_key_once = PTHREAD_ONCE_INIT;
 static atomic_bool gs_active;
+static atomic_int gs_shard_count; /* shards ever made: 1 means one allocating thread */
 static GS_TLS gs_shard_t *gs_my_shard;
 
 #define BUMP(field, amount)                                                                        \
@@ -47,7 +49,9 @@ static GS_TLS gs_shard_t *gs_my_shard;
 
 static void fold(int device, gs_counters_t *c)
 {
-    int64_t delta = atomic_exchange_explicit(&c->unfolded, 0, memory_order_relaxed);
+    /* Owner only: a plain load and store, no locked instruction. */
+    int64_t delta = atomic_load_explicit(&c->unfolded, memory_order_relaxed);
+    atomic_store_explicit(&c->unfolded, 0, memory_order_relaxed);
     int64_t now = atomic_fetch_add_explicit(&gs_global[device].in_use, delta, memory_order_relaxed) + delta;
     int64_t peak = atomic_load_explicit(&gs_global[device].peak, memory_order_relaxed);
     while (now > peak && !atomic_compare_exchange_weak_explicit(&gs_global[device].peak, &peak, now,
@@ -84,6 +88,7 @@ static gs_shard_t *claim_shard(void)
     if (shard == NULL) {
         shard = calloc(1, sizeof *shard);
         if (shard) {
+            atomic_fetch_add(&gs_shard_count, 1);
             atomic_store(&shard->owned, true);
             shard->next = atomic_load_explicit(&gs_shards, memory_order_relaxed);
             atomic_store_explicit(&gs_shards, shard, memory_order_release);
@@ -111,7 +116,8 @@ static inline void track_in_use(int device, gs_counters_t *c, int64_t delta)
 {
     int64_t local = atomic_load_explicit(&c->unfolded, memory_order_relaxed) + delta;
     atomic_store_explicit(&c->unfolded, local, memory_order_relaxed);
-    if (local >= GS_FOLD_BYTES || local <= -GS_FOLD_BYTES) {
+    if ((local >= GS_FOLD_BYTES || local <= -GS_FOLD_BYTES) &&
+        atomic_load_explicit(&gs_shard_count, memory_order_relaxed) > 1) {
         fold(device, c);
         return;
     }
@@ -190,7 +196,6 @@ void gs_stats_snapshot(int device, gs_device_stats_t *out)
     memset(out, 0, sizeof *out);
     if ((unsigned)device >= GS_MAX_DEVICES)
         return;
-    int64_t unfolded = 0;
     for (gs_shard_t *s = atomic_load_explicit(&gs_shards, memory_order_acquire); s; s = s->next) {
         gs_counters_t *c = &s->device[device];
         out->allocations += LOAD(c->allocations);
@@ -202,13 +207,11 @@ void gs_stats_snapshot(int device, gs_device_stats_t *out)
         out->driver_calls += LOAD(c->driver_calls);
         out->timed_calls += LOAD(c->timed_calls);
         out->shim_ticks += LOAD(c->shim_ticks);
-        unfolded += LOAD(c->unfolded);
     }
     out->in_use = (int64_t)(out->bytes_requested - out->bytes_freed);
     out->peak = LOAD(gs_global[device].peak);
     if (out->peak < out->in_use) /* at most the unfolded slack; never report peak < now */
         out->peak = out->in_use;
-    (void)unfolded;
 }
 
 bool gs_stats_active(void)
@@ -227,4 +230,5 @@ void gs_stats_reset(void)
     }
     memset(gs_global, 0, sizeof gs_global);
     atomic_store(&gs_active, false);
+    /* The shards stay; only this thread's is owned now. */
 }
