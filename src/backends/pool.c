@@ -34,7 +34,7 @@
 #define CLASS_COUNT ((48 - MIN_FL) << SL_BITS)
 #define BITMAP_WORDS ((CLASS_COUNT + 63) / 64)
 #define CACHE_SLOTS 16                /* blocks per class in a thread cache */
-#define CACHE_BYTES (16ull << 20)     /* bytes a thread cache may hold (one larger block allowed) */
+#define CACHE_BYTES (8ull << 20)      /* bytes a thread cache may hold (one larger block allowed) */
 #define RECENT_SLOTS 256              /* per-thread memory of recent allocations, for their frees */
 
 enum { BLOCK_FREE, BLOCK_LIVE, BLOCK_CACHED, BLOCK_PENDING };
@@ -54,6 +54,7 @@ typedef struct pool_block {
     _Atomic int state;
     _Atomic uint32_t generation; /* bumped at every recycling */
     int device;
+    int size_class; /* class_floor(size), kept for the thread cache */
 } pool_block_t;
 
 struct pool_chunk {
@@ -415,8 +416,8 @@ static pool_block_t *cache_take(pool_device_t *p, thread_cache_t *c, uint64_t si
                 continue;
             c->slots[k][i] = c->slots[k][--c->used[k]];
             OWNER_ADD(c->bytes, -b->size);
-            c->count--;
             OWNER_ADD(c->hits, 1);
+            c->count--;
             return b;
         }
     }
@@ -426,7 +427,7 @@ static pool_block_t *cache_take(pool_device_t *p, thread_cache_t *c, uint64_t si
 
 static bool cache_put(thread_cache_t *c, pool_block_t *b)
 {
-    int k = class_floor(b->size);
+    int k = b->size_class;
     uint64_t bytes = atomic_load_explicit(&c->bytes, memory_order_relaxed);
     if (c->used[k] >= CACHE_SLOTS || (bytes + b->size > CACHE_BYTES && c->count > 0))
         return false;
@@ -453,9 +454,9 @@ static void drain_all_caches(pool_device_t *p, int device)
 static CUresult grow(pool_device_t *p, int device, uint64_t need)
 {
     const gs_driver_t *drv = gs_driver();
-    /* Grow by 1/16 of what is reserved already (so unused reserve stays small), between 2 MiB and
+    /* Grow by 1/32 of what is reserved already (so unused reserve stays small), between 2 MiB and
      * GPUSHIM_POOL_CHUNK, or by the request if it is larger; never past the maximum. */
-    uint64_t step = p->reserved / 16;
+    uint64_t step = p->reserved / 32;
     if (step < GS_POOL_GRANULE)
         step = GS_POOL_GRANULE;
     if (step > p->chunk_size)
@@ -590,9 +591,9 @@ static CUresult central_alloc(pool_device_t *p, int device, uint64_t size, pool_
     pthread_mutex_lock(&p->lock);
     pool_block_t *b = find_free(p, size);
     /* Synchronize rather than grow when pending bytes could serve and are many: past the bound,
-     * past 1/8 of the pool, or where growth would pass the maximum. */
+     * past 1/16 of the pool, or where growth would pass the maximum. */
     if (b == NULL && p->pending_bytes >= size &&
-        (p->pending_bytes >= p->pending_max || p->pending_bytes >= p->reserved / 8 ||
+        (p->pending_bytes >= p->pending_max || p->pending_bytes >= p->reserved / 16 ||
          p->reserved + size > p->max)) {
         sync_and_recycle(p, device);
         b = find_free(p, size);
@@ -648,6 +649,7 @@ static CUresult pool_alloc(const gs_alloc_req_t *req, CUdeviceptr *ptr, size_t *
             return rc;
     }
     b->requested = requested;
+    b->size_class = class_floor(b->size);
     atomic_store_explicit(&b->state, BLOCK_LIVE, memory_order_release); /* from CACHED */
     *ptr = b->base;
     size_t slot = recent_slot(b->base);
@@ -834,9 +836,9 @@ static void pool_report(int device, gs_buf_t *out)
             if (b->size > largest)
                 largest = b->size;
     char reserved[32], peak[32], pending[32], large[32], cached[32];
-    uint64_t served = hits + misses;
     gs_device_stats_t s;
     gs_stats_snapshot(device, &s);
+    uint64_t served = hits + misses;
     gs_buf_printf(out,
                   "gpushim: device %d: pool reserved %s now, peak %s, in %llu chunks; %llu driver "
                   "allocations, %llu chunks given back; peak reserved / peak in use %.3f\n",

@@ -39,7 +39,6 @@ static gs_shard_t *_Atomic gs_shards;
 static pthread_mutex_t gs_shards_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_key_t gs_shard_key;
 static pthread_once_t gs_shard_key_once = PTHREAD_ONCE_INIT;
-static atomic_bool gs_active;
 static atomic_int gs_shard_count; /* shards ever made: 1 means one allocating thread */
 static GS_TLS gs_shard_t *gs_my_shard;
 
@@ -131,16 +130,9 @@ static inline void track_in_use(int device, gs_counters_t *c, int64_t delta)
     }
 }
 
-static inline void mark_active(void)
-{
-    if (!atomic_load_explicit(&gs_active, memory_order_relaxed))
-        atomic_store_explicit(&gs_active, true, memory_order_relaxed);
-}
-
 void gs_stats_alloc(int device, uint64_t bytes)
 {
     gs_counters_t *c = counters(device);
-    mark_active();
     if (c == NULL)
         return;
     BUMP(c->allocations, 1);
@@ -151,7 +143,6 @@ void gs_stats_alloc(int device, uint64_t bytes)
 void gs_stats_alloc_failed(int device)
 {
     gs_counters_t *c = counters(device);
-    mark_active();
     if (c)
         BUMP(c->failures, 1);
 }
@@ -214,9 +205,14 @@ void gs_stats_snapshot(int device, gs_device_stats_t *out)
         out->peak = out->in_use;
 }
 
+/* Scans the shards rather than keeping a flag: nothing extra on the allocation path. */
 bool gs_stats_active(void)
 {
-    return atomic_load_explicit(&gs_active, memory_order_relaxed);
+    for (gs_shard_t *s = atomic_load_explicit(&gs_shards, memory_order_acquire); s; s = s->next)
+        for (int d = 0; d < GS_MAX_DEVICES; d++)
+            if (LOAD(s->device[d].allocations) + LOAD(s->device[d].failures) > 0)
+                return true;
+    return false;
 }
 
 /* Fork child, tests: one thread runs, nothing is shared any more. Shards of threads that do
@@ -229,6 +225,5 @@ void gs_stats_reset(void)
         atomic_store(&s->owned, s == gs_my_shard);
     }
     memset(gs_global, 0, sizeof gs_global);
-    atomic_store(&gs_active, false);
     /* The shards stay; only this thread's is owned now. */
 }
