@@ -34,7 +34,7 @@
 #define CLASS_COUNT ((48 - MIN_FL) << SL_BITS)
 #define BITMAP_WORDS ((CLASS_COUNT + 63) / 64)
 #define CACHE_SLOTS 16                /* blocks per class in a thread cache */
-#define CACHE_BYTES (8ull << 20)      /* bytes a thread cache may hold (one larger block allowed) */
+#define CACHE_BYTES (8ull << 20)  /* bytes of blocks up to CACHE_BYTES a thread cache holds */     /* bytes a thread cache may hold (one larger block allowed) */
 #define RECENT_SLOTS 256              /* per-thread memory of recent allocations, for their frees */
 
 enum { BLOCK_FREE, BLOCK_LIVE, BLOCK_CACHED, BLOCK_PENDING };
@@ -82,7 +82,8 @@ typedef struct pool_device {
 typedef struct thread_cache {
     int device;
     _Atomic uint64_t bytes, hits, misses; /* written by the owner only; read by reports */
-    uint64_t count;
+    uint64_t small_bytes; /* bytes of blocks up to CACHE_BYTES: the budget */
+    uint64_t large;       /* blocks over CACHE_BYTES held: at most one, outside the budget */
     atomic_bool drain_requested; /* set by a thread short of memory; the owner drains */
     struct thread_cache *next;
     atomic_bool orphaned;
@@ -355,7 +356,8 @@ static void cache_drain(pool_device_t *p, thread_cache_t *c)
         c->used[k] = 0;
     }
     atomic_store_explicit(&c->bytes, 0, memory_order_relaxed);
-    c->count = 0;
+    c->large = 0;
+    c->small_bytes = 0;
 }
 
 static void cache_orphan(void *arg)
@@ -417,7 +419,10 @@ static pool_block_t *cache_take(pool_device_t *p, thread_cache_t *c, uint64_t si
             c->slots[k][i] = c->slots[k][--c->used[k]];
             OWNER_ADD(c->bytes, -b->size);
             OWNER_ADD(c->hits, 1);
-            c->count--;
+            if (b->size > CACHE_BYTES)
+                c->large--;
+            else
+                c->small_bytes -= b->size;
             return b;
         }
     }
@@ -428,12 +433,19 @@ static pool_block_t *cache_take(pool_device_t *p, thread_cache_t *c, uint64_t si
 static bool cache_put(thread_cache_t *c, pool_block_t *b)
 {
     int k = b->size_class;
-    uint64_t bytes = atomic_load_explicit(&c->bytes, memory_order_relaxed);
-    if (c->used[k] >= CACHE_SLOTS || (bytes + b->size > CACHE_BYTES && c->count > 0))
+    bool large = b->size > CACHE_BYTES;
+    if (c->used[k] >= CACHE_SLOTS)
+        return false;
+    /* Small blocks share a byte budget; one large block may sit beside them, so a loop that
+     * allocates one big buffer again and again never reaches the central pool. */
+    if (large ? c->large > 0 : c->small_bytes + b->size > CACHE_BYTES)
         return false;
     c->slots[k][c->used[k]++] = b;
     OWNER_ADD(c->bytes, b->size);
-    c->count++;
+    if (large)
+        c->large++;
+    else
+        c->small_bytes += b->size;
     return true;
 }
 
