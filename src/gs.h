@@ -29,11 +29,15 @@
 typedef enum { GS_MODE_OFF, GS_MODE_POOL, GS_MODE_MANAGED } gs_mode_t;
 typedef enum { GS_REPORT_STDERR, GS_REPORT_OFF, GS_REPORT_FILE } gs_report_kind_t;
 typedef enum { GS_REUSE_SAFE, GS_REUSE_IMMEDIATE } gs_reuse_t;
+typedef enum { GS_ADVICE_NONE, GS_ADVICE_PREFERRED, GS_ADVICE_ACCESSED_BY } gs_advice_t;
+typedef enum { GS_ON_OOM_FAIL, GS_ON_OOM_MANAGED } gs_on_oom_t;
 
-/* A size given as bytes, or as a share of the device's memory (percent > 0). */
+/* A size given as bytes, or as a share (percent > 0) of the device's memory or, with of_host,
+ * of the host's. */
 typedef struct gs_size_spec {
     uint64_t bytes;
     double percent;
+    bool of_host;
 } gs_size_spec_t;
 
 typedef struct gs_options {
@@ -45,6 +49,10 @@ typedef struct gs_options {
     gs_size_spec_t pool_chunk;
     gs_size_spec_t pool_pending_max;
     gs_reuse_t pool_reuse;
+    gs_on_oom_t on_oom;
+    bool managed_prefetch;
+    gs_advice_t managed_advice;
+    gs_size_spec_t managed_limit;
 } gs_options_t;
 
 /* Parses the GPUSHIM_* entries of envp into *out (defaults first). On a bad or unknown variable
@@ -54,7 +62,7 @@ int gs_options_parse(char *const *envp, gs_options_t *out, char *err, size_t err
 void gs_options_defaults(gs_options_t *out);
 /* Resolves a size spec against a device's total memory. */
 uint64_t gs_size_resolve(gs_size_spec_t spec, uint64_t device_total);
-/* Parses "512M", "2GiB", "10%"... ; 0 or -EINVAL. */
+/* Parses "512M", "2GiB", "10%", "50%host"... ; 0 or -EINVAL. */
 int gs_parse_size(const char *text, gs_size_spec_t *out);
 /* The options table rendered for people: markdown (README) or plain help text. */
 void gs_options_describe(int fd, bool markdown);
@@ -113,6 +121,13 @@ void gs_clock_start(void);
     X(device_get_attribute, "cuDeviceGetAttribute", CUresult (*)(int *, CUdevice_attribute, CUdevice)) \
     X(device_total_mem, "cuDeviceTotalMem_v2", CUresult (*)(size_t *, CUdevice))                   \
     X(device_get_count, "cuDeviceGetCount", CUresult (*)(int *))                                   \
+    X(mem_prefetch_async, "cuMemPrefetchAsync_v2",                                                 \
+      CUresult (*)(CUdeviceptr, size_t, CUmemLocation, unsigned int, CUstream))                    \
+    X(mem_advise, "cuMemAdvise_v2", CUresult (*)(CUdeviceptr, size_t, CUmem_advise, CUmemLocation)) \
+    X(event_create, "cuEventCreate", CUresult (*)(CUevent *, unsigned int))                        \
+    X(event_record, "cuEventRecord", CUresult (*)(CUevent, CUstream))                              \
+    X(event_query, "cuEventQuery", CUresult (*)(CUevent))                                          \
+    X(event_destroy, "cuEventDestroy_v2", CUresult (*)(CUevent))                                   \
     X(get_proc_address, "cuGetProcAddress", CUresult (*)(const char *, void **, int, cuuint64_t))  \
     X(get_proc_address_v2, "cuGetProcAddress_v2",                                                  \
       CUresult (*)(const char *, void **, int, cuuint64_t, CUdriverProcAddressQueryResult *))
@@ -222,9 +237,14 @@ typedef struct gs_backend {
 
 extern const gs_backend_t gs_backend_passthrough;
 extern const gs_backend_t gs_backend_pool;
+extern const gs_backend_t gs_backend_managed;
+/* Pool mode, GPUSHIM_ON_OOM=managed: serves what the pool could not, counted as spilled. */
+CUresult gs_managed_spill(const gs_alloc_req_t *req, CUdeviceptr *ptr, size_t *pitch, gs_block_t *block);
+/* The owner tag of managed blocks in gs_ptrmap, so the pool can route their frees. */
+extern const char gs_managed_owner[];
 void gs_pool_destroy(void); /* tests: forget and free every host record */
 
-/* The backend for a mode, or NULL when this build has none for it. */
+/* The backend for a mode. */
 const gs_backend_t *gs_backend_for_mode(gs_mode_t mode);
 
 /* ------------------------------------------------------------------------------------------ */

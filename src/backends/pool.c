@@ -314,6 +314,7 @@ static void pool_after_sync(int device, uint64_t token)
         recycle_pending(p);
         pthread_mutex_unlock(&p->lock);
     }
+    gs_backend_managed.after_sync(device, token); /* stream-ordered frees of spilled blocks */
 }
 
 /* The shim's own synchronization, device lock held: only when pending bytes are needed. */
@@ -657,6 +658,8 @@ static CUresult pool_alloc(const gs_alloc_req_t *req, CUdeviceptr *ptr, size_t *
     pool_block_t *b = cache ? cache_take(p, cache, size) : NULL;
     if (b == NULL) {
         CUresult rc = central_alloc(p, req->device, size, &b);
+        if (rc == CUDA_ERROR_OUT_OF_MEMORY && gs_opts.on_oom == GS_ON_OOM_MANAGED)
+            return gs_managed_spill(req, ptr, pitch, block); /* GPUSHIM_ON_OOM=managed */
         if (rc != CUDA_SUCCESS)
             return rc;
     }
@@ -697,6 +700,8 @@ static int pool_free(CUdeviceptr ptr, const gs_free_req_t *req, CUresult *result
         gs_block_t entry;
         if (gs_ptrmap_find(ptr, &entry) != 0)
             return GS_NOT_OURS;
+        if (entry.owner == gs_managed_owner) /* spilled to managed memory */
+            return gs_backend_managed.free(ptr, req, result, block);
         b = entry.owner;
         if (b == NULL) /* a stream-ordered or managed allocation we passed through */
             return gs_backend_passthrough.free(ptr, req, result, block);
@@ -733,9 +738,12 @@ static int pool_free(CUdeviceptr ptr, const gs_free_req_t *req, CUresult *result
 static pool_block_t *containing(CUdeviceptr ptr)
 {
     gs_block_t entry;
-    if (gs_ptrmap_find(ptr, &entry) == 0)
-        return entry.owner && atomic_load(&((pool_block_t *)entry.owner)->state) == BLOCK_LIVE
-                   ? entry.owner : NULL;
+    if (gs_ptrmap_find(ptr, &entry) == 0) {
+        if (entry.owner == NULL || entry.owner == gs_managed_owner)
+            return NULL; /* passed through or spilled: the driver describes it */
+        pool_block_t *b = entry.owner;
+        return atomic_load(&b->state) == BLOCK_LIVE ? b : NULL;
+    }
     for (int d = 0; d < GS_MAX_DEVICES; d++) {
         pool_device_t *p = &gs_pools[d];
         if (!atomic_load(&p->ready))
@@ -872,6 +880,7 @@ static void pool_report(int device, gs_buf_t *out)
                   gs_format_bytes(p->pending_bytes, pending), (unsigned long long)p->shim_syncs,
                   gs_format_bytes(cached_bytes(device), cached), gs_format_bytes(largest, large));
     pthread_mutex_unlock(&p->lock);
+    gs_backend_managed.report(device, out); /* what spilled, if anything */
 }
 
 /* Fork child: the parent's device memory is not ours to use. Host records are dropped (leaked:
@@ -885,7 +894,7 @@ static void pool_forget(void)
     pthread_mutex_init(&gs_caches_lock, NULL);
     memset(gs_my_caches, 0, sizeof gs_my_caches);
     memset(gs_recent, 0, sizeof gs_recent);
-    gs_ptrmap_clear();
+    gs_backend_managed.forget(); /* spilled blocks; clears gs_ptrmap too */
 }
 
 /* Tests: frees every host record (single-threaded; device memory is the fake's business). */

@@ -27,7 +27,7 @@ const gs_backend_t *gs_backend_for_mode(gs_mode_t mode)
     case GS_MODE_POOL:
         return &gs_backend_pool;
     case GS_MODE_MANAGED:
-        return NULL;
+        return &gs_backend_managed;
     }
     return NULL;
 }
@@ -58,12 +58,6 @@ void gs_start(char *const *envp)
         _exit(1);
     }
     const gs_backend_t *backend = gs_backend_for_mode(gs_opts.mode);
-    if (backend == NULL) {
-        static const char *const names[] = {"off", "pool", "managed"};
-        gs_log_error("GPUSHIM_MODE=%s is not implemented yet in this build; accepted now: off, pool",
-                     names[gs_opts.mode]);
-        _exit(1);
-    }
     if (gs_opts.report == GS_REPORT_FILE && check_report_path(gs_opts.report_path) != 0) {
         gs_log_error("GPUSHIM_REPORT=%s: the folder does not exist or is not writable; accepted: "
                      "stderr, off, or a file path in a writable folder",

@@ -25,6 +25,20 @@ struct gs_option {
 
 static const char *const mode_choices[] = {"off", "pool", "managed", NULL};
 static const char *const reuse_choices[] = {"safe", "immediate", NULL};
+static const char *const advice_choices[] = {"none", "preferred", "accessed-by", NULL};
+static const char *const on_oom_choices[] = {"fail", "managed", NULL};
+
+static int parse_bool(const gs_option_t *opt, const char *value, gs_options_t *out)
+{
+    static const char *const yes[] = {"1", "yes", "on", "true"}, *const no[] = {"0", "no", "off", "false"};
+    for (int i = 0; i < 4; i++) {
+        if (strcasecmp(value, yes[i]) == 0 || strcasecmp(value, no[i]) == 0) {
+            *(bool *)((char *)out + opt->offset) = strcasecmp(value, yes[i]) == 0;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
 
 static int parse_choice(const gs_option_t *opt, const char *value, gs_options_t *out)
 {
@@ -37,7 +51,18 @@ static int parse_choice(const gs_option_t *opt, const char *value, gs_options_t 
     return -EINVAL;
 }
 
+/* Pool sizes: at most all of the device's memory. */
 static int parse_size_option(const gs_option_t *opt, const char *value, gs_options_t *out)
+{
+    gs_size_spec_t spec;
+    if (gs_parse_size(value, &spec) != 0 || (!spec.of_host && spec.percent > 100))
+        return -EINVAL;
+    *(gs_size_spec_t *)((char *)out + opt->offset) = spec;
+    return 0;
+}
+
+/* The managed cap may pass the device's memory: that is what managed memory is for. */
+static int parse_limit_option(const gs_option_t *opt, const char *value, gs_options_t *out)
 {
     return gs_parse_size(value, (gs_size_spec_t *)((char *)out + opt->offset));
 }
@@ -89,9 +114,26 @@ static const gs_option_t gs_option_table[] = {
      "semantics: only for programs that order their streams themselves).",
      parse_choice, GS_FIELD(pool_reuse), reuse_choices},
     {"GPUSHIM_POOL_PENDING_MAX", "bytes with K/M/G/T or KiB/MiB/GiB/TiB suffix, or N% of device memory",
-     "256M", "Pool mode, safe reuse: freed bytes waiting for a synchronization; past this the "
-     "shim synchronizes the device itself.",
+     "256M", "Pool mode, safe reuse: freed bytes waiting for a synchronization; past this (or past "
+     "1/16 of the pool, when it would otherwise grow) the shim synchronizes the device itself.",
      parse_size_option, GS_FIELD(pool_pending_max), NULL},
+    {"GPUSHIM_ON_OOM", "fail, managed", "fail",
+     "Pool mode: what an allocation the pool cannot serve gets: CUDA's out-of-memory error, or "
+     "managed memory (spilled; counted in the report).",
+     parse_choice, GS_FIELD(on_oom), on_oom_choices},
+    {"GPUSHIM_MANAGED_PREFETCH", "1, 0, yes, no, on, off, true, false", "on",
+     "Managed memory: prefetch each allocation to its device when it is made, so data that fits "
+     "starts on the GPU instead of faulting in page by page.",
+     parse_bool, GS_FIELD(managed_prefetch), NULL},
+    {"GPUSHIM_MANAGED_ADVICE", "none, preferred, accessed-by", "none",
+     "Managed memory: cuMemAdvise for each allocation: its device as the preferred location, or "
+     "as a device that accesses it.",
+     parse_choice, GS_FIELD(managed_advice), advice_choices},
+    {"GPUSHIM_MANAGED_LIMIT", "bytes with K/M/G/T or KiB/MiB/GiB/TiB suffix, N% of device memory "
+     "(up to 1000%), or N%host (of host memory); 0: none", "0",
+     "Managed memory: most bytes one process may hold per device; past it allocations fail with "
+     "CUDA_ERROR_OUT_OF_MEMORY. Set it on shared GPUs: oversubscribing one can stall it for all.",
+     parse_limit_option, GS_FIELD(managed_limit), NULL},
 };
 
 #define GS_OPTION_COUNT (sizeof gs_option_table / sizeof gs_option_table[0])
@@ -123,11 +165,13 @@ int gs_parse_size(const char *text, gs_size_spec_t *out)
         return -EINVAL;
     while (*end == ' ')
         end++;
-    if (strcmp(end, "%") == 0) {
-        if (number <= 0 || number > 100)
+    bool of_host = strcasecmp(end, "%host") == 0;
+    if (strcmp(end, "%") == 0 || of_host) {
+        if (number <= 0 || number > (of_host ? 100 : 1000)) /* device: oversubscription allowed */
             return -EINVAL;
         out->bytes = 0;
         out->percent = number;
+        out->of_host = of_host;
         return 0;
     }
     for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
@@ -138,6 +182,7 @@ int gs_parse_size(const char *text, gs_size_spec_t *out)
             return -EINVAL;
         out->bytes = (uint64_t)bytes;
         out->percent = 0;
+        out->of_host = false;
         return 0;
     }
     return -EINVAL;
@@ -145,6 +190,9 @@ int gs_parse_size(const char *text, gs_size_spec_t *out)
 
 uint64_t gs_size_resolve(gs_size_spec_t spec, uint64_t device_total)
 {
+    if (spec.percent > 0 && spec.of_host)
+        return (uint64_t)((double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE) *
+                          spec.percent / 100.0);
     if (spec.percent > 0)
         return (uint64_t)((double)device_total * spec.percent / 100.0);
     return spec.bytes;

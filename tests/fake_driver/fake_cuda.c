@@ -10,6 +10,9 @@
  *                               NAME:N+ (the Nth and every later call), optional =CODE (default
  *                               CUDA_ERROR_OUT_OF_MEMORY)
  *   FAKECUDA_STATS=stderr|PATH  at exit, one line per entry point called: "fakecuda: calls NAME N"
+ *   FAKECUDA_EVENT_QUERIES=N    an event answers CUDA_ERROR_NOT_READY to its first N queries (as
+ *                               if its stream were busy), unless a cuCtxSynchronize came since
+ * Managed memory is host memory with no device limit: oversubscription works, as on a real GPU.
  */
 #include <cuda.h>
 #include <pthread.h>
@@ -42,6 +45,8 @@ static size_t used[MAX_DEVICES];
 static size_t high_water; /* blocks[] beyond this index are all empty */
 static size_t memory_per_device = 1ull << 30;
 static int device_count = 1;
+static int event_queries; /* FAKECUDA_EVENT_QUERIES */
+static atomic_ulong sync_generation;
 static atomic_bool initialized;
 static __thread int current_device = -1; /* -1: no context */
 
@@ -55,7 +60,9 @@ static __thread int current_device = -1; /* -1: no context */
     X(cuMemAllocAsync) X(cuMemAllocAsync_ptsz) X(cuMemFreeAsync) X(cuMemFreeAsync_ptsz)            \
     X(cuMemAllocFromPoolAsync) X(cuMemGetInfo_v2) X(cuMemGetAddressRange_v2)                       \
     X(cuPointerGetAttribute) X(cuPointerGetAttributes) X(cuIpcGetMemHandle) X(cuMemcpyHtoD_v2)    \
-    X(cuMemcpyDtoH_v2) X(cuMemsetD8_v2) X(cuGetProcAddress) X(cuGetProcAddress_v2)
+    X(cuMemcpyDtoH_v2) X(cuMemsetD8_v2) X(cuGetProcAddress) X(cuGetProcAddress_v2)                \
+    X(cuMemPrefetchAsync_v2) X(cuMemAdvise_v2) X(cuEventCreate) X(cuEventRecord) X(cuEventQuery)   \
+    X(cuEventDestroy_v2)
 
 enum {
 #define FAKE_ENUM(name) ID_##name,
@@ -135,6 +142,8 @@ __attribute__((constructor)) static void fake_load(void)
         memory_per_device = strtoull(s, NULL, 10);
     if ((s = getenv("FAKECUDA_FAIL")))
         parse_faults(s);
+    if ((s = getenv("FAKECUDA_EVENT_QUERIES")))
+        event_queries = atoi(s);
 }
 
 __attribute__((destructor)) static void fake_unload(void)
@@ -183,7 +192,7 @@ static CUresult fake_alloc(CUdeviceptr *dptr, size_t size, int kind)
         return CUDA_ERROR_INVALID_VALUE;
     size_t rounded = (size + 511) & ~(size_t)511;
     pthread_mutex_lock(&lock);
-    if (used[device] + rounded > memory_per_device) {
+    if (kind != KIND_MANAGED && used[device] + rounded > memory_per_device) {
         pthread_mutex_unlock(&lock);
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
@@ -198,6 +207,8 @@ static CUresult fake_alloc(CUdeviceptr *dptr, size_t size, int kind)
     }
     memset(mem, 0xA5, rounded); /* like real memory: not zeroed */
     blocks[slot] = (block_t){(uintptr_t)mem, rounded, device, kind};
+    if (kind == KIND_MANAGED)
+        rounded = 0; /* host memory: no device budget */
     if (slot + 1 > high_water)
         high_water = slot + 1;
     used[device] += rounded;
@@ -218,7 +229,8 @@ static CUresult fake_free(CUdeviceptr dptr)
         pthread_mutex_unlock(&lock);
         return CUDA_ERROR_INVALID_VALUE;
     }
-    used[b->device] -= b->size;
+    if (b->kind != KIND_MANAGED)
+        used[b->device] -= b->size;
     free((void *)b->base);
     memset(b, 0, sizeof *b);
     pthread_mutex_unlock(&lock);
@@ -332,6 +344,7 @@ FAKE_EXPORT CUresult cuCtxSynchronize(void)
 {
     ENTER(cuCtxSynchronize);
     int d;
+    atomic_fetch_add(&sync_generation, 1);
     return context_device(&d);
 }
 
@@ -339,7 +352,78 @@ FAKE_EXPORT CUresult cuCtxSynchronize_v2(CUcontext ctx)
 {
     ENTER(cuCtxSynchronize_v2);
     (void)ctx;
+    atomic_fetch_add(&sync_generation, 1);
     return atomic_load(&initialized) ? CUDA_SUCCESS : CUDA_ERROR_NOT_INITIALIZED;
+}
+
+/* ---- managed-memory hints and events ---- */
+
+static int is_managed(CUdeviceptr ptr)
+{
+    pthread_mutex_lock(&lock);
+    block_t *b = find_containing((uintptr_t)ptr);
+    int managed = b && b->kind == KIND_MANAGED;
+    pthread_mutex_unlock(&lock);
+    return managed;
+}
+
+FAKE_EXPORT CUresult cuMemPrefetchAsync_v2(CUdeviceptr ptr, size_t count, CUmemLocation location,
+                                           unsigned int flags, CUstream stream)
+{
+    ENTER(cuMemPrefetchAsync_v2);
+    (void)count, (void)location, (void)flags, (void)stream;
+    return is_managed(ptr) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+FAKE_EXPORT CUresult cuMemAdvise_v2(CUdeviceptr ptr, size_t count, CUmem_advise advice,
+                                    CUmemLocation location)
+{
+    ENTER(cuMemAdvise_v2);
+    (void)count, (void)advice, (void)location;
+    return is_managed(ptr) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+typedef struct fake_event {
+    int queries_left;
+    unsigned long generation;
+} fake_event_t;
+
+FAKE_EXPORT CUresult cuEventCreate(CUevent *event, unsigned int flags)
+{
+    ENTER(cuEventCreate);
+    (void)flags;
+    fake_event_t *e = calloc(1, sizeof *e);
+    if (!e)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    *event = (CUevent)e;
+    return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuEventRecord(CUevent event, CUstream stream)
+{
+    ENTER(cuEventRecord);
+    (void)stream;
+    fake_event_t *e = (fake_event_t *)event;
+    e->queries_left = event_queries;
+    e->generation = atomic_load(&sync_generation);
+    return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuEventQuery(CUevent event)
+{
+    ENTER(cuEventQuery);
+    fake_event_t *e = (fake_event_t *)event;
+    if (e->generation != atomic_load(&sync_generation) || e->queries_left <= 0)
+        return CUDA_SUCCESS;
+    e->queries_left--;
+    return CUDA_ERROR_NOT_READY;
+}
+
+FAKE_EXPORT CUresult cuEventDestroy_v2(CUevent event)
+{
+    ENTER(cuEventDestroy_v2);
+    free(event);
+    return CUDA_SUCCESS;
 }
 
 FAKE_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t size)
@@ -580,6 +664,12 @@ static const proc_t procs[] = {
     {"cuMemcpyHtoD", 3020, ANY, (void *)cuMemcpyHtoD_v2},
     {"cuMemcpyDtoH", 3020, ANY, (void *)cuMemcpyDtoH_v2},
     {"cuMemsetD8", 3020, ANY, (void *)cuMemsetD8_v2},
+    {"cuMemPrefetchAsync", 12020, ANY, (void *)cuMemPrefetchAsync_v2},
+    {"cuMemAdvise", 12020, ANY, (void *)cuMemAdvise_v2},
+    {"cuEventCreate", 2000, ANY, (void *)cuEventCreate},
+    {"cuEventRecord", 2000, ANY, (void *)cuEventRecord},
+    {"cuEventQuery", 2000, ANY, (void *)cuEventQuery},
+    {"cuEventDestroy", 4000, ANY, (void *)cuEventDestroy_v2},
     {"cuGetProcAddress", 11030, ANY, (void *)fake_get_proc_v1},
     {"cuGetProcAddress", 12000, ANY, (void *)cuGetProcAddress_v2},
 };

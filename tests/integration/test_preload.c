@@ -356,6 +356,86 @@ static void pool_out_of_memory_is_cudas_error(void **state)
     run_free(&r);
 }
 
+/* More than the (fake) device holds: managed mode serves it, as managed memory, prefetched. */
+static void managed_mode_oversubscribes_the_device(void **state)
+{
+    (void)state;
+    run_result_t off = run_shim(ENV("FAKECUDA_MEMORY=67108864"), ARGV(path_of("GS_RUNTIME_LIKE"), "managed", "8"));
+    EXPECT_STATUS(off, 0);
+    EXPECT_IN(off, out, "alloc 4 rc 0 managed 0\nalloc 5 rc 2 managed -1\n");
+    run_free(&off);
+
+    run_result_t r = run_shim(ENV("FAKECUDA_MEMORY=67108864", "GPUSHIM_MODE=managed", "FAKECUDA_STATS=stderr"),
+                              ARGV(path_of("GS_RUNTIME_LIKE"), "managed", "8"));
+    EXPECT_STATUS(r, 0);
+    EXPECT_IN(r, out, "alloc 8 rc 0 managed 1\n");
+    assert_int_equal(count_of(r.out, "managed 1\n"), 8);
+    EXPECT_IN(r, out, "ipc rc 1\n"); /* CUDA refuses IPC of managed memory ... */
+    EXPECT_IN(r, err, "gpushim: warning: cuIpcGetMemHandle failed (error 1): CUDA IPC cannot share managed memory");
+    EXPECT_IN(r, err, "mode managed\n");
+    EXPECT_IN(r, err, "device 0: 8 allocations, 8 frees, 0 failed");
+    EXPECT_IN(r, err, "device 0: managed memory 0 B now, peak 128 MiB; 8 prefetches; cap none");
+    EXPECT_IN(r, err, "fakecuda: calls cuMemAllocManaged 8\n");
+    EXPECT_IN(r, err, "fakecuda: calls cuMemPrefetchAsync_v2 8\n");
+    assert_null(strstr(r.err, "fakecuda: calls cuMemAlloc_v2"));
+    run_free(&r);
+}
+
+static void managed_cap_is_cudas_out_of_memory(void **state)
+{
+    (void)state;
+    run_result_t r = run_shim(ENV("GPUSHIM_MODE=managed", "GPUSHIM_MANAGED_LIMIT=100M",
+                                  "GPUSHIM_MANAGED_PREFETCH=off", "GPUSHIM_MANAGED_ADVICE=preferred",
+                                  "FAKECUDA_STATS=stderr"),
+                              ARGV(path_of("GS_RUNTIME_LIKE"), "managed", "8"));
+    EXPECT_STATUS(r, 0);
+    EXPECT_IN(r, out, "alloc 6 rc 0 managed 1\nalloc 7 rc 2 managed -1\nalloc 8 rc 2 managed -1\n");
+    /* free memory as the cap allows: 100 MiB less the 96 MiB held */
+    EXPECT_IN(r, out, "info total 104857600 free 4194304\n");
+    EXPECT_IN(r, err, "device 0: 6 allocations, 6 frees, 2 failed");
+    EXPECT_IN(r, err, "0 prefetches; cap 100 MiB, 2 allocations refused at the cap");
+    EXPECT_IN(r, err, "fakecuda: calls cuMemAdvise_v2 6\n");
+    assert_null(strstr(r.err, "cuMemPrefetchAsync"));
+    run_free(&r);
+}
+
+/* cuMemFreeAsync of managed memory waits for its stream, without blocking the caller. */
+static void managed_stream_ordered_free_waits_for_the_stream(void **state)
+{
+    (void)state;
+    run_result_t r = run_shim(ENV("GPUSHIM_MODE=managed", "FAKECUDA_EVENT_QUERIES=1000", "FAKECUDA_STATS=stderr"),
+                              ARGV(path_of("GS_RUNTIME_LIKE"), "managed-async", "nosync"));
+    EXPECT_STATUS(r, 0);
+    EXPECT_IN(r, err, "1 stream-ordered frees still waiting");
+    assert_null(strstr(r.err, "fakecuda: calls cuMemFree_v2")); /* not released early */
+    EXPECT_IN(r, err, "fakecuda: calls cuEventRecord 1\n");
+    run_free(&r);
+
+    r = run_shim(ENV("GPUSHIM_MODE=managed", "FAKECUDA_EVENT_QUERIES=1000", "FAKECUDA_STATS=stderr"),
+                 ARGV(path_of("GS_RUNTIME_LIKE"), "managed-async", "sync"));
+    EXPECT_STATUS(r, 0);
+    EXPECT_IN(r, err, "0 stream-ordered frees still waiting");
+    EXPECT_IN(r, err, "fakecuda: calls cuMemFree_v2 1\n"); /* released once the stream was done */
+    EXPECT_IN(r, err, "device 0: 1 allocations, 1 frees, 0 failed");
+    run_free(&r);
+}
+
+/* Pool mode with GPUSHIM_ON_OOM=managed: the pool while memory lasts, managed memory after. */
+static void pool_spills_to_managed_memory_on_demand(void **state)
+{
+    (void)state;
+    run_result_t r = run_shim(ENV("GPUSHIM_MODE=pool", "GPUSHIM_ON_OOM=managed", "FAKECUDA_MEMORY=67108864"),
+                              ARGV(path_of("GS_RUNTIME_LIKE"), "managed", "8"));
+    EXPECT_STATUS(r, 0);
+    EXPECT_IN(r, out, "alloc 1 rc 0 managed 0\n");
+    EXPECT_IN(r, out, "alloc 8 rc 0 managed 1\n");
+    EXPECT_IN(r, err, "device 0: 8 allocations, 8 frees, 0 failed");
+    EXPECT_IN(r, err, "spilled to managed memory: ");
+    long long spilled = number_after(r.err, "spilled to managed memory: ");
+    assert_true(spilled >= 4 && spilled <= 5);
+    run_free(&r);
+}
+
 static char *command_output(const char *command)
 {
     FILE *p = popen(command, "r");
@@ -416,6 +496,10 @@ int main(void)
         cmocka_unit_test(rtld_next_of_other_preload_libraries_still_works),
         cmocka_unit_test(pool_mode_serves_the_same_programs),
         cmocka_unit_test(pool_out_of_memory_is_cudas_error),
+        cmocka_unit_test(managed_mode_oversubscribes_the_device),
+        cmocka_unit_test(managed_cap_is_cudas_out_of_memory),
+        cmocka_unit_test(managed_stream_ordered_free_waits_for_the_stream),
+        cmocka_unit_test(pool_spills_to_managed_memory_on_demand),
         cmocka_unit_test(exports_are_exactly_the_intercepted_symbols),
         cmocka_unit_test(shim_links_no_cuda_library),
     };

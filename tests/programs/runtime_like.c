@@ -331,6 +331,54 @@ static int scenario_devices(void)
     return 0;
 }
 
+/* N allocations of 16 MiB, each written and read back and checked for managed-ness; more than
+ * the fake device holds when FAKECUDA_MEMORY is small. Then IPC and memory info. */
+static int scenario_managed(int n)
+{
+    CUdeviceptr *ptrs = calloc((size_t)n, sizeof *ptrs);
+    const size_t bytes = 16 << 20;
+    for (int i = 0; i < n; i++) {
+        CUresult rc = cu.mem_alloc(&ptrs[i], bytes);
+        int managed = -1;
+        if (rc == CUDA_SUCCESS) {
+            CHECK(cu.pointer_get_attribute(&managed, CU_POINTER_ATTRIBUTE_IS_MANAGED, ptrs[i]) == CUDA_SUCCESS);
+            unsigned char pattern[4096], back[4096];
+            memset(pattern, i + 1, sizeof pattern);
+            CHECK(cu.memcpy_htod(ptrs[i] + bytes - sizeof pattern, pattern, sizeof pattern) == CUDA_SUCCESS);
+            CHECK(cu.memcpy_dtoh(back, ptrs[i] + bytes - sizeof pattern, sizeof back) == CUDA_SUCCESS);
+            CHECK(memcmp(pattern, back, sizeof back) == 0);
+        } else {
+            ptrs[i] = 0;
+        }
+        printf("alloc %d rc %d managed %d\n", i + 1, rc, managed);
+    }
+    size_t free_bytes = 0, total = 0;
+    CHECK(cu.mem_get_info(&free_bytes, &total) == CUDA_SUCCESS);
+    printf("info total %zu free %zu\n", total, free_bytes);
+    if (ptrs[0]) {
+        CUipcMemHandle handle;
+        printf("ipc rc %d\n", cu.ipc_get_mem_handle(&handle, ptrs[0]));
+    }
+    for (int i = 0; i < n; i++)
+        if (ptrs[i])
+            CHECK(cu.mem_free(ptrs[i]) == CUDA_SUCCESS);
+    free(ptrs);
+    printf("ok managed\n");
+    return 0;
+}
+
+/* A stream-ordered free; with "sync", a device synchronization after it. */
+static int scenario_managed_async(const char *how)
+{
+    CUdeviceptr p;
+    CHECK(cu.mem_alloc_async(&p, 1 << 20, NULL) == CUDA_SUCCESS);
+    CHECK(cu.mem_free_async(p, NULL) == CUDA_SUCCESS);
+    if (how && strcmp(how, "sync") == 0)
+        CHECK(cu.ctx_synchronize() == CUDA_SUCCESS);
+    printf("ok managed-async\n");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *scenario = argc > 1 ? argv[1] : "basic";
@@ -362,6 +410,10 @@ int main(int argc, char **argv)
         return scenario_lookups();
     if (strcmp(scenario, "devices") == 0)
         return scenario_devices();
+    if (strcmp(scenario, "managed") == 0)
+        return scenario_managed(a);
+    if (strcmp(scenario, "managed-async") == 0)
+        return scenario_managed_async(argc > 2 ? argv[2] : NULL);
     fprintf(stderr, "runtime_like: unknown scenario %s\n", scenario);
     return 64;
 }
