@@ -3,4 +3,5 @@
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/gpushim-out}; mkdir -p "$out"
 bash scripts/gpu-check.sh "$@" 2>&1 | tee "$out/gpu-check.txt"
-bash scripts/gpu-bench.sh 2>&1 | tee "$out/gpu-bench.txt"
+# One GPU visible for the timings: a one-device process skips a driver call per allocation.
+CUDA_VISIBLE_DEVICES=${GPUSHIM_BENCH_DEVICE:-0} bash scripts/gpu-bench.sh 2>&1 | tee "$out/gpu-bench.txt"

@@ -38,7 +38,11 @@ for b in safe immediate; do
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 with $b python3 bench/bench_torch.py mlp >"$work/mlp-$b.txt" 2>&1
   cp "$work/last-report.txt" "$work/mlp-$b-report.txt"
 done
+GPUSHIM_MODE=managed GPUSHIM_MANAGED_LIMIT=25% LD_PRELOAD="$shim" GPUSHIM_REPORT=off \
+  python3 bench/bench_torch.py mlp >"$work/mlp-managed.txt" 2>&1
 python3 bench/bench_cupy.py >"$work/cupy-pool.txt" 2>&1
+GPUSHIM_MODE=managed GPUSHIM_MANAGED_LIMIT=25% LD_PRELOAD="$shim" GPUSHIM_REPORT=off \
+  python3 bench/bench_cupy.py >"$work/cupy-managed.txt" 2>&1
 python3 bench/bench_cupy.py none >"$work/cupy-raw.txt" 2>&1
 for b in safe immediate; do with $b python3 bench/bench_cupy.py none >"$work/cupy-$b.txt" 2>&1; done
 
@@ -79,14 +83,16 @@ done
 echo
 echo "## end to end"
 mc=$(result mlp_ms "$work/mlp-caching.txt" | cut -d' ' -f1)
+echo "(raw: PYTORCH_NO_CUDA_MEMORY_CACHING=1 / set_allocator(None), no shim; safe, immediate: raw under"
+echo " the shim's pool; managed: the framework's own allocator on the shim's managed memory, prefetch on)"
 echo "| workload | ms per step/iteration | vs own allocator |"
 echo "|---|---|---|"
-for v in caching raw safe immediate; do
+for v in caching raw safe immediate managed; do
   m=$(result mlp_ms "$work/mlp-$v.txt" | cut -d' ' -f1)
   echo "| PyTorch MLP, $v | $m | $(awk -v x="$m" -v y="$mc" 'BEGIN {if (y > 0) printf "%.3fx", x / y}') |"
 done
 cc=$(result cupy_ms "$work/cupy-pool.txt" | cut -d' ' -f1)
-for v in pool raw safe immediate; do
+for v in pool raw safe immediate managed; do
   m=$(result cupy_ms "$work/cupy-$v.txt" | cut -d' ' -f1)
   echo "| CuPy pipeline, $v | $m | $(awk -v x="$m" -v y="$cc" 'BEGIN {if (y > 0) printf "%.3fx", x / y}') |"
 done

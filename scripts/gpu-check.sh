@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# The GPU check: real programs under the shim, each with its own result check, and the number of
-# allocations the shim's report counted. One command on a GPU machine; prints a summary table last.
-#   scripts/gpu-check.sh [MODE ...]      (default: off pool)
+# The GPU check: real programs under the shim, each with its own result check, the number of
+# allocations the shim's report counted, and the kind of memory their buffers got (device, or
+# managed in managed mode). One command on a GPU machine; prints a summary table last.
+#   scripts/gpu-check.sh [MODE ...]      (default: off pool managed)
+# Managed-mode runs always set GPUSHIM_MANAGED_LIMIT (25% of the device): oversubscribing a
+# shared GPU can stall it for everyone.
 set -u
 cd "$(dirname "$0")/.."
 build=${GPUSHIM_BUILD:-build-gpu}
 bash scripts/gpu-build.sh || exit 1
 shim=$PWD/$build/src/libgpushim.so
-modes=${*:-off pool}
+modes=${*:-off pool managed}
+export GPUSHIM_MANAGED_LIMIT=25%
 work=$(mktemp -d)
 table=()
 failures=0
@@ -25,11 +29,14 @@ run_case() {
     sed -n 's/^gpushim: device [0-9]*: \([0-9]*\) allocations.*/\1/p' | awk '{s += $1} END {print s + 0}')
   local verdict=ok
   if [ $rc -ne 0 ] || [[ "$check" != PASS* ]]; then verdict=FAIL; fi
+  local memory; memory=$(sed -n 's/.*memory \([a-z]*\).*/\1/p' <<<"$check")
+  local want=device; [ "$mode" = managed ] && want=managed
+  [ "$memory" = "$want" ] || verdict=FAIL
   if [ "$expected" = any ]; then [ "$counted" -gt 0 ] || verdict=FAIL
   elif [ "$counted" != "$expected" ]; then verdict=FAIL; fi
   [ $verdict = ok ] || { failures=$((failures + 1)); echo "--- $name ($mode) failed: rc $rc"; cat "$dir/out.txt" "$dir/err.txt" | tail -20; }
   echo "--- $name ($mode): $check"; cat "$dir"/report-*.txt 2>/dev/null
-  table+=("$(printf '| %-34s | %-7s | %-4s | %-10s | %-8s | %s |' "$name" "$mode" "$([[ "$check" == PASS* ]] && echo pass || echo FAIL)" "$counted" "$expected" "$verdict")")
+  table+=("$(printf '| %-34s | %-7s | %-4s | %-7s | %-10s | %-8s | %s |' "$name" "$mode" "$([[ "$check" == PASS* ]] && echo pass || echo FAIL)" "$memory" "$counted" "$expected" "$verdict")")
 }
 
 for mode in $modes; do
@@ -47,13 +54,18 @@ echo "no shim:        $("$build/reuse_safety")"
 for reuse in safe immediate; do
   echo "pool $reuse: $(LD_PRELOAD="$shim" GPUSHIM_MODE=pool GPUSHIM_POOL_REUSE=$reuse GPUSHIM_REPORT=off "$build/reuse_safety")"
 done
+echo "--- one pool per device (needs two GPUs)"
+for mode in off pool; do
+  echo "$mode: $(LD_PRELOAD="$shim" GPUSHIM_MODE=$mode GPUSHIM_POOL_REUSE=immediate GPUSHIM_REPORT="$work/two-$mode-%p.txt" "$build/two_devices")"
+  cat "$work"/two-$mode-*.txt 2>/dev/null | grep -E "device [0-9]: [0-9]+ allocations|pool reserved"
+done
 echo "--- invisible where unused: bash under the shim prints [$(LD_PRELOAD="$shim" GPUSHIM_MODE=pool bash -c 'echo hi' 2>&1)]"
 echo "--- libraries the shim links: $(readelf -d "$shim" | sed -n 's/.*NEEDED.*\[\(.*\)\]/\1/p' | tr '\n' ' ')"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | sed 's/^/--- card: /'
 
 echo
-echo "| program                            | mode    | check| counted    | expected | verdict |"
-echo "|------------------------------------|---------|------|------------|----------|---------|"
+echo "| program                            | mode    | check| memory  | counted    | expected | verdict |"
+echo "|------------------------------------|---------|------|---------|------------|----------|---------|"
 printf '%s\n' "${table[@]}"
 echo "gpu-check: $failures failed"
 exit $((failures > 0))

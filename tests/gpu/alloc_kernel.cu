@@ -34,6 +34,9 @@ int main(int argc, char **argv)
         CHECK(cudaGetLastError());
     }
     CHECK(cudaDeviceSynchronize());
+    cudaPointerAttributes attrs;
+    CHECK(cudaPointerGetAttributes(&attrs, bufs[0]));
+    const char *memory = attrs.type == cudaMemoryTypeManaged ? "managed" : attrs.type == cudaMemoryTypeDevice ? "device" : "other";
     size_t bad = 0;
     for (int k = 0; k < n; k++) {
         std::vector<float> host(sizes[k]);
@@ -44,6 +47,6 @@ int main(int argc, char **argv)
     }
     for (int k = 0; k < n; k++)
         CHECK(cudaFree(bufs[k]));
-    std::printf("%s alloc_kernel: %d allocations, %zu wrong elements\n", bad ? "FAIL" : "PASS", n, bad);
+    std::printf("%s alloc_kernel: %d allocations, %zu wrong elements; memory %s\n", bad ? "FAIL" : "PASS", n, bad, memory);
     return bad ? 1 : 0;
 }

@@ -2,6 +2,7 @@
 import sys
 import cupy as cp
 import numpy as np
+from memkind import kind
 
 if len(sys.argv) > 1 and sys.argv[1] == "none":
     cp.cuda.set_allocator(None)
@@ -18,4 +19,5 @@ ref = np.log1p(a / a.sum(axis=1, keepdims=True) * 1e4)
 ref = (ref - ref.mean(axis=0)) / (ref.std(axis=0) + 1e-6)
 want = float(np.trace(ref.T @ ref / ref.shape[0]))
 ok = abs(total - want) / abs(want) < 1e-4
-print(f"{'PASS' if ok else 'FAIL'} cupy ({'set_allocator(None)' if len(sys.argv) > 1 else 'MemoryPool'}): trace {total:.4f} numpy {want:.4f}")
+memory = kind(c.data.ptr)
+print(f"{'PASS' if ok else 'FAIL'} cupy ({'set_allocator(None)' if len(sys.argv) > 1 else 'MemoryPool'}): trace {total:.4f} numpy {want:.4f}; memory {memory}")

@@ -1,5 +1,6 @@
 """A few training steps of a small MLP on the GPU, checked against the same steps on the CPU."""
 import torch
+from memkind import kind
 
 torch.manual_seed(0)
 x = torch.randn(256, 512)
@@ -18,7 +19,8 @@ def train(device):
         opt.step()
     return loss.item(), [p.detach().cpu() for p in m.parameters()]
 gpu_loss, gpu_params = train("cuda")
+memory = kind(torch.ones(1024, device="cuda").data_ptr())
 cpu_loss, cpu_params = train("cpu")
 err = max((a - b).abs().max().item() for a, b in zip(gpu_params, cpu_params))
 ok = abs(gpu_loss - cpu_loss) < 1e-3 and err < 1e-3
-print(f"{'PASS' if ok else 'FAIL'} torch: loss gpu {gpu_loss:.5f} cpu {cpu_loss:.5f}, max parameter difference {err:.2e}")
+print(f"{'PASS' if ok else 'FAIL'} torch: loss gpu {gpu_loss:.5f} cpu {cpu_loss:.5f}, max parameter difference {err:.2e}; memory {memory}")
