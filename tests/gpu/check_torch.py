@@ -19,7 +19,8 @@ def train(device):
         opt.step()
     return loss.item(), [p.detach().cpu() for p in m.parameters()]
 gpu_loss, gpu_params = train("cuda")
-memory = kind(torch.ones(1024, device="cuda").data_ptr())
+probe = torch.ones(1024, device="cuda")  # kept alive: without caching, a freed tensor's pointer is gone
+memory = kind(probe.data_ptr())
 cpu_loss, cpu_params = train("cpu")
 err = max((a - b).abs().max().item() for a, b in zip(gpu_params, cpu_params))
 ok = abs(gpu_loss - cpu_loss) < 1e-3 and err < 1e-3
