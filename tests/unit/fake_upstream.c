@@ -32,6 +32,8 @@ static CUresult fake_alloc_unlocked(CUdeviceptr *p, size_t bytes)
             *p = fake.next_address;
             fake.next_address += rounded + 4096; /* gaps: chunks are never adjacent */
             fake.used += rounded;
+            if (fake.used > fake.peak_used)
+                fake.peak_used = fake.used;
             return CUDA_SUCCESS;
         }
     }

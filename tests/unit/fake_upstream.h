@@ -10,6 +10,7 @@ typedef struct fake_upstream {
     int allocs, frees, syncs, infos, async_allocs, async_frees;
     int fail_next_allocs;       /* the next N mem_alloc calls return OUT_OF_MEMORY */
     uint64_t total, used, limit; /* limit: bytes the fake device has */
+    uint64_t peak_used;
     uint64_t next_address;
     int device; /* current device */
 } fake_upstream_t;
