@@ -474,6 +474,26 @@ static void shim_links_no_cuda_library(void **state)
     assert_null(strstr(needed, "libcudart"));
 }
 
+/* The README's table of variables is the options table, word for word. */
+static void readme_lists_every_variable_as_the_table_does(void **state)
+{
+    (void)state;
+    char command[4096];
+    snprintf(command, sizeof command, "%s --markdown", path_of("GS_OPTIONS_TOOL"));
+    char *table = strdup(command_output(command));
+    FILE *f = fopen(path_of("GS_README"), "r");
+    assert_non_null(f);
+    static char readme[65536];
+    size_t n = fread(readme, 1, sizeof readme - 1, f);
+    readme[n] = '\0';
+    fclose(f);
+    assert_true(strlen(table) > 500);
+    if (strstr(readme, table) == NULL)
+        print_message("README.md lacks the current table; regenerate it with gpushim-options --markdown:\n%s", table);
+    assert_non_null(strstr(readme, table));
+    free(table);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -502,6 +522,7 @@ int main(void)
         cmocka_unit_test(pool_spills_to_managed_memory_on_demand),
         cmocka_unit_test(exports_are_exactly_the_intercepted_symbols),
         cmocka_unit_test(shim_links_no_cuda_library),
+        cmocka_unit_test(readme_lists_every_variable_as_the_table_does),
     };
     return cmocka_run_group_tests_name("preload", tests, NULL, NULL);
 }
