@@ -28,4 +28,18 @@ meson setup build-tsan -Db_sanitize=thread -Db_lundef=false --reconfigure >/dev/
   meson setup build-tsan -Db_sanitize=thread -Db_lundef=false >/dev/null
 meson test -C build-tsan --suite unit --print-errorlogs
 
-printf '\nall test suites passed\n'
+# One closing line for people and CI: individual cmocka tests over all four runs.
+python3 - build-test/meson-logs/testlog.json build-test/meson-logs/testlog-valgrind.json \
+  build-asan/meson-logs/testlog.json build-tsan/meson-logs/testlog.json <<'PY'
+import json, re, sys
+passed = failed = 0
+for path in sys.argv[1:]:
+    for line in open(path):
+        run = json.loads(line)
+        out = (run.get("stdout") or "") + (run.get("stderr") or "")
+        passed += len(re.findall(r"^\[       OK \] ", out, re.M))
+        summary = [int(n) for n in re.findall(r"^\[  FAILED  \] (\d+) test", out, re.M)]
+        failed += sum(summary) or (1 if run.get("returncode") else 0)
+print(f"gpushim: {passed} passed, {failed} failed")
+sys.exit(1 if failed else 0)
+PY
