@@ -183,7 +183,6 @@ typedef struct gs_block {
 } gs_block_t;
 
 int gs_ptrmap_insert(const gs_block_t *block);                   /* 0, -ENOMEM, -EEXIST */
-int gs_ptrmap_update(const gs_block_t *block);                   /* 0 or -ENOENT */
 int gs_ptrmap_find(CUdeviceptr base, gs_block_t *out);           /* 0 or -ENOENT */
 int gs_ptrmap_remove(CUdeviceptr base, gs_block_t *out);         /* 0 or -ENOENT */
 size_t gs_ptrmap_count(void);

@@ -339,21 +339,25 @@ static void sync_and_recycle(pool_device_t *p, int device)
     atomic_store_explicit(&(field), atomic_load_explicit(&(field), memory_order_relaxed) + (amount), \
                           memory_order_relaxed)
 
+/* A freed block goes to the free lists, or to the pending list until it is safe (lock held). */
+static void release_to_pool(pool_device_t *p, pool_block_t *b)
+{
+    if (reusable(p, b)) {
+        central_free(p, b);
+        return;
+    }
+    atomic_store_explicit(&b->state, BLOCK_PENDING, memory_order_relaxed);
+    b->next_free = p->pending;
+    p->pending = b;
+    p->pending_bytes += b->size;
+}
+
 /* Empties the caller's own cache into the central pool (device lock held). */
 static void cache_drain(pool_device_t *p, thread_cache_t *c)
 {
     for (int k = 0; k < CLASS_COUNT; k++) {
-        for (int i = 0; i < c->used[k]; i++) {
-            pool_block_t *b = c->slots[k][i];
-            if (reusable(p, b)) {
-                central_free(p, b);
-            } else {
-                atomic_store_explicit(&b->state, BLOCK_PENDING, memory_order_relaxed);
-                b->next_free = p->pending;
-                p->pending = b;
-                p->pending_bytes += b->size;
-            }
-        }
+        for (int i = 0; i < c->used[k]; i++)
+            release_to_pool(p, c->slots[k][i]);
         c->used[k] = 0;
     }
     atomic_store_explicit(&c->bytes, 0, memory_order_relaxed);
@@ -721,14 +725,7 @@ static int pool_free(CUdeviceptr ptr, const gs_free_req_t *req, CUresult *result
     if (cache && cache_put(cache, b))
         return 0;
     pthread_mutex_lock(&p->lock);
-    if (reusable(p, b)) {
-        central_free(p, b);
-    } else {
-        atomic_store_explicit(&b->state, BLOCK_PENDING, memory_order_relaxed);
-        b->next_free = p->pending;
-        p->pending = b;
-        p->pending_bytes += b->size;
-    }
+    release_to_pool(p, b);
     pthread_mutex_unlock(&p->lock);
     (void)req; /* a stream-ordered free of a pool block: the same epoch rule covers it */
     return 0;

@@ -84,23 +84,6 @@ int gs_ptrmap_insert(const gs_block_t *block)
     return rc;
 }
 
-int gs_ptrmap_update(const gs_block_t *block)
-{
-    uint64_t h = hash(block->base);
-    gs_ptrmap_shard_t *s = shard_of(h);
-    int rc = -ENOENT;
-    pthread_mutex_lock(&s->lock);
-    if (s->capacity) {
-        size_t i = probe(s, block->base, h);
-        if (s->slots[i].base == block->base) {
-            s->slots[i] = *block;
-            rc = 0;
-        }
-    }
-    pthread_mutex_unlock(&s->lock);
-    return rc;
-}
-
 int gs_ptrmap_find(CUdeviceptr base, gs_block_t *out)
 {
     uint64_t h = hash(base);
