@@ -5,14 +5,7 @@
 #include <cstdlib>
 #include <vector>
 
-#define CHECK(call)                                                                                \
-    do {                                                                                           \
-        cudaError_t e_ = (call);                                                                   \
-        if (e_ != cudaSuccess) {                                                                   \
-            std::printf("FAIL %s: %s\n", #call, cudaGetErrorString(e_));                           \
-            return 1;                                                                              \
-        }                                                                                          \
-    } while (0)
+#include "cuda_check.h"
 
 __global__ void fill(float *out, size_t n, float scale)
 {

@@ -5,14 +5,7 @@
 #include <chrono>
 #include <cstdio>
 
-#define CHECK(call)                                                                                \
-    do {                                                                                           \
-        cudaError_t e_ = (call);                                                                   \
-        if (e_ != cudaSuccess) {                                                                   \
-            std::printf("FAIL %s: %s\n", #call, cudaGetErrorString(e_));                           \
-            return 1;                                                                              \
-        }                                                                                          \
-    } while (0)
+#include "cuda_check.h"
 
 // Re-reads a[] for about `cycles` clock cycles; counts elements that are not 7.
 __global__ void reader(const int *a, size_t n, long long cycles, unsigned long long *wrong)

@@ -3,14 +3,7 @@
 // back under immediate reuse), and kernels on both devices must see their own data.
 #include <cstdio>
 
-#define CHECK(call)                                                                                \
-    do {                                                                                           \
-        cudaError_t e_ = (call);                                                                   \
-        if (e_ != cudaSuccess) {                                                                   \
-            std::printf("FAIL %s: %s\n", #call, cudaGetErrorString(e_));                           \
-            return 1;                                                                              \
-        }                                                                                          \
-    } while (0)
+#include "cuda_check.h"
 
 __global__ void fill(int *a, int n, int v)
 {
