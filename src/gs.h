@@ -28,6 +28,7 @@
 
 typedef enum { GS_MODE_OFF, GS_MODE_POOL, GS_MODE_MANAGED } gs_mode_t;
 typedef enum { GS_REPORT_STDERR, GS_REPORT_OFF, GS_REPORT_FILE } gs_report_kind_t;
+typedef enum { GS_FORMAT_TEXT, GS_FORMAT_JSON } gs_report_format_t;
 typedef enum { GS_REUSE_SAFE, GS_REUSE_IMMEDIATE } gs_reuse_t;
 typedef enum { GS_ADVICE_NONE, GS_ADVICE_PREFERRED, GS_ADVICE_ACCESSED_BY } gs_advice_t;
 typedef enum { GS_ON_OOM_FAIL, GS_ON_OOM_MANAGED } gs_on_oom_t;
@@ -43,7 +44,9 @@ typedef struct gs_size_spec {
 typedef struct gs_options {
     gs_mode_t mode;
     gs_report_kind_t report;
-    char report_path[GS_PATH_MAX]; /* template: %p -> pid, %% -> % */
+    char report_path[GS_PATH_MAX]; /* template: see gs_expand_path */
+    gs_report_format_t report_format;
+    char trace_path[GS_PATH_MAX]; /* empty: no trace */
     gs_size_spec_t pool_initial;
     gs_size_spec_t pool_max;
     gs_size_spec_t pool_chunk;
@@ -78,12 +81,15 @@ void gs_log_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void gs_log_warning(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 typedef struct gs_buf {
-    char data[16384];
+    char data[65536];
     size_t len;
 } gs_buf_t;
 void gs_buf_printf(gs_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* "0 B", "512 B", "4 KiB", "1.5 MiB": exact when the value is a whole number of the unit. */
 const char *gs_format_bytes(uint64_t bytes, char out[32]);
+/* Expands a path template: %p pid, %h host name, %r rank (RANK, OMPI_COMM_WORLD_RANK, PMI_RANK or
+ * SLURM_PROCID; 0 without one), %% a percent sign. */
+void gs_expand_path(const char *template, char *out, size_t out_len);
 int gs_write_all(int fd, const char *data, size_t len);
 
 /* ------------------------------------------------------------------------------------------ */
@@ -92,6 +98,10 @@ int gs_write_all(int fd, const char *data, size_t len);
 uint64_t gs_ticks(void);
 double gs_ticks_per_ns(void); /* calibrated against CLOCK_MONOTONIC; no CUDA call */
 void gs_clock_start(void);
+/* Seconds from gs_clock_start to a tick count, given a calibration from gs_ticks_per_ns. */
+double gs_ticks_to_seconds(uint64_t ticks, double ticks_per_ns);
+/* Wall-clock nanoseconds since the epoch at a tick count (for traces). */
+uint64_t gs_ticks_to_epoch_ns(uint64_t ticks, double ticks_per_ns);
 
 /* ------------------------------------------------------------------------------------------ */
 /* driver.c: the real driver's entry points, loaded lazily from libcuda.so.1                  */
@@ -149,12 +159,22 @@ void *(*gs_resolve_real_dlsym(void))(void *, const char *);
 /* ------------------------------------------------------------------------------------------ */
 /* stats.c: per-device counters, kept per thread so the hot path touches no shared cache line */
 
+#define GS_HISTOGRAM_BUCKETS 48 /* bucket k: sizes in (2^(k-1), 2^k]; bucket 0: 0 and 1 byte */
+#define GS_OOM_EVENTS 16        /* the latest out-of-memory events kept per device */
+
 typedef struct gs_device_stats {
     uint64_t allocations, frees, failures, foreign_frees;
     uint64_t bytes_requested, bytes_freed;
     int64_t in_use, peak;
+    uint64_t peak_ticks; /* when the peak was reached */
     uint64_t driver_calls, timed_calls, shim_ticks;
+    uint64_t histogram[GS_HISTOGRAM_BUCKETS];
 } gs_device_stats_t;
+
+typedef struct gs_oom_event {
+    uint64_t bytes;
+    uint64_t ticks;
+} gs_oom_event_t;
 
 void gs_stats_alloc(int device, uint64_t bytes);
 void gs_stats_alloc_failed(int device);
@@ -162,6 +182,10 @@ void gs_stats_free(int device, uint64_t bytes);
 void gs_stats_foreign_free(int device);
 void gs_stats_driver_call(int device);
 void gs_stats_time(int device, uint64_t shim_ticks);
+/* An allocation the driver or the backend refused for lack of memory (slow path, locked). */
+void gs_stats_oom(int device, uint64_t bytes);
+/* The latest out-of-memory events of a device, oldest first; returns how many. */
+int gs_stats_oom_events(int device, gs_oom_event_t out[GS_OOM_EVENTS]);
 /* Sums every thread's counters for one device. */
 void gs_stats_snapshot(int device, gs_device_stats_t *out);
 /* True once any allocation was attempted (decides whether a report is printed). */
@@ -186,6 +210,8 @@ int gs_ptrmap_insert(const gs_block_t *block);                   /* 0, -ENOMEM, 
 int gs_ptrmap_find(CUdeviceptr base, gs_block_t *out);           /* 0 or -ENOENT */
 int gs_ptrmap_remove(CUdeviceptr base, gs_block_t *out);         /* 0 or -ENOENT */
 size_t gs_ptrmap_count(void);
+/* Calls fn for every entry (shard by shard, each under its lock; fn must not use the map). */
+void gs_ptrmap_each(void (*fn)(void *ctx, const gs_block_t *block), void *ctx);
 void gs_ptrmap_clear(void);
 
 /* ------------------------------------------------------------------------------------------ */
@@ -228,8 +254,11 @@ typedef struct gs_backend {
      * after_sync receives once the synchronization succeeded. Both may be NULL. */
     uint64_t (*before_sync)(int device);
     void (*after_sync)(int device, uint64_t token);
-    /* Adds this backend's lines to the exit report for one device. May be NULL. */
-    void (*report)(int device, gs_buf_t *out);
+    /* Adds this backend's part of the exit report for one device: text lines, or (json) one
+     * member `"name": {...},` of the device object. May be NULL. */
+    void (*report)(int device, gs_buf_t *out, bool json);
+    /* Whether a block of gs_ptrmap is live (handed out and not freed). NULL: every entry is. */
+    bool (*block_live)(const gs_block_t *block);
     /* After fork, in the child: forget the parent's device memory. May be NULL. */
     void (*forget)(void);
 } gs_backend_t;
@@ -287,6 +316,13 @@ CUresult gs_ctx_synchronize_v2(CUcontext ctx);
 
 /* ------------------------------------------------------------------------------------------ */
 /* lifecycle.c + report.c                                                                     */
+
+/* trace.c: GPUSHIM_TRACE, every allocation and free as CSV in RMM's logging format. */
+enum { GS_TRACE_ALLOCATE, GS_TRACE_ALLOCATE_FAILURE, GS_TRACE_FREE };
+extern bool gs_tracing;
+void gs_trace_record(int action, CUdeviceptr ptr, uint64_t bytes, CUstream stream);
+void gs_trace_flush(void); /* at exit: every thread's buffer */
+void gs_trace_forget(void); /* fork child */
 
 /* At load: read options (exit(1) on bad input), fork handlers. Touches no CUDA. */
 void gs_start(char *const *envp);

@@ -225,27 +225,38 @@ static void managed_after_sync(int device, uint64_t token)
     reap();
 }
 
-static void managed_report(int device, gs_buf_t *out)
+static void managed_report(int device, gs_buf_t *out, bool json)
 {
     int64_t bytes = atomic_load(&gs_managed[device].bytes), peak = atomic_load(&gs_managed[device].peak);
     uint64_t spilled = atomic_load(&gs_managed[device].spilled);
-    if (peak == 0 && spilled == 0 && atomic_load(&gs_managed[device].refused) == 0)
-        return;
-    char now_text[32], peak_text[32], limit_text[32], spilled_text[32];
+    uint64_t spilled_bytes = atomic_load(&gs_managed[device].spilled_bytes);
+    uint64_t prefetches = atomic_load(&gs_managed[device].prefetches);
+    uint64_t refused = atomic_load(&gs_managed[device].refused);
     uint64_t limit = atomic_load(&gs_managed[device].limit);
+    if (peak == 0 && spilled == 0 && refused == 0)
+        return;
+    if (json) {
+        gs_buf_printf(out,
+                      ",\n      \"managed\": {\"bytes\": %lld, \"peak\": %lld, \"prefetches\": %llu, "
+                      "\"cap\": %llu, \"refused_at_cap\": %llu, \"deferred_frees\": %d, "
+                      "\"spilled_allocations\": %llu, \"spilled_bytes\": %llu}",
+                      (long long)bytes, (long long)peak, (unsigned long long)prefetches,
+                      (unsigned long long)limit, (unsigned long long)refused,
+                      atomic_load(&gs_deferred_count), (unsigned long long)spilled,
+                      (unsigned long long)spilled_bytes);
+        return;
+    }
+    char now_text[32], peak_text[32], limit_text[32], spilled_text[32];
     gs_buf_printf(out,
                   "gpushim: device %d: managed memory %s now, peak %s; %llu prefetches; cap %s, "
                   "%llu allocations refused at the cap; %d stream-ordered frees still waiting\n",
                   device, gs_format_bytes((uint64_t)(bytes > 0 ? bytes : 0), now_text),
-                  gs_format_bytes((uint64_t)peak, peak_text),
-                  (unsigned long long)atomic_load(&gs_managed[device].prefetches),
-                  limit ? gs_format_bytes(limit, limit_text) : "none",
-                  (unsigned long long)atomic_load(&gs_managed[device].refused),
+                  gs_format_bytes((uint64_t)peak, peak_text), (unsigned long long)prefetches,
+                  limit ? gs_format_bytes(limit, limit_text) : "none", (unsigned long long)refused,
                   atomic_load(&gs_deferred_count));
     if (spilled)
         gs_buf_printf(out, "gpushim: device %d: spilled to managed memory: %llu allocations, %s\n",
-                      device, (unsigned long long)spilled,
-                      gs_format_bytes(atomic_load(&gs_managed[device].spilled_bytes), spilled_text));
+                      device, (unsigned long long)spilled, gs_format_bytes(spilled_bytes, spilled_text));
 }
 
 /* Fork child: the parent's memory and events are not the child's. */

@@ -835,7 +835,7 @@ static int pool_mem_get_info(size_t *free_bytes, size_t *total_bytes, CUresult *
     return 0;
 }
 
-static void pool_report(int device, gs_buf_t *out)
+static void pool_report(int device, gs_buf_t *out, bool json)
 {
     pool_device_t *p = &gs_pools[device];
     if (!atomic_load(&p->ready))
@@ -846,38 +846,64 @@ static void pool_report(int device, gs_buf_t *out)
             hits += atomic_load_explicit(&c->hits, memory_order_relaxed);
             misses += atomic_load_explicit(&c->misses, memory_order_relaxed);
         }
+    gs_device_stats_t s;
+    gs_stats_snapshot(device, &s);
+    uint64_t served = hits + misses, cached = cached_bytes(device);
+    double ratio = s.peak > 0 ? (double)p->reserved_peak / (double)s.peak : 0.0;
     pthread_mutex_lock(&p->lock);
     uint64_t largest = 0;
     for (int c = CLASS_COUNT - 1; c >= 0 && largest == 0; c--)
         for (pool_block_t *b = p->free_lists[c]; b; b = b->next_free)
             if (b->size > largest)
                 largest = b->size;
-    char reserved[32], peak[32], pending[32], large[32], cached[32];
-    gs_device_stats_t s;
-    gs_stats_snapshot(device, &s);
-    uint64_t served = hits + misses;
-    gs_buf_printf(out,
-                  "gpushim: device %d: pool reserved %s now, peak %s, in %llu chunks; %llu driver "
-                  "allocations, %llu chunks given back; peak reserved / peak in use %.3f\n",
-                  device, gs_format_bytes(p->reserved, reserved),
-                  gs_format_bytes(p->reserved_peak, peak), (unsigned long long)p->chunk_count,
-                  (unsigned long long)p->grow_calls, (unsigned long long)p->releases,
-                  s.peak > 0 ? (double)p->reserved_peak / (double)s.peak : 0.0);
-    gs_buf_printf(out,
-                  "gpushim: device %d: pool hit rate %.1f%% (%llu of %llu allocations from "
-                  "thread caches, the rest from the pool's free lists or new chunks); %.1f%% "
-                  "of allocations needed the driver\n",
-                  device, served ? 100.0 * (double)hits / (double)served : 0.0,
-                  (unsigned long long)hits, (unsigned long long)served,
-                  served ? 100.0 * (double)p->grow_calls / (double)served : 0.0);
-    gs_buf_printf(out,
-                  "gpushim: device %d: pool reuse %s; pending %s, %llu synchronizations made by "
-                  "the shim; cached in threads %s; largest free block %s\n",
-                  device, gs_opts.pool_reuse == GS_REUSE_SAFE ? "safe" : "immediate",
-                  gs_format_bytes(p->pending_bytes, pending), (unsigned long long)p->shim_syncs,
-                  gs_format_bytes(cached_bytes(device), cached), gs_format_bytes(largest, large));
+    const char *reuse = gs_opts.pool_reuse == GS_REUSE_SAFE ? "safe" : "immediate";
+    if (json) {
+        gs_buf_printf(out,
+                      ",\n      \"pool\": {\"reserved\": %llu, \"reserved_peak\": %llu, "
+                      "\"chunks\": %llu, \"driver_allocations\": %llu, \"chunks_given_back\": %llu, "
+                      "\"peak_reserved_over_peak_in_use\": %.4f, \"cache_hits\": %llu, "
+                      "\"pool_allocations\": %llu, \"reuse\": \"%s\", \"pending\": %llu, "
+                      "\"shim_synchronizations\": %llu, \"cached_in_threads\": %llu, "
+                      "\"largest_free_block\": %llu}",
+                      (unsigned long long)p->reserved, (unsigned long long)p->reserved_peak,
+                      (unsigned long long)p->chunk_count, (unsigned long long)p->grow_calls,
+                      (unsigned long long)p->releases, ratio, (unsigned long long)hits,
+                      (unsigned long long)served, reuse, (unsigned long long)p->pending_bytes,
+                      (unsigned long long)p->shim_syncs, (unsigned long long)cached,
+                      (unsigned long long)largest);
+    } else {
+        char reserved[32], peak[32], pending[32], large[32], cached_text[32];
+        gs_buf_printf(out,
+                      "gpushim: device %d: pool reserved %s now, peak %s, in %llu chunks; %llu "
+                      "driver allocations, %llu chunks given back; peak reserved / peak in use %.3f\n",
+                      device, gs_format_bytes(p->reserved, reserved),
+                      gs_format_bytes(p->reserved_peak, peak), (unsigned long long)p->chunk_count,
+                      (unsigned long long)p->grow_calls, (unsigned long long)p->releases, ratio);
+        gs_buf_printf(out,
+                      "gpushim: device %d: pool hit rate %.1f%% (%llu of %llu allocations from "
+                      "thread caches, the rest from the pool's free lists or new chunks); %.1f%% "
+                      "of allocations needed the driver\n",
+                      device, served ? 100.0 * (double)hits / (double)served : 0.0,
+                      (unsigned long long)hits, (unsigned long long)served,
+                      served ? 100.0 * (double)p->grow_calls / (double)served : 0.0);
+        gs_buf_printf(out,
+                      "gpushim: device %d: pool reuse %s; pending %s, %llu synchronizations made "
+                      "by the shim; cached in threads %s; largest free block %s\n",
+                      device, reuse, gs_format_bytes(p->pending_bytes, pending),
+                      (unsigned long long)p->shim_syncs, gs_format_bytes(cached, cached_text),
+                      gs_format_bytes(largest, large));
+    }
     pthread_mutex_unlock(&p->lock);
-    gs_backend_managed.report(device, out); /* what spilled, if anything */
+    gs_backend_managed.report(device, out, json); /* what spilled, if anything */
+}
+
+/* Live: handed out and not freed. Entries of the map that are not pool blocks (passed through,
+ * spilled) are live while they are in the map. */
+static bool pool_block_live(const gs_block_t *block)
+{
+    if (block->owner == NULL || block->owner == gs_managed_owner)
+        return true;
+    return atomic_load(&((pool_block_t *)block->owner)->state) == BLOCK_LIVE;
 }
 
 /* Fork child: the parent's device memory is not ours to use. Host records are dropped (leaked:
@@ -930,5 +956,6 @@ const gs_backend_t gs_backend_pool = {
     .before_sync = pool_before_sync,
     .after_sync = pool_after_sync,
     .report = pool_report,
+    .block_live = pool_block_live,
     .forget = pool_forget,
 };

@@ -9,6 +9,7 @@
 
 static uint64_t gs_clock_origin_ticks;
 static uint64_t gs_clock_origin_ns;
+static uint64_t gs_clock_origin_epoch_ns;
 
 static uint64_t monotonic_ns(void)
 {
@@ -28,8 +29,23 @@ uint64_t gs_ticks(void)
 
 void gs_clock_start(void)
 {
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    gs_clock_origin_epoch_ns = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
     gs_clock_origin_ns = monotonic_ns();
     gs_clock_origin_ticks = gs_ticks();
+}
+
+double gs_ticks_to_seconds(uint64_t ticks, double ticks_per_ns)
+{
+    if (ticks < gs_clock_origin_ticks)
+        return 0;
+    return (double)(ticks - gs_clock_origin_ticks) / ticks_per_ns / 1e9;
+}
+
+uint64_t gs_ticks_to_epoch_ns(uint64_t ticks, double ticks_per_ns)
+{
+    return gs_clock_origin_epoch_ns + (uint64_t)(gs_ticks_to_seconds(ticks, ticks_per_ns) * 1e9);
 }
 
 double gs_ticks_per_ns(void)

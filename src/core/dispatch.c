@@ -94,10 +94,19 @@ static CUresult allocate(gs_alloc_req_t *req, CUdeviceptr *dptr, size_t *pitch)
     req->device = gs_current_device();
     gs_block_t block; /* filled by the backend on success */
     CUresult rc = gs_backend->alloc(req, dptr, pitch, &block);
-    if (rc == CUDA_SUCCESS)
+    if (rc == CUDA_SUCCESS) {
         gs_stats_alloc(req->device, block.bytes);
-    else
+    } else {
         gs_stats_alloc_failed(req->device);
+        if (rc == CUDA_ERROR_OUT_OF_MEMORY)
+            gs_stats_oom(req->device, req->kind == GS_KIND_PITCH ? req->width * req->height : req->bytes);
+    }
+    if (__builtin_expect(gs_tracing, 0))
+        gs_trace_record(rc == CUDA_SUCCESS ? GS_TRACE_ALLOCATE : GS_TRACE_ALLOCATE_FAILURE,
+                        rc == CUDA_SUCCESS ? *dptr : 0,
+                        rc == CUDA_SUCCESS ? block.bytes
+                        : req->kind == GS_KIND_PITCH ? req->width * req->height : req->bytes,
+                        req->stream);
     call_end(call, req->device);
     return rc;
 }
@@ -165,8 +174,11 @@ static CUresult release(CUdeviceptr ptr, const gs_free_req_t *req)
         gs_stats_foreign_free(device);
     } else {
         device = block.device;
-        if (result == CUDA_SUCCESS && block.base != 0)
+        if (result == CUDA_SUCCESS && block.base != 0) {
             gs_stats_free(device, block.bytes);
+            if (__builtin_expect(gs_tracing, 0))
+                gs_trace_record(GS_TRACE_FREE, ptr, block.bytes, req->stream);
+        }
     }
     call_end(call, device);
     return result;

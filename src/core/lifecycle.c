@@ -38,6 +38,7 @@ static void forget_parent(void)
     if (backend->forget)
         backend->forget();
     gs_stats_reset();
+    gs_trace_forget();
     atomic_store(&gs_finished, false);
 }
 
@@ -64,40 +65,26 @@ void gs_start(char *const *envp)
                      gs_opts.report_path);
         _exit(1);
     }
+    if (gs_opts.trace_path[0] && check_report_path(gs_opts.trace_path) != 0) {
+        gs_log_error("GPUSHIM_TRACE=%s: the folder does not exist or is not writable; accepted: a "
+                     "file path in a writable folder", gs_opts.trace_path);
+        _exit(1);
+    }
+    gs_tracing = gs_opts.trace_path[0] != '\0';
     gs_dispatch_use(backend);
     gs_clock_start();
     pthread_atfork(NULL, NULL, forget_parent);
 }
 
-/* Expands %p (pid) and %% in the report path template. */
-static void expand_path(const char *template, char *out, size_t out_len)
-{
-    size_t n = 0;
-    for (const char *p = template; *p && n + 1 < out_len; p++) {
-        if (p[0] == '%' && p[1] == 'p') {
-            n += (size_t)snprintf(out + n, out_len - n, "%d", (int)getpid());
-            p++;
-        } else if (p[0] == '%' && p[1] == '%') {
-            out[n++] = '%';
-            p++;
-        } else {
-            out[n++] = *p;
-        }
-        if (n >= out_len)
-            n = out_len - 1;
-    }
-    out[n] = '\0';
-}
-
 void gs_report_emit(void)
 {
-    static gs_buf_t buf; /* static: 16 KiB is too much for the stack of an exiting thread */
+    static gs_buf_t buf; /* static: too large for the stack of an exiting thread */
     buf.len = 0;
     gs_report_render(&buf);
     int fd = STDERR_FILENO;
     if (gs_opts.report == GS_REPORT_FILE) {
         char path[GS_PATH_MAX];
-        expand_path(gs_opts.report_path, path, sizeof path);
+        gs_expand_path(gs_opts.report_path, path, sizeof path);
         fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
         if (fd < 0) {
             gs_log_warning("cannot write the report to %s (%s); it follows here", path,
@@ -115,6 +102,7 @@ void gs_finish(void)
     /* Once, whichever thread calls exit and however often the destructor runs. */
     if (atomic_exchange(&gs_finished, true))
         return;
+    gs_trace_flush();
     if (gs_opts.report == GS_REPORT_OFF || !gs_stats_active())
         return;
     gs_report_emit();

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #define GS_WARNING_CAP 16
@@ -72,6 +73,36 @@ void gs_buf_printf(gs_buf_t *b, const char *fmt, ...)
         b->len += (size_t)n;
     if (b->len > sizeof b->data - 1)
         b->len = sizeof b->data - 1;
+}
+
+void gs_expand_path(const char *template, char *out, size_t out_len)
+{
+    static const char *const rank_variables[] = {"RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK",
+                                                 "SLURM_PROCID"};
+    size_t n = 0;
+    for (const char *p = template; *p && n + 1 < out_len; p++) {
+        char piece[256] = "";
+        if (p[0] == '%' && p[1] == 'p') {
+            snprintf(piece, sizeof piece, "%d", (int)getpid());
+        } else if (p[0] == '%' && p[1] == 'h') {
+            gethostname(piece, sizeof piece - 1);
+        } else if (p[0] == '%' && p[1] == 'r') {
+            const char *rank = NULL;
+            for (size_t i = 0; i < 4 && rank == NULL; i++)
+                rank = getenv(rank_variables[i]);
+            snprintf(piece, sizeof piece, "%s", rank ? rank : "0");
+        } else if (p[0] == '%' && p[1] == '%') {
+            piece[0] = '%';
+        } else {
+            out[n++] = *p;
+            continue;
+        }
+        p++;
+        n += (size_t)snprintf(out + n, out_len - n, "%s", piece);
+        if (n >= out_len)
+            n = out_len - 1;
+    }
+    out[n] = '\0';
 }
 
 const char *gs_format_bytes(uint64_t bytes, char out[32])

@@ -27,6 +27,17 @@ static const char *const mode_choices[] = {"off", "pool", "managed", NULL};
 static const char *const reuse_choices[] = {"safe", "immediate", NULL};
 static const char *const advice_choices[] = {"none", "preferred", "accessed-by", NULL};
 static const char *const on_oom_choices[] = {"fail", "managed", NULL};
+static const char *const format_choices[] = {"text", "json", NULL};
+
+/* A file path (a template, see gs_expand_path); it must name a folder ('/') or have a dot, so a
+ * bare word is not taken for a file name by mistake. */
+static int parse_path(const gs_option_t *opt, const char *value, gs_options_t *out)
+{
+    if ((strchr(value, '/') == NULL && strchr(value, '.') == NULL) || strlen(value) >= GS_PATH_MAX)
+        return -EINVAL;
+    strcpy((char *)out + opt->offset, value);
+    return 0;
+}
 
 static int parse_bool(const gs_option_t *opt, const char *value, gs_options_t *out)
 {
@@ -80,11 +91,9 @@ static int parse_report(const gs_option_t *opt, const char *value, gs_options_t 
         out->report = GS_REPORT_OFF;
         return 0;
     }
-    if ((strchr(value, '/') == NULL && strchr(value, '.') == NULL) ||
-        strlen(value) >= sizeof out->report_path)
+    if (parse_path(opt, value, out) != 0)
         return -EINVAL;
     out->report = GS_REPORT_FILE;
-    strcpy(out->report_path, value);
     return 0;
 }
 
@@ -95,9 +104,19 @@ static const gs_option_t gs_option_table[] = {
      "Backend for device allocations: off passes every call to the driver and only counts; "
      "pool sub-allocates from large chunks; managed serves CUDA managed memory.",
      parse_choice, GS_FIELD(mode), mode_choices},
-    {"GPUSHIM_REPORT", "stderr, off, or a file path containing '/' or '.' (%p: pid)", "stderr",
-     "Where the exit report goes. It is written only by processes that allocated device memory.",
-     parse_report, 0, NULL},
+    {"GPUSHIM_REPORT", "stderr, off, or a file path containing '/' or '.' (%p pid, %h host, %r rank)",
+     "stderr", "Where the exit report goes. It is written only by processes that allocated device "
+     "memory. %r is RANK, OMPI_COMM_WORLD_RANK, PMI_RANK or SLURM_PROCID, so each rank of a job "
+     "writes its own.",
+     parse_report, GS_FIELD(report_path), NULL},
+    {"GPUSHIM_REPORT_FORMAT", "text, json", "text",
+     "The report for people, or JSON (schema gpushim-report/1, described in the README) for tools "
+     "and for `gpushim report`.",
+     parse_choice, GS_FIELD(report_format), format_choices},
+    {"GPUSHIM_TRACE", "a file path containing '/' or '.' (%p pid, %h host, %r rank)", "(none)",
+     "Writes every allocation and free as CSV in RMM's logging format (Thread,Time,Action,Pointer,"
+     "Size,Stream), for RMM's replay benchmark and `gpushim replay`.",
+     parse_path, GS_FIELD(trace_path), NULL},
     {"GPUSHIM_POOL_INITIAL", "bytes with K/M/G/T or KiB/MiB/GiB/TiB suffix, or N% of device memory",
      "0", "Pool mode: memory reserved at the first allocation on a device (0: grow on demand).",
      parse_size_option, GS_FIELD(pool_initial), NULL},
@@ -143,6 +162,8 @@ void gs_options_defaults(gs_options_t *out)
     memset(out, 0, sizeof *out);
     for (size_t i = 0; i < GS_OPTION_COUNT; i++) {
         const gs_option_t *opt = &gs_option_table[i];
+        if (opt->default_text[0] == '(') /* "(none)": the zeroed field */
+            continue;
         int rc = opt->parse(opt, opt->default_text, out);
         (void)rc; /* defaults are valid: tests/unit/test_options.c checks it */
     }
@@ -281,7 +302,8 @@ int gs_options_parse(char *const *envp, gs_options_t *out, char *err, size_t err
 
 void gs_options_describe(int fd, bool markdown)
 {
-    gs_buf_t buf = {.len = 0};
+    static gs_buf_t buf;
+    buf.len = 0;
     if (markdown) {
         gs_buf_printf(&buf, "| Variable | Accepted | Default | Meaning |\n|---|---|---|---|\n");
         for (size_t i = 0; i < GS_OPTION_COUNT; i++) {

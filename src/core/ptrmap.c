@@ -142,6 +142,17 @@ size_t gs_ptrmap_count(void)
     return total;
 }
 
+void gs_ptrmap_each(void (*fn)(void *ctx, const gs_block_t *block), void *ctx)
+{
+    for (int i = 0; i < GS_PTRMAP_SHARDS; i++) {
+        pthread_mutex_lock(&gs_ptrmap[i].lock);
+        for (size_t k = 0; k < gs_ptrmap[i].capacity; k++)
+            if (gs_ptrmap[i].slots[k].base != 0)
+                fn(ctx, &gs_ptrmap[i].slots[k]);
+        pthread_mutex_unlock(&gs_ptrmap[i].lock);
+    }
+}
+
 /* Fork child and tests: the parent's allocations mean nothing here. Locks are re-made, since
  * another thread may have held one at the moment of fork. */
 void gs_ptrmap_clear(void)

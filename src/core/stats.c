@@ -21,6 +21,7 @@ typedef struct gs_counters {
     _Atomic uint64_t bytes_requested, bytes_freed;
     _Atomic uint64_t driver_calls, timed_calls, shim_ticks;
     _Atomic int64_t unfolded; /* in-use bytes not yet in gs_global[].in_use */
+    _Atomic uint64_t histogram[GS_HISTOGRAM_BUCKETS];
 } gs_counters_t;
 
 typedef struct gs_shard {
@@ -32,8 +33,15 @@ typedef struct gs_shard {
 static struct {
     _Atomic int64_t in_use;
     _Atomic int64_t peak;
-    char pad[48]; /* one device per cache line */
+    _Atomic uint64_t peak_ticks;
+    char pad[40]; /* one device per cache line */
 } gs_global[GS_MAX_DEVICES];
+
+static struct {
+    pthread_mutex_t lock;
+    gs_oom_event_t events[GS_OOM_EVENTS];
+    unsigned count; /* ever recorded; events[count % GS_OOM_EVENTS] is the next slot */
+} gs_ooms[GS_MAX_DEVICES] = {[0 ... GS_MAX_DEVICES - 1] = {.lock = PTHREAD_MUTEX_INITIALIZER}};
 
 static gs_shard_t *_Atomic gs_shards;
 static pthread_mutex_t gs_shards_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -46,17 +54,26 @@ static GS_TLS gs_shard_t *gs_my_shard;
     atomic_store_explicit(&(field), atomic_load_explicit(&(field), memory_order_relaxed) + (amount), \
                           memory_order_relaxed)
 
+/* Raises the device's peak to now, remembering when (a clock read only on a new peak). */
+static inline void raise_peak(int device, int64_t now)
+{
+    int64_t peak = atomic_load_explicit(&gs_global[device].peak, memory_order_relaxed);
+    while (now > peak) {
+        if (atomic_compare_exchange_weak_explicit(&gs_global[device].peak, &peak, now,
+                                                  memory_order_relaxed, memory_order_relaxed)) {
+            atomic_store_explicit(&gs_global[device].peak_ticks, gs_ticks(), memory_order_relaxed);
+            return;
+        }
+    }
+}
+
 static void fold(int device, gs_counters_t *c)
 {
     /* Owner only: a plain load and store, no locked instruction. */
     int64_t delta = atomic_load_explicit(&c->unfolded, memory_order_relaxed);
     atomic_store_explicit(&c->unfolded, 0, memory_order_relaxed);
     int64_t now = atomic_fetch_add_explicit(&gs_global[device].in_use, delta, memory_order_relaxed) + delta;
-    int64_t peak = atomic_load_explicit(&gs_global[device].peak, memory_order_relaxed);
-    while (now > peak && !atomic_compare_exchange_weak_explicit(&gs_global[device].peak, &peak, now,
-                                                               memory_order_relaxed,
-                                                               memory_order_relaxed)) {
-    }
+    raise_peak(device, now);
 }
 
 /* A thread ends: its counts stay (the report sums them), its shard goes to the next thread. */
@@ -120,14 +137,8 @@ static inline void track_in_use(int device, gs_counters_t *c, int64_t delta)
         fold(device, c);
         return;
     }
-    if (delta > 0) {
-        int64_t candidate = atomic_load_explicit(&gs_global[device].in_use, memory_order_relaxed) + local;
-        int64_t peak = atomic_load_explicit(&gs_global[device].peak, memory_order_relaxed);
-        while (candidate > peak &&
-               !atomic_compare_exchange_weak_explicit(&gs_global[device].peak, &peak, candidate,
-                                                      memory_order_relaxed, memory_order_relaxed)) {
-        }
-    }
+    if (delta > 0)
+        raise_peak(device, atomic_load_explicit(&gs_global[device].in_use, memory_order_relaxed) + local);
 }
 
 void gs_stats_alloc(int device, uint64_t bytes)
@@ -137,6 +148,8 @@ void gs_stats_alloc(int device, uint64_t bytes)
         return;
     BUMP(c->allocations, 1);
     BUMP(c->bytes_requested, bytes);
+    int bucket = bytes <= 1 ? 0 : 64 - __builtin_clzll(bytes - 1); /* ceil(log2(bytes)) */
+    BUMP(c->histogram[bucket < GS_HISTOGRAM_BUCKETS ? bucket : GS_HISTOGRAM_BUCKETS - 1], 1);
     track_in_use((unsigned)device < GS_MAX_DEVICES ? device : 0, c, (int64_t)bytes);
 }
 
@@ -171,6 +184,29 @@ void gs_stats_driver_call(int device)
         BUMP(c->driver_calls, 1);
 }
 
+void gs_stats_oom(int device, uint64_t bytes)
+{
+    if ((unsigned)device >= GS_MAX_DEVICES)
+        device = 0;
+    pthread_mutex_lock(&gs_ooms[device].lock);
+    gs_ooms[device].events[gs_ooms[device].count++ % GS_OOM_EVENTS] =
+        (gs_oom_event_t){.bytes = bytes, .ticks = gs_ticks()};
+    pthread_mutex_unlock(&gs_ooms[device].lock);
+}
+
+int gs_stats_oom_events(int device, gs_oom_event_t out[GS_OOM_EVENTS])
+{
+    if ((unsigned)device >= GS_MAX_DEVICES)
+        return 0;
+    pthread_mutex_lock(&gs_ooms[device].lock);
+    unsigned count = gs_ooms[device].count;
+    int n = count < GS_OOM_EVENTS ? (int)count : GS_OOM_EVENTS;
+    for (int i = 0; i < n; i++)
+        out[i] = gs_ooms[device].events[(count - (unsigned)n + (unsigned)i) % GS_OOM_EVENTS];
+    pthread_mutex_unlock(&gs_ooms[device].lock);
+    return n;
+}
+
 void gs_stats_time(int device, uint64_t shim_ticks)
 {
     gs_counters_t *c = counters(device);
@@ -198,7 +234,10 @@ void gs_stats_snapshot(int device, gs_device_stats_t *out)
         out->driver_calls += LOAD(c->driver_calls);
         out->timed_calls += LOAD(c->timed_calls);
         out->shim_ticks += LOAD(c->shim_ticks);
+        for (int k = 0; k < GS_HISTOGRAM_BUCKETS; k++)
+            out->histogram[k] += LOAD(c->histogram[k]);
     }
+    out->peak_ticks = LOAD(gs_global[device].peak_ticks);
     out->in_use = (int64_t)(out->bytes_requested - out->bytes_freed);
     out->peak = LOAD(gs_global[device].peak);
     if (out->peak < out->in_use) /* at most the unfolded slack; never report peak < now */
@@ -225,5 +264,9 @@ void gs_stats_reset(void)
         atomic_store(&s->owned, s == gs_my_shard);
     }
     memset(gs_global, 0, sizeof gs_global);
+    for (int d = 0; d < GS_MAX_DEVICES; d++) {
+        pthread_mutex_init(&gs_ooms[d].lock, NULL);
+        gs_ooms[d].count = 0;
+    }
     /* The shards stay; only this thread's is owned now. */
 }
