@@ -5,3 +5,4 @@ out=${OUT:-/tmp/gpushim-out}; mkdir -p "$out"
 bash scripts/gpu-check.sh "$@" 2>&1 | tee "$out/gpu-check.txt"
 # One GPU visible for the timings: a one-device process skips a driver call per allocation.
 CUDA_VISIBLE_DEVICES=${GPUSHIM_BENCH_DEVICE:-0} bash scripts/gpu-bench.sh 2>&1 | tee "$out/gpu-bench.txt"
+CUDA_VISIBLE_DEVICES=${GPUSHIM_BENCH_DEVICE:-0} bash scripts/gpu-observe.sh 2>&1 | tee "$out/gpu-observe.txt"

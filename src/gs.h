@@ -257,8 +257,9 @@ typedef struct gs_backend {
     /* Adds this backend's part of the exit report for one device: text lines, or (json) one
      * member `"name": {...},` of the device object. May be NULL. */
     void (*report)(int device, gs_buf_t *out, bool json);
-    /* Whether a block of gs_ptrmap is live (handed out and not freed). NULL: every entry is. */
-    bool (*block_live)(const gs_block_t *block);
+    /* The bytes the program holds in a block of gs_ptrmap, 0 when it is not live (not handed
+     * out, or freed). NULL: every entry is live with its recorded bytes. */
+    uint64_t (*live_bytes)(const gs_block_t *block);
     /* After fork, in the child: forget the parent's device memory. May be NULL. */
     void (*forget)(void);
 } gs_backend_t;

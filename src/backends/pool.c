@@ -897,13 +897,14 @@ static void pool_report(int device, gs_buf_t *out, bool json)
     gs_backend_managed.report(device, out, json); /* what spilled, if anything */
 }
 
-/* Live: handed out and not freed. Entries of the map that are not pool blocks (passed through,
- * spilled) are live while they are in the map. */
-static bool pool_block_live(const gs_block_t *block)
+/* Entries of the map that are not pool blocks (passed through, spilled) are live while they are
+ * in the map; a pool block is live while handed out, with the size the program asked for. */
+static uint64_t pool_live_bytes(const gs_block_t *block)
 {
     if (block->owner == NULL || block->owner == gs_managed_owner)
-        return true;
-    return atomic_load(&((pool_block_t *)block->owner)->state) == BLOCK_LIVE;
+        return block->bytes;
+    pool_block_t *b = block->owner;
+    return atomic_load(&b->state) == BLOCK_LIVE ? b->requested : 0;
 }
 
 /* Fork child: the parent's device memory is not ours to use. Host records are dropped (leaked:
@@ -956,6 +957,6 @@ const gs_backend_t gs_backend_pool = {
     .before_sync = pool_before_sync,
     .after_sync = pool_after_sync,
     .report = pool_report,
-    .block_live = pool_block_live,
+    .live_bytes = pool_live_bytes,
     .forget = pool_forget,
 };

@@ -36,9 +36,12 @@ typedef struct leak_list {
 static void collect_leak(void *ctx, const gs_block_t *block)
 {
     leak_list_t *list = ctx;
-    if (block->device != list->device ||
-        (list->backend->block_live && !list->backend->block_live(block)))
+    if (block->device != list->device)
         return;
+    gs_block_t live = *block;
+    if (list->backend->live_bytes && (live.bytes = list->backend->live_bytes(block)) == 0)
+        return;
+    block = &live;
     int at;
     if (list->count < list->capacity)
         at = list->count++;

@@ -474,6 +474,177 @@ static void shim_links_no_cuda_library(void **state)
     assert_null(strstr(needed, "libcudart"));
 }
 
+static char *read_file(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *text = calloc(1, (size_t)size + 1);
+    size_t n = fread(text, 1, (size_t)size, f);
+    text[n] = '\0';
+    fclose(f);
+    return text;
+}
+
+static char *make_temp_dir(void)
+{
+    char *dir = strdup("/tmp/gpushim-obs-XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    return dir;
+}
+
+/* JSON report: valid JSON, per-rank file names, histogram, leaks with sizes, out-of-memory events. */
+static void json_report_per_rank_with_leaks_and_oom(void **state)
+{
+    (void)state;
+    char *dir = make_temp_dir();
+    char report[512], path[512], host[128] = "", command[1024];
+    gethostname(host, sizeof host - 1);
+    snprintf(report, sizeof report, "GPUSHIM_REPORT=%s/r-%%r-%%h-%%p.json", dir);
+    run_result_t r = run_shim(ENV(report, "GPUSHIM_REPORT_FORMAT=json", "RANK=3", "GPUSHIM_MODE=pool",
+                                  "FAKECUDA_MEMORY=67108864"),
+                              ARGV(path_of("GS_RUNTIME_LIKE"), "managed", "6"));
+    EXPECT_STATUS(r, 0);
+    snprintf(command, sizeof command, "ls %s", dir);
+    char *listing = strdup(command_output(command));
+    char expected_name[256];
+    snprintf(expected_name, sizeof expected_name, "r-3-%s-", host);
+    assert_non_null(strstr(listing, expected_name));
+    snprintf(path, sizeof path, "%s/%s", dir, strtok(listing, "\n"));
+    char *json = read_file(path);
+    assert_non_null(json);
+    snprintf(command, sizeof command, "python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); "
+             "v=d[\"devices\"][0]; print(d[\"schema\"], d[\"rank\"], v[\"allocations\"], v[\"failed\"], "
+             "len(v[\"out_of_memory\"]), v[\"size_histogram\"], v[\"pool\"][\"chunks\"] > 0)' %s", path);
+    const char *parsed = command_output(command);
+    if (strstr(parsed, "gpushim-report/1 3 4 2 2 [{'le': 16777216, 'count': 4}] True") == NULL)
+        print_message("parsed: %s\n%s\n", parsed, json);
+    assert_non_null(strstr(parsed, "gpushim-report/1 3 4 2 2 [{'le': 16777216, 'count': 4}] True"));
+    unlink(path);
+    rmdir(dir);
+    free(json);
+    free(listing);
+    free(dir);
+    run_free(&r);
+
+    r = run_shim(ENV("GPUSHIM_MODE=pool"), ARGV(path_of("GS_RUNTIME_LIKE"), "exit-thread"));
+    EXPECT_STATUS(r, 0);
+    EXPECT_IN(r, err, "device 0: live at exit, largest first: 0x");
+    EXPECT_IN(r, err, " (8 KiB)\n");
+    EXPECT_IN(r, err, "after start; sizes: <=8 KiB: 1\n");
+    run_free(&r);
+
+    r = run_shim(ENV("FAKECUDA_FAIL=cuMemAlloc_v2:2"), ARGV(path_of("GS_RUNTIME_LIKE"), "oom", "3"));
+    EXPECT_IN(r, err, "device 0: out of memory, latest: 1 MiB at ");
+    run_free(&r);
+}
+
+/* GPUSHIM_TRACE: RMM's CSV, every event, failures too, nothing lost at exit from a thread. */
+static void trace_is_rmm_csv_with_every_event(void **state)
+{
+    (void)state;
+    char *dir = make_temp_dir();
+    char trace[512], path[512];
+    snprintf(path, sizeof path, "%s/trace.csv", dir);
+    snprintf(trace, sizeof trace, "GPUSHIM_TRACE=%s", path);
+    run_result_t r = run_shim(ENV(trace, "GPUSHIM_MODE=pool", "FAKECUDA_FAIL=cuMemAlloc_v2:1+"),
+                              ARGV(path_of("GS_RUNTIME_LIKE"), "oom", "2"));
+    EXPECT_STATUS(r, 0);
+    char *csv = read_file(path);
+    assert_non_null(csv);
+    assert_ptr_equal(strstr(csv, "Thread,Time,Action,Pointer,Size,Stream\n"), csv);
+    assert_int_equal(count_of(csv, ",allocate failure,0x0,1048576,0\n"), 2);
+    free(csv);
+    run_free(&r);
+
+    r = run_shim(ENV(trace, "GPUSHIM_MODE=pool"), ARGV(path_of("GS_RUNTIME_LIKE"), "threads", "4", "3000"));
+    EXPECT_STATUS(r, 0);
+    csv = read_file(path);
+    assert_int_equal(count_of(csv, ",allocate,0x"), 12000); /* several buffers' worth per thread */
+    assert_int_equal(count_of(csv, ",free,0x"), 12000);
+    free(csv);
+    run_free(&r);
+
+    r = run_shim(ENV(trace), ARGV(path_of("GS_RUNTIME_LIKE"), "exit-thread"));
+    csv = read_file(path);
+    assert_int_equal(count_of(csv, ",allocate,0x"), 1);
+    assert_int_equal(count_of(csv, ",8192,0\n"), 1);
+    free(csv);
+    unlink(path);
+    rmdir(dir);
+    free(dir);
+    run_free(&r);
+}
+
+/* The gpushim command, every subcommand, on the test driver. */
+static void gpushim_command_runs_reports_replays_and_plots(void **state)
+{
+    (void)state;
+    char *dir = make_temp_dir();
+    char library_path[4096], report0[512], report1[512], trace[512], svg[512];
+    snprintf(library_path, sizeof library_path, "LD_LIBRARY_PATH=%s", path_of("GS_FAKE_DIR"));
+    snprintf(report0, sizeof report0, "%s/r-0.json", dir);
+    snprintf(report1, sizeof report1, "%s/r-1.json", dir);
+    snprintf(trace, sizeof trace, "%s/t.csv", dir);
+    snprintf(svg, sizeof svg, "%s/p.svg", dir);
+
+    run_result_t r = run_env(ENV(library_path, "RANK=0"),
+                             ARGV(path_of("GS_CLI"), "run", "--mode", "pool", "--format", "json",
+                                  "--report", report0, "--trace", trace, "--", path_of("GS_RUNTIME_LIKE"),
+                                  "basic", "20"));
+    EXPECT_STATUS(r, 0);
+    EXPECT_IN(r, out, "ok basic 20");
+    run_free(&r);
+    r = run_env(ENV(library_path, "RANK=1"),
+                ARGV(path_of("GS_CLI"), "run", "--format", "json", "--report", report1, "--",
+                     path_of("GS_RUNTIME_LIKE"), "exit-thread"));
+    EXPECT_STATUS(r, 0);
+    run_free(&r);
+
+    r = run_env(NULL, ARGV(path_of("GS_CLI"), "report", report0, report1));
+    EXPECT_STATUS(r, 0);
+    EXPECT_IN(r, out, "rank 0, mode pool\n  device 0: 20 allocations, 0 failed (0 out of memory), requested 840 KiB");
+    EXPECT_IN(r, out, "rank 1, mode off\n  device 0: 1 allocations");
+    EXPECT_IN(r, out, "all 2 reports, 2 devices: 21 allocations, 0 failed (0 out of memory), requested 848 KiB");
+    EXPECT_IN(r, out, "live at exit 1 (8 KiB)");
+    run_free(&r);
+
+    r = run_env(ENV(library_path), ARGV(path_of("GS_CLI"), "replay", trace, "--mode", "off", "--mode", "pool",
+                                        "--mode", "managed"));
+    EXPECT_STATUS(r, 0);
+    EXPECT_IN(r, out, "mode off     replayed 40 events in ");
+    EXPECT_IN(r, out, "mode pool    replayed 40 events in ");
+    EXPECT_IN(r, out, "mode managed replayed 40 events in ");
+    EXPECT_IN(r, out, "peak in use 840 KiB, peak reserved 840 KiB (the driver's allocations)");
+    EXPECT_IN(r, out, "peak in use 840 KiB, peak reserved 2 MiB\n");
+    run_free(&r);
+
+    r = run_env(NULL, ARGV(path_of("GS_CLI"), "plot", trace, "-o", svg));
+    EXPECT_STATUS(r, 0);
+    EXPECT_IN(r, out, "40 events");
+    char command[1024];
+    snprintf(command, sizeof command, "python3 -c 'import sys, xml.etree.ElementTree as E; "
+             "s = E.parse(sys.argv[1]).getroot(); n = \"{http://www.w3.org/2000/svg}\"; "
+             "print(s.tag == n + \"svg\", sorted((p.get(\"id\"), len(p.get(\"points\").split()) >= 40) "
+             "for p in s.iter(n + \"polyline\")))' %s", svg);
+    const char *checked = command_output(command);
+    if (strstr(checked, "True [('in-use', True), ('reserved', True)]") == NULL)
+        print_message("svg check: %s\n", checked);
+    assert_non_null(strstr(checked, "True [('in-use', True), ('reserved', True)]"));
+    run_free(&r);
+
+    r = run_env(NULL, ARGV(path_of("GS_CLI"), "bogus"));
+    EXPECT_STATUS(r, 2);
+    EXPECT_IN(r, err, "gpushim: error: unknown command bogus");
+    run_free(&r);
+    unlink(report0), unlink(report1), unlink(trace), unlink(svg);
+    rmdir(dir);
+    free(dir);
+}
+
 /* The README's table of variables is the options table, word for word. */
 static void readme_lists_every_variable_as_the_table_does(void **state)
 {
@@ -523,6 +694,9 @@ int main(void)
         cmocka_unit_test(exports_are_exactly_the_intercepted_symbols),
         cmocka_unit_test(shim_links_no_cuda_library),
         cmocka_unit_test(readme_lists_every_variable_as_the_table_does),
+        cmocka_unit_test(json_report_per_rank_with_leaks_and_oom),
+        cmocka_unit_test(trace_is_rmm_csv_with_every_event),
+        cmocka_unit_test(gpushim_command_runs_reports_replays_and_plots),
     };
     return cmocka_run_group_tests_name("preload", tests, NULL, NULL);
 }
