@@ -219,6 +219,29 @@ static double clock_of(const char *text)
     return h * 3600.0 + m * 60.0 + s + us / 1e6;
 }
 
+/* Merge sort by time, stable (qsort is not). */
+static void qsort_stable(event_t *events, size_t count)
+{
+    event_t *tmp = malloc(count * sizeof *tmp);
+    if (tmp == NULL)
+        return;
+    for (size_t width = 1; width < count; width *= 2) {
+        for (size_t lo = 0; lo < count; lo += 2 * width) {
+            size_t mid = lo + width < count ? lo + width : count;
+            size_t hi = lo + 2 * width < count ? lo + 2 * width : count;
+            size_t i = lo, j = mid, k = lo;
+            while (i < mid && j < hi)
+                tmp[k++] = events[j].seconds < events[i].seconds ? events[j++] : events[i++];
+            while (i < mid)
+                tmp[k++] = events[i++];
+            while (j < hi)
+                tmp[k++] = events[j++];
+        }
+        memcpy(events, tmp, count * sizeof *tmp);
+    }
+    free(tmp);
+}
+
 /* Reads Thread,Time,Action,Pointer,Size,Stream. Returns the number of events, or -1. */
 static long read_trace(const char *path, event_t **out)
 {
@@ -251,13 +274,21 @@ static long read_trace(const char *path, event_t **out)
         double t = clock_of(field[1]);
         if (first < 0)
             first = t;
-        e.seconds = t - first < 0 ? t - first + 86400 : t - first; /* past midnight */
+        e.seconds = t - first < -43200 ? t - first + 86400 : t - first; /* past midnight */
         if (count == capacity)
             events = realloc(events, (capacity *= 2) * sizeof *events);
         if (events)
             events[count++] = e;
     }
     fclose(f);
+    /* Time order: a GPUSHIM_TRACE file holds each thread's records in batches, so lines of
+     * different threads interleave out of order. Stable: a thread's own order is kept. */
+    if (events) {
+        qsort_stable(events, count);
+        double earliest = count ? events[0].seconds : 0;
+        for (size_t i = 0; i < count; i++)
+            events[i].seconds -= earliest;
+    }
     *out = events;
     return events ? (long)count : -1;
 }
