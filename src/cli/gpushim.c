@@ -275,10 +275,16 @@ static long read_trace(const char *path, event_t **out)
         if (first < 0)
             first = t;
         e.seconds = t - first < -43200 ? t - first + 86400 : t - first; /* past midnight */
-        if (count == capacity)
-            events = realloc(events, (capacity *= 2) * sizeof *events);
-        if (events)
-            events[count++] = e;
+        if (count == capacity) {
+            event_t *grown = realloc(events, (capacity *= 2) * sizeof *events);
+            if (grown == NULL) {
+                free(events);
+                events = NULL;
+                break;
+            }
+            events = grown;
+        }
+        events[count++] = e;
     }
     fclose(f);
     /* Time order: a GPUSHIM_TRACE file holds each thread's records in batches, so lines of
