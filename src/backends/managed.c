@@ -126,17 +126,21 @@ static CUresult managed_alloc(const gs_alloc_req_t *req, CUdeviceptr *ptr, size_
                                                    : CU_MEM_ADVISE_SET_ACCESSED_BY,
                                                here));
     if (gs_opts.managed_prefetch && drv->mem_prefetch_async) {
-        CUstream stream = req->kind == GS_KIND_ASYNC ? stream_of(req->stream, req->per_thread_stream)
-                                                     : NULL;
+        CUstream stream =
+            req->kind == GS_KIND_ASYNC ? stream_of(req->stream, req->per_thread_stream) : NULL;
         if (GS_DRIVER_CALL(device, drv->mem_prefetch_async(*ptr, bytes, here, 0, stream)) ==
             CUDA_SUCCESS)
             atomic_fetch_add(&gs_managed[device].prefetches, 1);
     }
-    *block = (gs_block_t){.base = *ptr, .bytes = bytes, .device = device, .kind = req->kind,
+    *block = (gs_block_t){.base = *ptr,
+                          .bytes = bytes,
+                          .device = device,
+                          .kind = req->kind,
                           .owner = (void *)gs_managed_owner};
     if (gs_ptrmap_insert(block) != 0)
         gs_log_warning("lost track of a %llu-byte managed allocation; its free will count as "
-                       "foreign", (unsigned long long)bytes);
+                       "foreign",
+                       (unsigned long long)bytes);
     return CUDA_SUCCESS;
 }
 
@@ -179,7 +183,8 @@ static int managed_free(CUdeviceptr ptr, const gs_free_req_t *req, CUresult *res
     return 0;
 }
 
-CUresult gs_managed_spill(const gs_alloc_req_t *req, CUdeviceptr *ptr, size_t *pitch, gs_block_t *block)
+CUresult gs_managed_spill(const gs_alloc_req_t *req, CUdeviceptr *ptr, size_t *pitch,
+                          gs_block_t *block)
 {
     CUresult rc = managed_alloc(req, ptr, pitch, block);
     if (rc == CUDA_SUCCESS) {
@@ -205,11 +210,13 @@ static int managed_mem_get_info(size_t *free_bytes, size_t *total_bytes, CUresul
     return 0;
 }
 
-/* CUDA IPC refuses managed memory. The program gets the driver's answer; the user gets the cause. */
+/* CUDA IPC refuses managed memory. The program gets the driver's answer; the user gets the cause.
+ */
 static int managed_ipc_handle(CUipcMemHandle *handle, CUdeviceptr ptr, CUresult *result)
 {
     const gs_driver_t *drv = gs_driver();
-    *result = drv->ipc_get_mem_handle ? drv->ipc_get_mem_handle(handle, ptr) : CUDA_ERROR_NOT_SUPPORTED;
+    *result =
+        drv->ipc_get_mem_handle ? drv->ipc_get_mem_handle(handle, ptr) : CUDA_ERROR_NOT_SUPPORTED;
     if (*result != CUDA_SUCCESS)
         gs_log_warning("cuIpcGetMemHandle failed (error %d): CUDA IPC cannot share managed memory, "
                        "and GPUSHIM_MODE=managed makes every allocation managed; run the "
@@ -227,7 +234,8 @@ static void managed_after_sync(int device, uint64_t token)
 
 static void managed_report(int device, gs_buf_t *out, bool json)
 {
-    int64_t bytes = atomic_load(&gs_managed[device].bytes), peak = atomic_load(&gs_managed[device].peak);
+    int64_t bytes = atomic_load(&gs_managed[device].bytes),
+            peak = atomic_load(&gs_managed[device].peak);
     uint64_t spilled = atomic_load(&gs_managed[device].spilled);
     uint64_t spilled_bytes = atomic_load(&gs_managed[device].spilled_bytes);
     uint64_t prefetches = atomic_load(&gs_managed[device].prefetches);
@@ -236,14 +244,14 @@ static void managed_report(int device, gs_buf_t *out, bool json)
     if (peak == 0 && spilled == 0 && refused == 0)
         return;
     if (json) {
-        gs_buf_printf(out,
-                      ",\n      \"managed\": {\"bytes\": %lld, \"peak\": %lld, \"prefetches\": %llu, "
-                      "\"cap\": %llu, \"refused_at_cap\": %llu, \"deferred_frees\": %d, "
-                      "\"spilled_allocations\": %llu, \"spilled_bytes\": %llu}",
-                      (long long)bytes, (long long)peak, (unsigned long long)prefetches,
-                      (unsigned long long)limit, (unsigned long long)refused,
-                      atomic_load(&gs_deferred_count), (unsigned long long)spilled,
-                      (unsigned long long)spilled_bytes);
+        gs_buf_printf(
+            out,
+            ",\n      \"managed\": {\"bytes\": %lld, \"peak\": %lld, \"prefetches\": %llu, "
+            "\"cap\": %llu, \"refused_at_cap\": %llu, \"deferred_frees\": %d, "
+            "\"spilled_allocations\": %llu, \"spilled_bytes\": %llu}",
+            (long long)bytes, (long long)peak, (unsigned long long)prefetches,
+            (unsigned long long)limit, (unsigned long long)refused, atomic_load(&gs_deferred_count),
+            (unsigned long long)spilled, (unsigned long long)spilled_bytes);
         return;
     }
     char now_text[32], peak_text[32], limit_text[32], spilled_text[32];
@@ -256,7 +264,8 @@ static void managed_report(int device, gs_buf_t *out, bool json)
                   atomic_load(&gs_deferred_count));
     if (spilled)
         gs_buf_printf(out, "gpushim: device %d: spilled to managed memory: %llu allocations, %s\n",
-                      device, (unsigned long long)spilled, gs_format_bytes(spilled_bytes, spilled_text));
+                      device, (unsigned long long)spilled,
+                      gs_format_bytes(spilled_bytes, spilled_text));
 }
 
 /* Fork child: the parent's memory and events are not the child's. */

@@ -15,14 +15,15 @@ static CUresult passthrough_alloc(const gs_alloc_req_t *req, CUdeviceptr *ptr, s
         break;
     case GS_KIND_PITCH:
         if (drv->mem_alloc_pitch)
-            rc = GS_DRIVER_CALL(req->device, drv->mem_alloc_pitch(ptr, pitch, req->width, req->height,
-                                                                  req->element_size));
+            rc = GS_DRIVER_CALL(req->device, drv->mem_alloc_pitch(ptr, pitch, req->width,
+                                                                  req->height, req->element_size));
         if (rc == CUDA_SUCCESS)
             bytes = (uint64_t)*pitch * req->height;
         break;
     case GS_KIND_MANAGED:
         if (drv->mem_alloc_managed)
-            rc = GS_DRIVER_CALL(req->device, drv->mem_alloc_managed(ptr, req->bytes, req->managed_flags));
+            rc = GS_DRIVER_CALL(req->device,
+                                drv->mem_alloc_managed(ptr, req->bytes, req->managed_flags));
         break;
     case GS_KIND_ASYNC: {
         CUresult (*fn)(CUdeviceptr *, size_t, CUstream) =

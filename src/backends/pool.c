@@ -27,15 +27,19 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define GS_POOL_ALIGN 512ull          /* what cudaMalloc gives in practice (>= the 256 promised) */
-#define GS_POOL_GRANULE (2ull << 20)  /* chunks are multiples of the driver's 2 MiB pages */
-#define SL_BITS 3                     /* 8 classes per power of two: at most 12.5% apart */
-#define MIN_FL 9                      /* 512 B */
+#define GS_POOL_ALIGN 512ull         /* what cudaMalloc gives in practice (>= the 256 promised) */
+#define GS_POOL_GRANULE (2ull << 20) /* chunks are multiples of the driver's 2 MiB pages */
+#define SL_BITS 3                    /* 8 classes per power of two: at most 12.5% apart */
+#define MIN_FL 9                     /* 512 B */
 #define CLASS_COUNT ((48 - MIN_FL) << SL_BITS)
 #define BITMAP_WORDS ((CLASS_COUNT + 63) / 64)
-#define CACHE_SLOTS 16                /* blocks per class in a thread cache */
-#define CACHE_BYTES (8ull << 20)  /* bytes of blocks up to CACHE_BYTES a thread cache holds */     /* bytes a thread cache may hold (one larger block allowed) */
-#define RECENT_SLOTS 256              /* per-thread memory of recent allocations, for their frees */
+#define CACHE_SLOTS 16 /* blocks per class in a thread cache */
+#define CACHE_BYTES                                                                                \
+    (8ull                                                                                          \
+     << 20) /* bytes of blocks up to CACHE_BYTES a thread cache holds */ /* bytes a thread cache   \
+                                                                            may hold (one larger   \
+                                                                            block allowed) */
+#define RECENT_SLOTS 256 /* per-thread memory of recent allocations, for their frees */
 
 enum { BLOCK_FREE, BLOCK_LIVE, BLOCK_CACHED, BLOCK_PENDING };
 
@@ -44,7 +48,7 @@ typedef struct pool_chunk pool_chunk_t;
 /* Records are type-stable: once made they are recycled through pool_device_t.spare, never freed,
  * so a stale pointer to one (the per-thread recent table) is safe to read and then re-checked. */
 typedef struct pool_block {
-    CUdeviceptr base; /* written and read with __atomic: the recent table reads it unlocked */
+    CUdeviceptr base;   /* written and read with __atomic: the recent table reads it unlocked */
     uint64_t size;      /* rounded, what the block spans */
     uint64_t requested; /* what the program asked for (range queries answer this) */
     uint64_t epoch;     /* sync epoch at free (safe reuse) */
@@ -82,8 +86,8 @@ typedef struct pool_device {
 typedef struct thread_cache {
     int device;
     _Atomic uint64_t bytes, hits, misses; /* written by the owner only; read by reports */
-    uint64_t small_bytes; /* bytes of blocks up to CACHE_BYTES: the budget */
-    uint64_t large;       /* blocks over CACHE_BYTES held: at most one, outside the budget */
+    uint64_t small_bytes;                 /* bytes of blocks up to CACHE_BYTES: the budget */
+    uint64_t large;              /* blocks over CACHE_BYTES held: at most one, outside the budget */
     atomic_bool drain_requested; /* set by a thread short of memory; the owner drains */
     struct thread_cache *next;
     atomic_bool orphaned;
@@ -189,8 +193,8 @@ static pool_block_t *find_free(pool_device_t *p, uint64_t size)
 
 static int map_block(pool_block_t *b)
 {
-    gs_block_t entry = {.base = b->base, .bytes = b->size, .device = b->device,
-                        .kind = GS_KIND_DEVICE, .owner = b};
+    gs_block_t entry = {
+        .base = b->base, .bytes = b->size, .device = b->device, .kind = GS_KIND_DEVICE, .owner = b};
     return gs_ptrmap_insert(&entry);
 }
 
@@ -305,9 +309,9 @@ static void pool_after_sync(int device, uint64_t token)
 {
     pool_device_t *p = &gs_pools[device];
     uint64_t done = atomic_load_explicit(&p->completed, memory_order_relaxed);
-    while (token > done && !atomic_compare_exchange_weak_explicit(&p->completed, &done, token,
-                                                                  memory_order_acq_rel,
-                                                                  memory_order_relaxed)) {
+    while (token > done &&
+           !atomic_compare_exchange_weak_explicit(&p->completed, &done, token, memory_order_acq_rel,
+                                                  memory_order_relaxed)) {
     }
     if (atomic_load_explicit(&p->ready, memory_order_acquire)) {
         pthread_mutex_lock(&p->lock);
@@ -336,7 +340,8 @@ static void sync_and_recycle(pool_device_t *p, int device)
 /* ---- thread caches ---------------------------------------------------------------------- */
 
 #define OWNER_ADD(field, amount)                                                                   \
-    atomic_store_explicit(&(field), atomic_load_explicit(&(field), memory_order_relaxed) + (amount), \
+    atomic_store_explicit(&(field),                                                                \
+                          atomic_load_explicit(&(field), memory_order_relaxed) + (amount),         \
                           memory_order_relaxed)
 
 /* A freed block goes to the free lists, or to the pending list until it is safe (lock held). */
@@ -570,7 +575,8 @@ static void pool_device_init(pool_device_t *p, int device)
     atomic_store_explicit(&p->ready, true, memory_order_release);
     if (initial > 0 && grow(p, device, initial) != CUDA_SUCCESS)
         gs_log_warning("GPUSHIM_POOL_INITIAL: could not reserve %llu bytes on device %d; the pool "
-                       "grows on demand", (unsigned long long)initial, device);
+                       "grows on demand",
+                       (unsigned long long)initial, device);
 }
 
 static pthread_once_t gs_pool_once = PTHREAD_ONCE_INIT;
@@ -675,8 +681,8 @@ static CUresult pool_alloc(const gs_alloc_req_t *req, CUdeviceptr *ptr, size_t *
     gs_recent[slot].base = b->base;
     gs_recent[slot].block = b;
     gs_recent[slot].generation = atomic_load_explicit(&b->generation, memory_order_relaxed);
-    *block = (gs_block_t){.base = b->base, .bytes = requested, .device = req->device,
-                          .kind = req->kind, .owner = b};
+    *block = (gs_block_t){
+        .base = b->base, .bytes = requested, .device = req->device, .kind = req->kind, .owner = b};
     return CUDA_SUCCESS;
 }
 
@@ -716,8 +722,11 @@ static int pool_free(CUdeviceptr ptr, const gs_free_req_t *req, CUresult *result
         }
     }
     pool_device_t *p = &gs_pools[b->device];
-    *block = (gs_block_t){.base = b->base, .bytes = b->requested, .device = b->device,
-                          .kind = GS_KIND_DEVICE, .owner = b};
+    *block = (gs_block_t){.base = b->base,
+                          .bytes = b->requested,
+                          .device = b->device,
+                          .kind = GS_KIND_DEVICE,
+                          .owner = b};
     *result = CUDA_SUCCESS;
     /* Stamp before publishing: a synchronization that starts after this covers the free. */
     b->epoch = atomic_load_explicit(&p->epoch, memory_order_acquire);
@@ -802,7 +811,8 @@ static int pool_ipc_handle(CUipcMemHandle *handle, CUdeviceptr ptr, CUresult *re
         return GS_NOT_OURS; /* not ours, or a whole chunk: the driver's handle is right */
     gs_log_warning("cuIpcGetMemHandle refused (CUDA_ERROR_INVALID_VALUE): %#llx is a block inside "
                    "a pool chunk, and its handle would map the whole chunk; run this program with "
-                   "GPUSHIM_MODE=off to share memory by IPC", (unsigned long long)ptr);
+                   "GPUSHIM_MODE=off to share memory by IPC",
+                   (unsigned long long)ptr);
     *result = CUDA_ERROR_INVALID_VALUE;
     return 0;
 }
@@ -822,7 +832,8 @@ static int pool_mem_get_info(size_t *free_bytes, size_t *total_bytes, CUresult *
     const gs_driver_t *drv = gs_driver();
     int device = gs_current_device();
     pool_device_t *p = &gs_pools[device];
-    *result = drv->mem_get_info ? drv->mem_get_info(free_bytes, total_bytes) : CUDA_ERROR_NOT_SUPPORTED;
+    *result =
+        drv->mem_get_info ? drv->mem_get_info(free_bytes, total_bytes) : CUDA_ERROR_NOT_SUPPORTED;
     if (*result != CUDA_SUCCESS || !atomic_load(&p->ready))
         return 0;
     pthread_mutex_lock(&p->lock);
@@ -858,27 +869,29 @@ static void pool_report(int device, gs_buf_t *out, bool json)
                 largest = b->size;
     const char *reuse = gs_opts.pool_reuse == GS_REUSE_SAFE ? "safe" : "immediate";
     if (json) {
-        gs_buf_printf(out,
-                      ",\n      \"pool\": {\"reserved\": %llu, \"reserved_peak\": %llu, "
-                      "\"chunks\": %llu, \"driver_allocations\": %llu, \"chunks_given_back\": %llu, "
-                      "\"peak_reserved_over_peak_in_use\": %.4f, \"cache_hits\": %llu, "
-                      "\"pool_allocations\": %llu, \"reuse\": \"%s\", \"pending\": %llu, "
-                      "\"shim_synchronizations\": %llu, \"cached_in_threads\": %llu, "
-                      "\"largest_free_block\": %llu}",
-                      (unsigned long long)p->reserved, (unsigned long long)p->reserved_peak,
-                      (unsigned long long)p->chunk_count, (unsigned long long)p->grow_calls,
-                      (unsigned long long)p->releases, ratio, (unsigned long long)hits,
-                      (unsigned long long)served, reuse, (unsigned long long)p->pending_bytes,
-                      (unsigned long long)p->shim_syncs, (unsigned long long)cached,
-                      (unsigned long long)largest);
+        gs_buf_printf(
+            out,
+            ",\n      \"pool\": {\"reserved\": %llu, \"reserved_peak\": %llu, "
+            "\"chunks\": %llu, \"driver_allocations\": %llu, \"chunks_given_back\": %llu, "
+            "\"peak_reserved_over_peak_in_use\": %.4f, \"cache_hits\": %llu, "
+            "\"pool_allocations\": %llu, \"reuse\": \"%s\", \"pending\": %llu, "
+            "\"shim_synchronizations\": %llu, \"cached_in_threads\": %llu, "
+            "\"largest_free_block\": %llu}",
+            (unsigned long long)p->reserved, (unsigned long long)p->reserved_peak,
+            (unsigned long long)p->chunk_count, (unsigned long long)p->grow_calls,
+            (unsigned long long)p->releases, ratio, (unsigned long long)hits,
+            (unsigned long long)served, reuse, (unsigned long long)p->pending_bytes,
+            (unsigned long long)p->shim_syncs, (unsigned long long)cached,
+            (unsigned long long)largest);
     } else {
         char reserved[32], peak[32], pending[32], large[32], cached_text[32];
-        gs_buf_printf(out,
-                      "gpushim: device %d: pool reserved %s now, peak %s, in %llu chunks; %llu "
-                      "driver allocations, %llu chunks given back; peak reserved / peak in use %.3f\n",
-                      device, gs_format_bytes(p->reserved, reserved),
-                      gs_format_bytes(p->reserved_peak, peak), (unsigned long long)p->chunk_count,
-                      (unsigned long long)p->grow_calls, (unsigned long long)p->releases, ratio);
+        gs_buf_printf(
+            out,
+            "gpushim: device %d: pool reserved %s now, peak %s, in %llu chunks; %llu "
+            "driver allocations, %llu chunks given back; peak reserved / peak in use %.3f\n",
+            device, gs_format_bytes(p->reserved, reserved), gs_format_bytes(p->reserved_peak, peak),
+            (unsigned long long)p->chunk_count, (unsigned long long)p->grow_calls,
+            (unsigned long long)p->releases, ratio);
         gs_buf_printf(out,
                       "gpushim: device %d: pool hit rate %.1f%% (%llu of %llu allocations from "
                       "thread caches, the rest from the pool's free lists or new chunks); %.1f%% "

@@ -1,10 +1,11 @@
 /* gpushim: the command that goes with libgpushim.so.
  *
- *   gpushim run [--mode M] [--reuse R] [--report FILE] [--format text|json] [--trace FILE] -- CMD...
- *   gpushim report FILE...                 print JSON reports, and one summary of them all
+ *   gpushim run [--mode M] [--reuse R] [--report FILE] [--format text|json] [--trace FILE] --
+ * CMD... gpushim report FILE...                 print JSON reports, and one summary of them all
  *   gpushim replay TRACE [--mode M]...     replay a trace under each mode, on the GPU or on
  *                                          whatever libcuda.so.1 the loader finds (the test driver)
- *   gpushim plot TRACE -o FILE.svg         memory in use and reserved (the pool, modelled) over time
+ *   gpushim plot TRACE -o FILE.svg         memory in use and reserved (the pool, modelled) over
+ * time
  */
 #include "gs.h"
 
@@ -28,7 +29,8 @@ static const char usage[] =
     "      prints JSON reports (GPUSHIM_REPORT_FORMAT=json), then one summary of them all,\n"
     "      e.g. the ranks of one job: --report 'r-%r.json'\n"
     "  gpushim replay TRACE [--mode off|pool|managed]...\n"
-    "      replays a GPUSHIM_TRACE (or RMM log) under each mode (default: off and pool) and prints\n"
+    "      replays a GPUSHIM_TRACE (or RMM log) under each mode (default: off and pool) and "
+    "prints\n"
     "      time and peak memory for each; managed runs are capped at GPUSHIM_MANAGED_LIMIT, 25%\n"
     "      of the device unless set\n"
     "  gpushim plot TRACE -o FILE.svg\n"
@@ -72,8 +74,10 @@ static int cmd_run(int argc, char **argv)
 {
     static const struct {
         const char *flag, *variable;
-    } flags[] = {{"--mode", "GPUSHIM_MODE"},     {"--reuse", "GPUSHIM_POOL_REUSE"},
-                 {"--report", "GPUSHIM_REPORT"}, {"--format", "GPUSHIM_REPORT_FORMAT"},
+    } flags[] = {{"--mode", "GPUSHIM_MODE"},
+                 {"--reuse", "GPUSHIM_POOL_REUSE"},
+                 {"--report", "GPUSHIM_REPORT"},
+                 {"--format", "GPUSHIM_REPORT_FORMAT"},
                  {"--trace", "GPUSHIM_TRACE"}};
     int i = 0;
     for (; i < argc && strcmp(argv[i], "--") != 0; i += 2) {
@@ -140,7 +144,8 @@ static void json_string(const char *text, const char *key, char *out, size_t len
 }
 
 typedef struct totals {
-    double allocations, failed, requested, peak_max, peak_sum, live, leaked, reserved_peak_sum, ooms;
+    double allocations, failed, requested, peak_max, peak_sum, live, leaked, reserved_peak_sum,
+        ooms;
     int reports, devices;
 } totals_t;
 
@@ -153,7 +158,8 @@ static int cmd_report(int argc, char **argv)
         char *text = slurp(argv[i]);
         if (text == NULL || strstr(text, "\"schema\": \"gpushim-report/1\"") == NULL) {
             free(text);
-            return fail("report: %s is not a gpushim JSON report (GPUSHIM_REPORT_FORMAT=json)", argv[i]);
+            return fail("report: %s is not a gpushim JSON report (GPUSHIM_REPORT_FORMAT=json)",
+                        argv[i]);
         }
         char pid[32], rank[32], mode[32], program[64], host[128];
         json_string(text, "pid", pid, sizeof pid);
@@ -161,14 +167,17 @@ static int cmd_report(int argc, char **argv)
         json_string(text, "mode", mode, sizeof mode);
         json_string(text, "program", program, sizeof program);
         json_string(text, "host", host, sizeof host);
-        printf("%s: pid %s (%s) on %s, rank %s, mode %s\n", argv[i], pid, program, host, rank, mode);
+        printf("%s: pid %s (%s) on %s, rank %s, mode %s\n", argv[i], pid, program, host, rank,
+               mode);
         t.reports++;
         for (const char *d = strstr(text, "\"device\": "); d; d = strstr(d + 1, "\"device\": ")) {
             const char *end = strstr(d + 1, "\"device\": ");
             char peak[32], requested[32], live[32], reserved[32];
             double a = json_number(d, end, "allocations"), f = json_number(d, end, "failed");
-            double p = json_number(d, end, "in_use_peak"), r = json_number(d, end, "bytes_requested");
-            double l = json_number(d, end, "live_at_exit"), b = json_number(d, end, "in_use_at_exit");
+            double p = json_number(d, end, "in_use_peak"),
+                   r = json_number(d, end, "bytes_requested");
+            double l = json_number(d, end, "live_at_exit"),
+                   b = json_number(d, end, "in_use_at_exit");
             double rp = json_number(d, end, "reserved_peak");
             const char *oom = strstr(d, "\"out_of_memory\": [");
             int ooms = 0;
@@ -194,11 +203,13 @@ static int cmd_report(int argc, char **argv)
     printf("all %d reports, %d devices: %.0f allocations, %.0f failed (%.0f out of memory), "
            "requested %s; peak in use %s on the busiest device, %s summed over devices; live at "
            "exit %.0f (%s)",
-           t.reports, t.devices, t.allocations, t.failed, t.ooms, gs_format_bytes((uint64_t)t.requested, a),
-           gs_format_bytes((uint64_t)t.peak_max, b), gs_format_bytes((uint64_t)t.peak_sum, c),
-           t.live, gs_format_bytes((uint64_t)t.leaked, d));
+           t.reports, t.devices, t.allocations, t.failed, t.ooms,
+           gs_format_bytes((uint64_t)t.requested, a), gs_format_bytes((uint64_t)t.peak_max, b),
+           gs_format_bytes((uint64_t)t.peak_sum, c), t.live,
+           gs_format_bytes((uint64_t)t.leaked, d));
     if (t.reserved_peak_sum > 0)
-        printf("; pool reserved peaks summed %s", gs_format_bytes((uint64_t)t.reserved_peak_sum, a));
+        printf("; pool reserved peaks summed %s",
+               gs_format_bytes((uint64_t)t.reserved_peak_sum, a));
     printf("\n");
     return 0;
 }
@@ -260,7 +271,8 @@ static long read_trace(const char *path, event_t **out)
         char *field[6] = {0};
         char *save = NULL;
         int n = 0;
-        for (char *tok = strtok_r(line, ",\n", &save); tok && n < 6; tok = strtok_r(NULL, ",\n", &save))
+        for (char *tok = strtok_r(line, ",\n", &save); tok && n < 6;
+             tok = strtok_r(NULL, ",\n", &save))
             field[n++] = tok;
         if (n < 5)
             continue;
@@ -323,8 +335,8 @@ static int replay_child(const char *path)
     if (driver == NULL)
         return fail("replay: cannot load libcuda.so.1: %s", dlerror());
     CUresult (*get_proc)(const char *, void **, int, cuuint64_t, CUdriverProcAddressQueryResult *) =
-        (CUresult(*)(const char *, void **, int, cuuint64_t, CUdriverProcAddressQueryResult *))dlsym(
-            driver, "cuGetProcAddress_v2");
+        (CUresult(*)(const char *, void **, int, cuuint64_t,
+                     CUdriverProcAddressQueryResult *))dlsym(driver, "cuGetProcAddress_v2");
     CUresult (*init)(unsigned int) = NULL;
     CUresult (*device_get)(CUdevice *, int) = NULL;
     CUresult (*retain)(CUcontext *, CUdevice) = NULL;
@@ -429,7 +441,9 @@ static int cmd_replay(int argc, char **argv, const char *self)
         double in_use = text ? json_number(text, NULL, "in_use_peak") : -1;
         double pool = text ? json_number(text, NULL, "reserved_peak") : -1;
         double managed = text ? json_number(text, NULL, "peak") : -1;
-        double held = strcmp(modes[m], "pool") == 0 ? pool : strcmp(modes[m], "managed") == 0 ? managed : in_use;
+        double held = strcmp(modes[m], "pool") == 0      ? pool
+                      : strcmp(modes[m], "managed") == 0 ? managed
+                                                         : in_use;
         printf("mode %-7s %s; peak in use %s, peak reserved %s%s\n", modes[m], line,
                gs_format_bytes(in_use > 0 ? (uint64_t)in_use : 0, peak),
                gs_format_bytes(held > 0 ? (uint64_t)held : 0, reserved),
@@ -453,10 +467,26 @@ static CUresult model_alloc(CUdeviceptr *p, size_t bytes)
     model_used += bytes;
     return CUDA_SUCCESS;
 }
-static CUresult model_free(CUdeviceptr p) { (void)p; return CUDA_SUCCESS; }
-static CUresult model_device(CUdevice *d) { *d = 0; return CUDA_SUCCESS; }
-static CUresult model_total(size_t *bytes, CUdevice d) { (void)d; *bytes = 1ull << 40; return CUDA_SUCCESS; }
-static CUresult model_sync(void) { return CUDA_SUCCESS; }
+static CUresult model_free(CUdeviceptr p)
+{
+    (void)p;
+    return CUDA_SUCCESS;
+}
+static CUresult model_device(CUdevice *d)
+{
+    *d = 0;
+    return CUDA_SUCCESS;
+}
+static CUresult model_total(size_t *bytes, CUdevice d)
+{
+    (void)d;
+    *bytes = 1ull << 40;
+    return CUDA_SUCCESS;
+}
+static CUresult model_sync(void)
+{
+    return CUDA_SUCCESS;
+}
 
 static int cmd_plot(int argc, char **argv)
 {
@@ -466,15 +496,18 @@ static int cmd_plot(int argc, char **argv)
     long count = read_trace(argv[0], &events);
     if (count <= 0)
         return fail("plot: cannot read a trace with events from %s", argv[0]);
-    static const gs_driver_t model = {.mem_alloc = model_alloc, .mem_free = model_free,
-                                      .ctx_get_device = model_device, .device_total_mem = model_total,
+    static const gs_driver_t model = {.mem_alloc = model_alloc,
+                                      .mem_free = model_free,
+                                      .ctx_get_device = model_device,
+                                      .device_total_mem = model_total,
                                       .ctx_synchronize = model_sync};
     gs_driver_override(&model);
     gs_options_defaults(&gs_opts);
     gs_opts.mode = GS_MODE_POOL;
     gs_opts.pool_reuse = GS_REUSE_IMMEDIATE;
     gs_dispatch_use(&gs_backend_pool);
-    double *in_use = malloc((size_t)count * sizeof *in_use), *reserved = malloc((size_t)count * sizeof *reserved);
+    double *in_use = malloc((size_t)count * sizeof *in_use),
+           *reserved = malloc((size_t)count * sizeof *reserved);
     size_t mask = 1;
     while (mask < (size_t)count * 2)
         mask <<= 1;
@@ -509,19 +542,21 @@ static int cmd_plot(int argc, char **argv)
         return fail("plot: cannot write %s", argv[2]);
     const double w = 900, h = 420, left = 80, right = 20, top_margin = 30, bottom = 50;
     char label[32];
-    fprintf(f, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
-               "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
-               "viewBox=\"0 0 %.0f %.0f\" font-family=\"sans-serif\" font-size=\"12\">\n"
-               "<title>GPU memory over time: %s</title>\n"
-               "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n",
+    fprintf(f,
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
+            "viewBox=\"0 0 %.0f %.0f\" font-family=\"sans-serif\" font-size=\"12\">\n"
+            "<title>GPU memory over time: %s</title>\n"
+            "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n",
             w, h, w, h, argv[0]);
     fprintf(f, "<line x1=\"%.0f\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"black\"/>\n", left,
             h - bottom, w - right, h - bottom);
     fprintf(f, "<line x1=\"%.0f\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"black\"/>\n", left,
             top_margin, left, h - bottom);
-    fprintf(f, "<text x=\"%.0f\" y=\"%.0f\" text-anchor=\"end\">%s</text>\n", left - 6, top_margin + 4,
-            gs_format_bytes((uint64_t)top, label));
-    fprintf(f, "<text x=\"%.0f\" y=\"%.0f\" text-anchor=\"end\">0</text>\n", left - 6, h - bottom + 4);
+    fprintf(f, "<text x=\"%.0f\" y=\"%.0f\" text-anchor=\"end\">%s</text>\n", left - 6,
+            top_margin + 4, gs_format_bytes((uint64_t)top, label));
+    fprintf(f, "<text x=\"%.0f\" y=\"%.0f\" text-anchor=\"end\">0</text>\n", left - 6,
+            h - bottom + 4);
     fprintf(f, "<text x=\"%.0f\" y=\"%.0f\" text-anchor=\"end\">%.3f s</text>\n", w - right,
             h - bottom + 20, duration);
     fprintf(f, "<text x=\"%.0f\" y=\"%.0f\">0 s</text>\n", left, h - bottom + 20);
@@ -545,8 +580,9 @@ static int cmd_plot(int argc, char **argv)
     fprintf(f, "</svg>\n");
     fclose(f);
     char a[32], b[32];
-    printf("wrote %s: %ld events over %.3f s; peak in use %s, peak reserved %s (modelled)\n", argv[2],
-           count, duration, gs_format_bytes((uint64_t)top, a), gs_format_bytes((uint64_t)model_used, b));
+    printf("wrote %s: %ld events over %.3f s; peak in use %s, peak reserved %s (modelled)\n",
+           argv[2], count, duration, gs_format_bytes((uint64_t)top, a),
+           gs_format_bytes((uint64_t)model_used, b));
     return 0;
 }
 

@@ -99,13 +99,15 @@ static CUresult allocate(gs_alloc_req_t *req, CUdeviceptr *dptr, size_t *pitch)
     } else {
         gs_stats_alloc_failed(req->device);
         if (rc == CUDA_ERROR_OUT_OF_MEMORY)
-            gs_stats_oom(req->device, req->kind == GS_KIND_PITCH ? req->width * req->height : req->bytes);
+            gs_stats_oom(req->device,
+                         req->kind == GS_KIND_PITCH ? req->width * req->height : req->bytes);
     }
     if (__builtin_expect(gs_tracing, 0))
         gs_trace_record(rc == CUDA_SUCCESS ? GS_TRACE_ALLOCATE : GS_TRACE_ALLOCATE_FAILURE,
                         rc == CUDA_SUCCESS ? *dptr : 0,
-                        rc == CUDA_SUCCESS ? block.bytes
-                        : req->kind == GS_KIND_PITCH ? req->width * req->height : req->bytes,
+                        rc == CUDA_SUCCESS           ? block.bytes
+                        : req->kind == GS_KIND_PITCH ? req->width * req->height
+                                                     : req->bytes,
                         req->stream);
     call_end(call, req->device);
     return rc;
@@ -127,8 +129,8 @@ CUresult gs_mem_alloc_pitch(CUdeviceptr *dptr, size_t *pitch, size_t width, size
 {
     if (gs_depth > 0 || dptr == NULL || pitch == NULL)
         return RAW(mem_alloc_pitch, dptr, pitch, width, height, element_size);
-    gs_alloc_req_t req = {.kind = GS_KIND_PITCH, .width = width, .height = height,
-                          .element_size = element_size};
+    gs_alloc_req_t req = {
+        .kind = GS_KIND_PITCH, .width = width, .height = height, .element_size = element_size};
     return allocate(&req, dptr, pitch);
 }
 
@@ -145,8 +147,8 @@ CUresult gs_mem_alloc_async(CUdeviceptr *dptr, size_t bytes, CUstream stream, bo
     if (gs_depth > 0 || dptr == NULL)
         return per_thread ? RAW(mem_alloc_async_ptsz, dptr, bytes, stream)
                           : RAW(mem_alloc_async, dptr, bytes, stream);
-    gs_alloc_req_t req = {.kind = GS_KIND_ASYNC, .bytes = bytes, .stream = stream,
-                          .per_thread_stream = per_thread};
+    gs_alloc_req_t req = {
+        .kind = GS_KIND_ASYNC, .bytes = bytes, .stream = stream, .per_thread_stream = per_thread};
     return allocate(&req, dptr, NULL);
 }
 
@@ -155,7 +157,7 @@ static CUresult driver_free(const gs_free_req_t *req, CUdeviceptr ptr)
     if (!req->stream_ordered)
         return RAW(mem_free, ptr);
     return req->per_thread_stream ? RAW(mem_free_async_ptsz, ptr, req->stream)
-                                   : RAW(mem_free_async, ptr, req->stream);
+                                  : RAW(mem_free_async, ptr, req->stream);
 }
 
 static CUresult release(CUdeviceptr ptr, const gs_free_req_t *req)
@@ -291,7 +293,8 @@ CUresult gs_ctx_synchronize_v2(CUcontext ctx)
         return RAW(ctx_synchronize_v2, ctx);
     if (ctx == NULL)
         device = gs_current_device();
-    else if (drv->ctx_get_device_v2 == NULL || drv->ctx_get_device_v2(&device, ctx) != CUDA_SUCCESS ||
+    else if (drv->ctx_get_device_v2 == NULL ||
+             drv->ctx_get_device_v2(&device, ctx) != CUDA_SUCCESS ||
              (unsigned)device >= GS_MAX_DEVICES)
         return RAW(ctx_synchronize_v2, ctx); /* unknown context: nothing of ours to release */
     return synchronize(device, sync_context, ctx);

@@ -67,7 +67,8 @@ void gs_start(char *const *envp)
     }
     if (gs_opts.trace_path[0] && check_report_path(gs_opts.trace_path) != 0) {
         gs_log_error("GPUSHIM_TRACE=%s: the folder does not exist or is not writable; accepted: a "
-                     "file path in a writable folder", gs_opts.trace_path);
+                     "file path in a writable folder",
+                     gs_opts.trace_path);
         _exit(1);
     }
     gs_tracing = gs_opts.trace_path[0] != '\0';

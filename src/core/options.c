@@ -19,8 +19,8 @@ struct gs_option {
     const char *default_text;
     const char *help;
     int (*parse)(const gs_option_t *opt, const char *value, gs_options_t *out);
-    size_t offset;               /* of the field in gs_options_t */
-    const char *const *choices;  /* enum options: index = stored value */
+    size_t offset;              /* of the field in gs_options_t */
+    const char *const *choices; /* enum options: index = stored value */
 };
 
 static const char *const mode_choices[] = {"off", "pool", "managed", NULL};
@@ -41,7 +41,8 @@ static int parse_path(const gs_option_t *opt, const char *value, gs_options_t *o
 
 static int parse_bool(const gs_option_t *opt, const char *value, gs_options_t *out)
 {
-    static const char *const yes[] = {"1", "yes", "on", "true"}, *const no[] = {"0", "no", "off", "false"};
+    static const char *const yes[] = {"1", "yes", "on", "true"}, *const no[] = {"0", "no", "off",
+                                                                                "false"};
     for (int i = 0; i < 4; i++) {
         if (strcasecmp(value, yes[i]) == 0 || strcasecmp(value, no[i]) == 0) {
             *(bool *)((char *)out + opt->offset) = strcasecmp(value, yes[i]) == 0;
@@ -104,8 +105,9 @@ static const gs_option_t gs_option_table[] = {
      "Backend for device allocations: off passes every call to the driver and only counts; "
      "pool sub-allocates from large chunks; managed serves CUDA managed memory.",
      parse_choice, GS_FIELD(mode), mode_choices},
-    {"GPUSHIM_REPORT", "stderr, off, or a file path containing '/' or '.' (%p pid, %h host, %r rank)",
-     "stderr", "Where the exit report goes. It is written only by processes that allocated device "
+    {"GPUSHIM_REPORT",
+     "stderr, off, or a file path containing '/' or '.' (%p pid, %h host, %r rank)", "stderr",
+     "Where the exit report goes. It is written only by processes that allocated device "
      "memory. %r is RANK, OMPI_COMM_WORLD_RANK, PMI_RANK or SLURM_PROCID, so each rank of a job "
      "writes its own.",
      parse_report, GS_FIELD(report_path), NULL},
@@ -121,7 +123,8 @@ static const gs_option_t gs_option_table[] = {
      "0", "Pool mode: memory reserved at the first allocation on a device (0: grow on demand).",
      parse_size_option, GS_FIELD(pool_initial), NULL},
     {"GPUSHIM_POOL_MAX", "bytes with K/M/G/T or KiB/MiB/GiB/TiB suffix, or N% of device memory",
-     "100%", "Pool mode: most memory the pool reserves on one device; past it allocations fail "
+     "100%",
+     "Pool mode: most memory the pool reserves on one device; past it allocations fail "
      "with CUDA_ERROR_OUT_OF_MEMORY.",
      parse_size_option, GS_FIELD(pool_max), NULL},
     {"GPUSHIM_POOL_CHUNK", "bytes with K/M/G/T or KiB/MiB/GiB/TiB suffix, or N% of device memory",
@@ -132,8 +135,9 @@ static const gs_option_t gs_option_table[] = {
      "(cudaFree's guarantee, without its wait); immediate reuses them at once (RMM and PyTorch "
      "semantics: only for programs that order their streams themselves).",
      parse_choice, GS_FIELD(pool_reuse), reuse_choices},
-    {"GPUSHIM_POOL_PENDING_MAX", "bytes with K/M/G/T or KiB/MiB/GiB/TiB suffix, or N% of device memory",
-     "256M", "Pool mode, safe reuse: freed bytes waiting for a synchronization; past this (or past "
+    {"GPUSHIM_POOL_PENDING_MAX",
+     "bytes with K/M/G/T or KiB/MiB/GiB/TiB suffix, or N% of device memory", "256M",
+     "Pool mode, safe reuse: freed bytes waiting for a synchronization; past this (or past "
      "1/16 of the pool, when it would otherwise grow) the shim synchronizes the device itself.",
      parse_size_option, GS_FIELD(pool_pending_max), NULL},
     {"GPUSHIM_ON_OOM", "fail, managed", "fail",
@@ -148,8 +152,10 @@ static const gs_option_t gs_option_table[] = {
      "Managed memory: cuMemAdvise for each allocation: its device as the preferred location, or "
      "as a device that accesses it.",
      parse_choice, GS_FIELD(managed_advice), advice_choices},
-    {"GPUSHIM_MANAGED_LIMIT", "bytes with K/M/G/T or KiB/MiB/GiB/TiB suffix, N% of device memory "
-     "(up to 1000%), or N%host (of host memory); 0: none", "0",
+    {"GPUSHIM_MANAGED_LIMIT",
+     "bytes with K/M/G/T or KiB/MiB/GiB/TiB suffix, N% of device memory "
+     "(up to 1000%), or N%host (of host memory); 0: none",
+     "0",
      "Managed memory: most bytes one process may hold per device; past it allocations fail with "
      "CUDA_ERROR_OUT_OF_MEMORY. Set it on shared GPUs: oversubscribing one can stall it for all.",
      parse_limit_option, GS_FIELD(managed_limit), NULL},
@@ -174,9 +180,9 @@ int gs_parse_size(const char *text, gs_size_spec_t *out)
     static const struct {
         const char *suffix;
         int shift;
-    } units[] = {{"", 0},     {"B", 0},      {"K", 10},   {"KB", 10}, {"KIB", 10},
-                 {"M", 20},   {"MB", 20},    {"MIB", 20}, {"G", 30},  {"GB", 30},
-                 {"GIB", 30}, {"T", 40},     {"TB", 40},  {"TIB", 40}};
+    } units[] = {{"", 0},     {"B", 0},   {"K", 10},   {"KB", 10}, {"KIB", 10},
+                 {"M", 20},   {"MB", 20}, {"MIB", 20}, {"G", 30},  {"GB", 30},
+                 {"GIB", 30}, {"T", 40},  {"TB", 40},  {"TIB", 40}};
     char *end = NULL;
     if (text == NULL || *text == '\0' || *text == '-' || *text == '+')
         return -EINVAL;

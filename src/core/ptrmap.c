@@ -1,6 +1,7 @@
 /* ptrmap.c: blocks by base address: the live allocations of pass-through and managed, and every
- * block of the pool (with a pointer to the pool's record). Sharded by address hash so threads rarely share a lock;
- * each shard is an open-addressing table with backward-shift deletion (no tombstones). */
+ * block of the pool (with a pointer to the pool's record). Sharded by address hash so threads
+ * rarely share a lock; each shard is an open-addressing table with backward-shift deletion (no
+ * tombstones). */
 #include "gs.h"
 
 #include <errno.h>

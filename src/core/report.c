@@ -76,17 +76,19 @@ static void render_text_device(int device, const gs_device_stats_t *s, const lea
                   "gpushim: device %d: requested %s in total; in use: peak %s, at exit %s "
                   "in %llu live allocations\n",
                   device, gs_format_bytes(s->bytes_requested, requested),
-                  gs_format_bytes((uint64_t)s->peak, peak), gs_format_bytes((uint64_t)s->in_use, now),
-                  (unsigned long long)live);
-    double mean_ns = s->timed_calls ? (double)s->shim_ticks / ticks_per_ns / (double)s->timed_calls : 0;
+                  gs_format_bytes((uint64_t)s->peak, peak),
+                  gs_format_bytes((uint64_t)s->in_use, now), (unsigned long long)live);
+    double mean_ns =
+        s->timed_calls ? (double)s->shim_ticks / ticks_per_ns / (double)s->timed_calls : 0;
     gs_buf_printf(out,
                   "gpushim: device %d: %llu calls reached the driver; time in the shim %.0f ns "
                   "per call (mean of %llu timed allocation and free calls)\n",
                   device, (unsigned long long)s->driver_calls, mean_ns,
                   (unsigned long long)s->timed_calls);
     if (s->allocations) {
-        gs_buf_printf(out, "gpushim: device %d: peak in use reached %.3f s after start; sizes:",
-                      device, gs_ticks_to_seconds(s->peak_ticks, ticks_per_ns));
+        gs_buf_printf(out,
+                      "gpushim: device %d: peak in use reached %.3f s after start; sizes:", device,
+                      gs_ticks_to_seconds(s->peak_ticks, ticks_per_ns));
         for (int k = 0; k < GS_HISTOGRAM_BUCKETS; k++) {
             if (s->histogram[k] == 0)
                 continue;
@@ -117,21 +119,23 @@ static void render_json_device(int device, const gs_device_stats_t *s, const lea
                                const gs_oom_event_t *ooms, int oom_count, double ticks_per_ns,
                                gs_buf_t *out)
 {
-    double mean_ns = s->timed_calls ? (double)s->shim_ticks / ticks_per_ns / (double)s->timed_calls : 0;
-    gs_buf_printf(out,
-                  "    {\n      \"device\": %d,\n      \"allocations\": %llu,\n      \"frees\": %llu,\n"
-                  "      \"failed\": %llu,\n      \"foreign_frees\": %llu,\n"
-                  "      \"bytes_requested\": %llu,\n      \"in_use_peak\": %lld,\n"
-                  "      \"in_use_peak_at_s\": %.6f,\n      \"in_use_at_exit\": %lld,\n"
-                  "      \"live_at_exit\": %llu,\n      \"driver_calls\": %llu,\n"
-                  "      \"shim_ns_per_call\": %.1f,\n      \"timed_calls\": %llu,\n"
-                  "      \"size_histogram\": [",
-                  device, (unsigned long long)s->allocations, (unsigned long long)s->frees,
-                  (unsigned long long)s->failures, (unsigned long long)s->foreign_frees,
-                  (unsigned long long)s->bytes_requested, (long long)s->peak,
-                  gs_ticks_to_seconds(s->peak_ticks, ticks_per_ns), (long long)s->in_use,
-                  (unsigned long long)(s->allocations - s->frees),
-                  (unsigned long long)s->driver_calls, mean_ns, (unsigned long long)s->timed_calls);
+    double mean_ns =
+        s->timed_calls ? (double)s->shim_ticks / ticks_per_ns / (double)s->timed_calls : 0;
+    gs_buf_printf(
+        out,
+        "    {\n      \"device\": %d,\n      \"allocations\": %llu,\n      \"frees\": %llu,\n"
+        "      \"failed\": %llu,\n      \"foreign_frees\": %llu,\n"
+        "      \"bytes_requested\": %llu,\n      \"in_use_peak\": %lld,\n"
+        "      \"in_use_peak_at_s\": %.6f,\n      \"in_use_at_exit\": %lld,\n"
+        "      \"live_at_exit\": %llu,\n      \"driver_calls\": %llu,\n"
+        "      \"shim_ns_per_call\": %.1f,\n      \"timed_calls\": %llu,\n"
+        "      \"size_histogram\": [",
+        device, (unsigned long long)s->allocations, (unsigned long long)s->frees,
+        (unsigned long long)s->failures, (unsigned long long)s->foreign_frees,
+        (unsigned long long)s->bytes_requested, (long long)s->peak,
+        gs_ticks_to_seconds(s->peak_ticks, ticks_per_ns), (long long)s->in_use,
+        (unsigned long long)(s->allocations - s->frees), (unsigned long long)s->driver_calls,
+        mean_ns, (unsigned long long)s->timed_calls);
     const char *sep = "";
     for (int k = 0; k < GS_HISTOGRAM_BUCKETS; k++) {
         if (s->histogram[k] == 0)
@@ -160,16 +164,18 @@ void gs_report_render(gs_buf_t *out)
     char name[64], host[128] = "";
     read_small_file("/proc/self/comm", name, sizeof name);
     gethostname(host, sizeof host - 1);
-    const char *rank = getenv("RANK") ? getenv("RANK")
+    const char *rank = getenv("RANK")                   ? getenv("RANK")
                        : getenv("OMPI_COMM_WORLD_RANK") ? getenv("OMPI_COMM_WORLD_RANK")
-                       : getenv("PMI_RANK") ? getenv("PMI_RANK")
-                       : getenv("SLURM_PROCID") ? getenv("SLURM_PROCID") : NULL;
+                       : getenv("PMI_RANK")             ? getenv("PMI_RANK")
+                       : getenv("SLURM_PROCID")         ? getenv("SLURM_PROCID")
+                                                        : NULL;
     const gs_backend_t *backend = gs_dispatch_backend();
     if (json)
-        gs_buf_printf(out,
-                      "{\n  \"schema\": \"gpushim-report/1\",\n  \"pid\": %d,\n  \"program\": \"%s\",\n"
-                      "  \"host\": \"%s\",\n  \"rank\": %s,\n  \"mode\": \"%s\",\n  \"devices\": [\n",
-                      (int)getpid(), name, host, rank ? rank : "null", gs_mode_names[gs_opts.mode]);
+        gs_buf_printf(
+            out,
+            "{\n  \"schema\": \"gpushim-report/1\",\n  \"pid\": %d,\n  \"program\": \"%s\",\n"
+            "  \"host\": \"%s\",\n  \"rank\": %s,\n  \"mode\": \"%s\",\n  \"devices\": [\n",
+            (int)getpid(), name, host, rank ? rank : "null", gs_mode_names[gs_opts.mode]);
     else
         gs_buf_printf(out, "gpushim: report for pid %d (%s), mode %s\n", (int)getpid(), name,
                       gs_mode_names[gs_opts.mode]);
@@ -181,8 +187,8 @@ void gs_report_render(gs_buf_t *out)
         if (s.allocations + s.failures + s.frees + s.foreign_frees == 0)
             continue;
         static leak_list_t leaks; /* static: too large for an exiting thread's stack */
-        leaks = (leak_list_t){.device = device, .backend = backend,
-                              .capacity = json ? LEAKS_LISTED : LEAKS_SHOWN};
+        leaks = (leak_list_t){
+            .device = device, .backend = backend, .capacity = json ? LEAKS_LISTED : LEAKS_SHOWN};
         if (s.allocations > s.frees)
             gs_ptrmap_each(collect_leak, &leaks);
         gs_oom_event_t ooms[GS_OOM_EVENTS];

@@ -51,7 +51,8 @@ static atomic_int gs_shard_count; /* shards ever made: 1 means one allocating th
 static GS_TLS gs_shard_t *gs_my_shard;
 
 #define BUMP(field, amount)                                                                        \
-    atomic_store_explicit(&(field), atomic_load_explicit(&(field), memory_order_relaxed) + (amount), \
+    atomic_store_explicit(&(field),                                                                \
+                          atomic_load_explicit(&(field), memory_order_relaxed) + (amount),         \
                           memory_order_relaxed)
 
 /* Raises the device's peak to now, remembering when (a clock read only on a new peak). */
@@ -72,7 +73,8 @@ static void fold(int device, gs_counters_t *c)
     /* Owner only: a plain load and store, no locked instruction. */
     int64_t delta = atomic_load_explicit(&c->unfolded, memory_order_relaxed);
     atomic_store_explicit(&c->unfolded, 0, memory_order_relaxed);
-    int64_t now = atomic_fetch_add_explicit(&gs_global[device].in_use, delta, memory_order_relaxed) + delta;
+    int64_t now =
+        atomic_fetch_add_explicit(&gs_global[device].in_use, delta, memory_order_relaxed) + delta;
     raise_peak(device, now);
 }
 
@@ -138,7 +140,8 @@ static inline void track_in_use(int device, gs_counters_t *c, int64_t delta)
         return;
     }
     if (delta > 0)
-        raise_peak(device, atomic_load_explicit(&gs_global[device].in_use, memory_order_relaxed) + local);
+        raise_peak(device,
+                   atomic_load_explicit(&gs_global[device].in_use, memory_order_relaxed) + local);
 }
 
 void gs_stats_alloc(int device, uint64_t bytes)

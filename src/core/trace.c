@@ -59,8 +59,9 @@ static void write_out(trace_buffer_t *b)
     if (gs_trace_fd < 0) {
         char path[GS_PATH_MAX];
         gs_expand_path(gs_opts.trace_path, path, sizeof path);
-        gs_trace_fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC |
-                                     (gs_trace_append ? 0 : O_TRUNC), 0644);
+        gs_trace_fd =
+            open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | (gs_trace_append ? 0 : O_TRUNC),
+                 0644);
         if (gs_trace_fd < 0)
             gs_log_warning("cannot write the trace to %s; tracing stops", path);
         else if (!gs_trace_append)
@@ -73,14 +74,13 @@ static void write_out(trace_buffer_t *b)
             const trace_record_t *r = &b->records[i];
             uint64_t ns = gs_ticks_to_epoch_ns(r->ticks, ticks_per_ns);
             uint64_t day_us = ns / 1000 % (86400ull * 1000000);
-            len += (size_t)snprintf(text + len, sizeof text - len,
-                                    "%u,%02u:%02u:%02u:%06u,%s,0x%llx,%llu,%llu\n", r->thread,
-                                    (unsigned)(day_us / 3600000000ull),
-                                    (unsigned)(day_us / 60000000ull % 60),
-                                    (unsigned)(day_us / 1000000ull % 60),
-                                    (unsigned)(day_us % 1000000ull), action_names[r->action],
-                                    (unsigned long long)r->ptr, (unsigned long long)r->bytes,
-                                    (unsigned long long)r->stream);
+            len += (size_t)snprintf(
+                text + len, sizeof text - len, "%u,%02u:%02u:%02u:%06u,%s,0x%llx,%llu,%llu\n",
+                r->thread, (unsigned)(day_us / 3600000000ull),
+                (unsigned)(day_us / 60000000ull % 60), (unsigned)(day_us / 1000000ull % 60),
+                (unsigned)(day_us % 1000000ull), action_names[r->action],
+                (unsigned long long)r->ptr, (unsigned long long)r->bytes,
+                (unsigned long long)r->stream);
             if (len > sizeof text - 200) {
                 gs_write_all(gs_trace_fd, text, len);
                 len = 0;
@@ -143,9 +143,12 @@ void gs_trace_record(int action, CUdeviceptr ptr, uint64_t bytes, CUstream strea
         pthread_mutex_unlock(&b->lock);
         n = 0;
     }
-    b->records[n] = (trace_record_t){.ticks = gs_ticks(), .ptr = ptr, .bytes = bytes,
+    b->records[n] = (trace_record_t){.ticks = gs_ticks(),
+                                     .ptr = ptr,
+                                     .bytes = bytes,
                                      .stream = (uint64_t)(uintptr_t)stream,
-                                     .thread = gs_my_thread, .action = (uint32_t)action};
+                                     .thread = gs_my_thread,
+                                     .action = (uint32_t)action};
     atomic_store_explicit(&b->count, n + 1, memory_order_release);
 }
 

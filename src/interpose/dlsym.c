@@ -40,16 +40,16 @@ __asm__(".text\n"
         "dlsym:\n"
         "    .cfi_startproc\n"
         "    endbr64\n"
-        "    test %rdi, %rdi\n"          /* RTLD_DEFAULT */
+        "    test %rdi, %rdi\n" /* RTLD_DEFAULT */
         "    je 1f\n"
-        "    cmp $-1, %rdi\n"            /* RTLD_NEXT */
+        "    cmp $-1, %rdi\n" /* RTLD_NEXT */
         "    je 1f\n"
         "    jmp gs_dlsym_in_handle\n"
         "1:  push %rdi\n"
         "    .cfi_adjust_cfa_offset 8\n"
         "    push %rsi\n"
         "    .cfi_adjust_cfa_offset 8\n"
-        "    sub $8, %rsp\n"              /* keep the stack 16-byte aligned for the call */
+        "    sub $8, %rsp\n" /* keep the stack 16-byte aligned for the call */
         "    .cfi_adjust_cfa_offset 8\n"
         "    call gs_dlsym_real_for_caller\n"
         "    add $8, %rsp\n"
@@ -58,7 +58,7 @@ __asm__(".text\n"
         "    .cfi_adjust_cfa_offset -8\n"
         "    pop %rdi\n"
         "    .cfi_adjust_cfa_offset -8\n"
-        "    jmp *%rax\n"                 /* the real dlsym sees our caller's return address */
+        "    jmp *%rax\n" /* the real dlsym sees our caller's return address */
         "    .cfi_endproc\n"
         ".size dlsym, .-dlsym\n");
 #else

@@ -18,8 +18,8 @@ GS_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytes)
     return gs_mem_alloc(dptr, bytes);
 }
 
-GS_EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pitch, size_t width,
-                                      size_t height, unsigned int element_size)
+GS_EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pitch, size_t width, size_t height,
+                                      unsigned int element_size)
 {
     return gs_mem_alloc_pitch(dptr, pitch, width, height, element_size);
 }
@@ -140,13 +140,18 @@ static const gs_intercept_t gs_intercepts[] = {
     {"cuMemFree", "cuMemFree_v2", 3020, ANY_STREAM, (void *)cuMemFree_v2},
     {"cuMemAllocManaged", "cuMemAllocManaged", 6000, ANY_STREAM, (void *)cuMemAllocManaged},
     {"cuMemAllocAsync", "cuMemAllocAsync", 11020, LEGACY_STREAM, (void *)cuMemAllocAsync},
-    {"cuMemAllocAsync", "cuMemAllocAsync_ptsz", 11020, PER_THREAD_STREAM, (void *)cuMemAllocAsync_ptsz},
+    {"cuMemAllocAsync", "cuMemAllocAsync_ptsz", 11020, PER_THREAD_STREAM,
+     (void *)cuMemAllocAsync_ptsz},
     {"cuMemFreeAsync", "cuMemFreeAsync", 11020, LEGACY_STREAM, (void *)cuMemFreeAsync},
-    {"cuMemFreeAsync", "cuMemFreeAsync_ptsz", 11020, PER_THREAD_STREAM, (void *)cuMemFreeAsync_ptsz},
+    {"cuMemFreeAsync", "cuMemFreeAsync_ptsz", 11020, PER_THREAD_STREAM,
+     (void *)cuMemFreeAsync_ptsz},
     {"cuMemGetInfo", "cuMemGetInfo_v2", 3020, ANY_STREAM, (void *)cuMemGetInfo_v2},
-    {"cuMemGetAddressRange", "cuMemGetAddressRange_v2", 3020, ANY_STREAM, (void *)cuMemGetAddressRange_v2},
-    {"cuPointerGetAttribute", "cuPointerGetAttribute", 4000, ANY_STREAM, (void *)cuPointerGetAttribute},
-    {"cuPointerGetAttributes", "cuPointerGetAttributes", 7000, ANY_STREAM, (void *)cuPointerGetAttributes},
+    {"cuMemGetAddressRange", "cuMemGetAddressRange_v2", 3020, ANY_STREAM,
+     (void *)cuMemGetAddressRange_v2},
+    {"cuPointerGetAttribute", "cuPointerGetAttribute", 4000, ANY_STREAM,
+     (void *)cuPointerGetAttribute},
+    {"cuPointerGetAttributes", "cuPointerGetAttributes", 7000, ANY_STREAM,
+     (void *)cuPointerGetAttributes},
     {"cuIpcGetMemHandle", "cuIpcGetMemHandle", 4010, ANY_STREAM, (void *)cuIpcGetMemHandle},
     {"cuCtxSynchronize", "cuCtxSynchronize", 2000, ANY_STREAM, (void *)cuCtxSynchronize},
     {"cuCtxSynchronize", "cuCtxSynchronize_v2", 13000, ANY_STREAM, (void *)cuCtxSynchronize_v2},
@@ -166,8 +171,8 @@ void *gs_intercept_by_name(const char *name)
 
 void *gs_intercept_for_proc(const char *symbol, int cuda_version, cuuint64_t flags)
 {
-    int stream = (flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM) ? PER_THREAD_STREAM
-                                                                         : LEGACY_STREAM;
+    int stream =
+        (flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM) ? PER_THREAD_STREAM : LEGACY_STREAM;
     const gs_intercept_t *best = NULL;
     for (size_t i = 0; i < GS_INTERCEPT_COUNT; i++) {
         const gs_intercept_t *e = &gs_intercepts[i];
