@@ -316,6 +316,16 @@ typedef struct ptr_pair {
     uint64_t from, to;
 } ptr_pair_t;
 
+/* A table for count events; *mask gets its index mask. */
+static ptr_pair_t *pair_table(long count, size_t *mask)
+{
+    size_t size = 2;
+    while (size < (size_t)count * 2)
+        size <<= 1;
+    *mask = size - 1;
+    return calloc(size, sizeof(ptr_pair_t));
+}
+
 static ptr_pair_t *pair_slot(ptr_pair_t *table, size_t mask, uint64_t from)
 {
     size_t i = (size_t)((from >> 8) * 0x9E3779B97F4A7C15ull) & mask;
@@ -356,11 +366,10 @@ static int replay_child(const char *path)
     if (!init || !alloc || !release || init(0) || device_get(&dev, 0) || retain(&ctx, dev) ||
         set_current(ctx))
         return fail("replay: cannot start CUDA on device %s", "0");
-    size_t mask = 1;
-    while (mask < (size_t)count * 2)
-        mask <<= 1;
-    ptr_pair_t *table = calloc(mask, sizeof *table);
-    mask--;
+    size_t mask;
+    ptr_pair_t *table = pair_table(count, &mask);
+    if (table == NULL)
+        return fail("cannot hold %s events in memory", "the trace's");
     long failures = 0, replayed = 0;
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -508,11 +517,10 @@ static int cmd_plot(int argc, char **argv)
     gs_dispatch_use(&gs_backend_pool);
     double *in_use = malloc((size_t)count * sizeof *in_use),
            *reserved = malloc((size_t)count * sizeof *reserved);
-    size_t mask = 1;
-    while (mask < (size_t)count * 2)
-        mask <<= 1;
-    ptr_pair_t *table = calloc(mask, sizeof *table);
-    mask--;
+    size_t mask;
+    ptr_pair_t *table = pair_table(count, &mask);
+    if (table == NULL)
+        return fail("cannot hold %s events in memory", "the trace's");
     double now = 0, top = 1;
     for (long i = 0; i < count; i++) {
         event_t *e = &events[i];

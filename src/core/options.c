@@ -99,6 +99,7 @@ static int parse_report(const gs_option_t *opt, const char *value, gs_options_t 
 }
 
 #define GS_FIELD(f) offsetof(gs_options_t, f)
+#define SIZE_ACCEPTED "bytes with K/M/G/T or KiB/MiB/GiB/TiB suffix, or N% of device memory"
 
 static const gs_option_t gs_option_table[] = {
     {"GPUSHIM_MODE", "off, pool, managed", "off",
@@ -119,15 +120,15 @@ static const gs_option_t gs_option_table[] = {
      "Writes every allocation and free as CSV in RMM's logging format (Thread,Time,Action,Pointer,"
      "Size,Stream), for RMM's replay benchmark and `gpushim replay`.",
      parse_path, GS_FIELD(trace_path), NULL},
-    {"GPUSHIM_POOL_INITIAL", "bytes with K/M/G/T or KiB/MiB/GiB/TiB suffix, or N% of device memory",
+    {"GPUSHIM_POOL_INITIAL", SIZE_ACCEPTED,
      "0", "Pool mode: memory reserved at the first allocation on a device (0: grow on demand).",
      parse_size_option, GS_FIELD(pool_initial), NULL},
-    {"GPUSHIM_POOL_MAX", "bytes with K/M/G/T or KiB/MiB/GiB/TiB suffix, or N% of device memory",
+    {"GPUSHIM_POOL_MAX", SIZE_ACCEPTED,
      "100%",
      "Pool mode: most memory the pool reserves on one device; past it allocations fail "
      "with CUDA_ERROR_OUT_OF_MEMORY.",
      parse_size_option, GS_FIELD(pool_max), NULL},
-    {"GPUSHIM_POOL_CHUNK", "bytes with K/M/G/T or KiB/MiB/GiB/TiB suffix, or N% of device memory",
+    {"GPUSHIM_POOL_CHUNK", SIZE_ACCEPTED,
      "64M", "Pool mode: smallest amount the pool takes from the driver when it grows.",
      parse_size_option, GS_FIELD(pool_chunk), NULL},
     {"GPUSHIM_POOL_REUSE", "safe, immediate", "safe",
@@ -135,8 +136,7 @@ static const gs_option_t gs_option_table[] = {
      "(cudaFree's guarantee, without its wait); immediate reuses them at once (RMM and PyTorch "
      "semantics: only for programs that order their streams themselves).",
      parse_choice, GS_FIELD(pool_reuse), reuse_choices},
-    {"GPUSHIM_POOL_PENDING_MAX",
-     "bytes with K/M/G/T or KiB/MiB/GiB/TiB suffix, or N% of device memory", "256M",
+    {"GPUSHIM_POOL_PENDING_MAX", SIZE_ACCEPTED, "256M",
      "Pool mode, safe reuse: freed bytes waiting for a synchronization; past this (or past "
      "1/16 of the pool, when it would otherwise grow) the shim synchronizes the device itself.",
      parse_size_option, GS_FIELD(pool_pending_max), NULL},
