@@ -672,9 +672,9 @@ static CUresult pool_alloc(const gs_alloc_req_t *req, CUdeviceptr *ptr, size_t *
             return gs_managed_spill(req, ptr, pitch, block); /* GPUSHIM_ON_OOM=managed */
         if (rc != CUDA_SUCCESS)
             return rc;
+        b->size_class = class_floor(b->size); /* a block from the pool: its size may be new */
     }
     b->requested = requested;
-    b->size_class = class_floor(b->size);
     atomic_store_explicit(&b->state, BLOCK_LIVE, memory_order_release); /* from CACHED */
     *ptr = b->base;
     size_t slot = recent_slot(b->base);
