@@ -48,6 +48,77 @@ static GS_TLS uint32_t gs_my_thread;
 
 static const char *const action_names[] = {"allocate", "allocate failure", "free"};
 
+/* Hand-made number formatting: snprintf cost about 0.5 us a record, more than the allocation. */
+static char *put_decimal(char *out, uint64_t value)
+{
+    char digits[20];
+    int n = 0;
+    do {
+        digits[n++] = (char)('0' + value % 10);
+        value /= 10;
+    } while (value);
+    while (n)
+        *out++ = digits[--n];
+    return out;
+}
+
+static char *put_hex(char *out, uint64_t value)
+{
+    static const char hex[] = "0123456789abcdef";
+    char digits[16];
+    int n = 0;
+    do {
+        digits[n++] = hex[value & 15];
+        value >>= 4;
+    } while (value);
+    *out++ = '0';
+    *out++ = 'x';
+    while (n)
+        *out++ = digits[--n];
+    return out;
+}
+
+static char *put_padded(char *out, unsigned value, int width)
+{
+    for (int i = width - 1; i >= 0; i--) {
+        out[i] = (char)('0' + value % 10);
+        value /= 10;
+    }
+    return out + width;
+}
+
+static char *put_text(char *out, const char *text)
+{
+    while (*text)
+        *out++ = *text++;
+    return out;
+}
+
+/* One CSV line: Thread,Time,Action,Pointer,Size,Stream. At most about 130 bytes. */
+static char *put_record(char *out, const trace_record_t *r, double ticks_per_ns)
+{
+    uint64_t day_us = gs_ticks_to_epoch_ns(r->ticks, ticks_per_ns) / 1000 % (86400ull * 1000000);
+    out = put_decimal(out, r->thread);
+    *out++ = ',';
+    out = put_padded(out, (unsigned)(day_us / 3600000000ull), 2);
+    *out++ = ':';
+    out = put_padded(out, (unsigned)(day_us / 60000000ull % 60), 2);
+    *out++ = ':';
+    out = put_padded(out, (unsigned)(day_us / 1000000ull % 60), 2);
+    *out++ = ':';
+    out = put_padded(out, (unsigned)(day_us % 1000000ull), 6);
+    *out++ = ',';
+    out = put_text(out, action_names[r->action]);
+    *out++ = ',';
+    out = put_hex(out, r->ptr);
+    *out++ = ',';
+    out = put_decimal(out, r->bytes);
+    *out++ = ',';
+    out = put_decimal(out, r->stream);
+    *out++ = '\n';
+    return out;
+}
+
 /* Formats and writes a buffer (its lock held). */
 static void write_out(trace_buffer_t *b)
 {
@@ -71,17 +142,8 @@ static void write_out(trace_buffer_t *b)
         static char text[65536];
         size_t len = 0;
         for (size_t i = 0; i < count; i++) {
-            const trace_record_t *r = &b->records[i];
-            uint64_t ns = gs_ticks_to_epoch_ns(r->ticks, ticks_per_ns);
-            uint64_t day_us = ns / 1000 % (86400ull * 1000000);
-            len += (size_t)snprintf(
-                text + len, sizeof text - len, "%u,%02u:%02u:%02u:%06u,%s,0x%llx,%llu,%llu\n",
-                r->thread, (unsigned)(day_us / 3600000000ull),
-                (unsigned)(day_us / 60000000ull % 60), (unsigned)(day_us / 1000000ull % 60),
-                (unsigned)(day_us % 1000000ull), action_names[r->action],
-                (unsigned long long)r->ptr, (unsigned long long)r->bytes,
-                (unsigned long long)r->stream);
-            if (len > sizeof text - 200) {
+            len = (size_t)(put_record(text + len, &b->records[i], ticks_per_ns) - text);
+            if (len > sizeof text - 256) {
                 gs_write_all(gs_trace_fd, text, len);
                 len = 0;
             }
