@@ -326,12 +326,33 @@ static ptr_pair_t *pair_table(long count, size_t *mask)
     return calloc(size, sizeof(ptr_pair_t));
 }
 
-static ptr_pair_t *pair_slot(ptr_pair_t *table, size_t mask, uint64_t from)
+/* The table is a multimap: events of different threads that share a microsecond can put one
+ * thread's allocation of an address before another thread's free of it, so an old pointer may be
+ * live twice for a moment. A taken entry keeps its key (to = 0) so later probes go past it. */
+static size_t pair_home(size_t mask, uint64_t from)
 {
-    size_t i = (size_t)((from >> 8) * 0x9E3779B97F4A7C15ull) & mask;
-    while (table[i].from != 0 && table[i].from != from)
+    return (size_t)((from >> 8) * 0x9E3779B97F4A7C15ull) & mask;
+}
+
+static void pair_put(ptr_pair_t *table, size_t mask, uint64_t from, uint64_t to)
+{
+    size_t i = pair_home(mask, from);
+    while (table[i].from != 0 && !(table[i].from == from && table[i].to == 0))
         i = (i + 1) & mask;
-    return &table[i];
+    table[i] = (ptr_pair_t){.from = from, .to = to};
+}
+
+/* The new pointer for an old one (0: none live), and forgets it. */
+static uint64_t pair_take(ptr_pair_t *table, size_t mask, uint64_t from)
+{
+    for (size_t i = pair_home(mask, from); table[i].from != 0; i = (i + 1) & mask) {
+        if (table[i].from == from && table[i].to != 0) {
+            uint64_t to = table[i].to;
+            table[i].to = 0;
+            return to;
+        }
+    }
+    return 0;
 }
 
 /* The child side of replay: runs under the shim, reaches the driver as the CUDA runtime does. */
@@ -381,15 +402,12 @@ static int replay_child(const char *path)
                 failures++;
                 continue;
             }
-            ptr_pair_t *slot = pair_slot(table, mask, e->ptr);
-            slot->from = e->ptr;
-            slot->to = p;
+            pair_put(table, mask, e->ptr, p);
             replayed++;
         } else if (e->action == GS_TRACE_FREE) {
-            ptr_pair_t *slot = pair_slot(table, mask, e->ptr);
-            if (slot->from == e->ptr && slot->to) {
-                release(slot->to);
-                slot->to = 0;
+            uint64_t p = pair_take(table, mask, e->ptr);
+            if (p) {
+                release(p);
                 replayed++;
             }
         }
@@ -524,18 +542,18 @@ static int cmd_plot(int argc, char **argv)
     double now = 0, top = 1;
     for (long i = 0; i < count; i++) {
         event_t *e = &events[i];
-        ptr_pair_t *slot = pair_slot(table, mask, e->ptr);
         if (e->action == GS_TRACE_ALLOCATE) {
             CUdeviceptr p;
             if (gs_mem_alloc(&p, e->bytes ? e->bytes : 1) == CUDA_SUCCESS) {
-                slot->from = e->ptr;
-                slot->to = p;
+                pair_put(table, mask, e->ptr, p);
                 now += (double)e->bytes;
             }
-        } else if (e->action == GS_TRACE_FREE && slot->from == e->ptr && slot->to) {
-            gs_mem_free(slot->to);
-            slot->to = 0;
-            now -= (double)e->bytes;
+        } else if (e->action == GS_TRACE_FREE) {
+            uint64_t p = pair_take(table, mask, e->ptr);
+            if (p) {
+                gs_mem_free(p);
+                now -= (double)e->bytes;
+            }
         }
         in_use[i] = now;
         reserved[i] = (double)model_used;

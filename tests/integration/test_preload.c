@@ -567,15 +567,19 @@ static void trace_is_rmm_csv_with_every_event(void **state)
     assert_int_equal(count_of(csv, ",free,0x"), 12000);
     free(csv);
     run_free(&r);
-    /* Threads' batches interleave in the file; replay puts them back in time order: at most
-     * 4 threads x 1 MiB were ever live, not the sum of every batch. */
+    /* Threads' batches interleave in the file; replay puts them back in time order: about
+     * 4 threads x 1 MiB were ever live (a little more where two threads' events share a
+     * microsecond), and no allocation is left behind. */
     char library_path[4096];
     snprintf(library_path, sizeof library_path, "LD_LIBRARY_PATH=%s", path_of("GS_FAKE_DIR"));
     r = run_env(ENV(library_path), ARGV(path_of("GS_CLI"), "replay", path, "--mode", "off"));
     EXPECT_STATUS(r, 0);
     EXPECT_IN(r, out, "peak in use ");
     long long peak_mib = number_after(r.out, "peak in use ");
-    assert_true(peak_mib >= 1 && peak_mib <= 5);
+    if (peak_mib < 1 || peak_mib > 8)
+        show(&r);
+    assert_true(peak_mib >= 1 && peak_mib <= 8);
+    EXPECT_IN(r, out, "replayed 24000 events in ");
     EXPECT_IN(r, out, " MiB, peak reserved");
     run_free(&r);
 
