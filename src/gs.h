@@ -299,6 +299,9 @@ void gs_dispatch_use(const gs_backend_t *backend); /* tests; gs_start picks from
 const gs_backend_t *gs_dispatch_backend(void);
 int gs_current_device(void);
 
+/* cuMemAllocPitch's own argument checks, then the pitch rounded up to align and its bytes. */
+CUresult gs_pitch_layout(const gs_alloc_req_t *req, uint64_t align, size_t *pitch, uint64_t *bytes);
+
 CUresult gs_mem_alloc(CUdeviceptr *dptr, size_t bytes);
 CUresult gs_mem_alloc_pitch(CUdeviceptr *dptr, size_t *pitch, size_t width, size_t height,
                             unsigned int element_size);

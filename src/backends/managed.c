@@ -91,13 +91,8 @@ static CUresult managed_alloc(const gs_alloc_req_t *req, CUdeviceptr *ptr, size_
 {
     const gs_driver_t *drv = gs_driver();
     uint64_t bytes = req->bytes;
-    if (req->kind == GS_KIND_PITCH) {
-        if (req->width == 0 || req->height == 0 ||
-            (req->element_size != 4 && req->element_size != 8 && req->element_size != 16))
-            return CUDA_ERROR_INVALID_VALUE;
-        *pitch = (req->width + PITCH_ALIGN - 1) / PITCH_ALIGN * PITCH_ALIGN;
-        bytes = (uint64_t)*pitch * req->height;
-    }
+    if (req->kind == GS_KIND_PITCH && gs_pitch_layout(req, PITCH_ALIGN, pitch, &bytes))
+        return CUDA_ERROR_INVALID_VALUE;
     if (bytes == 0)
         return CUDA_ERROR_INVALID_VALUE;
     if (drv->mem_alloc_managed == NULL)

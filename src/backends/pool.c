@@ -653,14 +653,8 @@ static CUresult pool_alloc(const gs_alloc_req_t *req, CUdeviceptr *ptr, size_t *
         return gs_backend_passthrough.alloc(req, ptr, pitch, block);
     pool_device_t *p = pool_for(req->device);
     uint64_t requested = req->bytes;
-    if (req->kind == GS_KIND_PITCH) {
-        /* cuMemAllocPitch's own checks, then the device's pitch alignment. */
-        if (req->width == 0 || req->height == 0 ||
-            (req->element_size != 4 && req->element_size != 8 && req->element_size != 16))
-            return CUDA_ERROR_INVALID_VALUE;
-        *pitch = round_up(req->width, p->pitch_align);
-        requested = (uint64_t)*pitch * req->height;
-    }
+    if (req->kind == GS_KIND_PITCH && gs_pitch_layout(req, p->pitch_align, pitch, &requested))
+        return CUDA_ERROR_INVALID_VALUE; /* the device's pitch alignment */
     if (requested == 0)
         return CUDA_ERROR_INVALID_VALUE; /* as cuMemAlloc(0) */
     uint64_t size = round_up(requested, GS_POOL_ALIGN);

@@ -88,6 +88,22 @@ static inline void call_end(gs_call_t call, int device)
     gs_depth--;
 }
 
+CUresult gs_pitch_layout(const gs_alloc_req_t *req, uint64_t align, size_t *pitch, uint64_t *bytes)
+{
+    if (req->width == 0 || req->height == 0 ||
+        (req->element_size != 4 && req->element_size != 8 && req->element_size != 16))
+        return CUDA_ERROR_INVALID_VALUE;
+    *pitch = (req->width + align - 1) / align * align;
+    *bytes = (uint64_t)*pitch * req->height;
+    return CUDA_SUCCESS;
+}
+
+/* What a request asked for, for failures (a successful one reports its block's bytes). */
+static inline uint64_t asked_bytes(const gs_alloc_req_t *req)
+{
+    return req->kind == GS_KIND_PITCH ? (uint64_t)req->width * req->height : req->bytes;
+}
+
 static CUresult allocate(gs_alloc_req_t *req, CUdeviceptr *dptr, size_t *pitch)
 {
     gs_call_t call = call_begin();
@@ -99,16 +115,12 @@ static CUresult allocate(gs_alloc_req_t *req, CUdeviceptr *dptr, size_t *pitch)
     } else {
         gs_stats_alloc_failed(req->device);
         if (rc == CUDA_ERROR_OUT_OF_MEMORY)
-            gs_stats_oom(req->device,
-                         req->kind == GS_KIND_PITCH ? req->width * req->height : req->bytes);
+            gs_stats_oom(req->device, asked_bytes(req));
     }
     if (__builtin_expect(gs_tracing, 0))
         gs_trace_record(rc == CUDA_SUCCESS ? GS_TRACE_ALLOCATE : GS_TRACE_ALLOCATE_FAILURE,
                         rc == CUDA_SUCCESS ? *dptr : 0,
-                        rc == CUDA_SUCCESS           ? block.bytes
-                        : req->kind == GS_KIND_PITCH ? req->width * req->height
-                                                     : req->bytes,
-                        req->stream);
+                        rc == CUDA_SUCCESS ? block.bytes : asked_bytes(req), req->stream);
     call_end(call, req->device);
     return rc;
 }

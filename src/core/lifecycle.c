@@ -42,8 +42,8 @@ static void forget_parent(void)
     atomic_store(&gs_finished, false);
 }
 
-/* The report directory must exist now: better to stop at start than lose the report at exit. */
-static int check_report_path(const char *path)
+/* The folder of a report or trace must exist now: better to stop at start than lose it at exit. */
+static int writable_folder(const char *path)
 {
     char copy[GS_PATH_MAX];
     snprintf(copy, sizeof copy, "%s", path);
@@ -59,13 +59,13 @@ void gs_start(char *const *envp)
         _exit(1);
     }
     const gs_backend_t *backend = gs_backend_for_mode(gs_opts.mode);
-    if (gs_opts.report == GS_REPORT_FILE && check_report_path(gs_opts.report_path) != 0) {
+    if (gs_opts.report == GS_REPORT_FILE && writable_folder(gs_opts.report_path) != 0) {
         gs_log_error("GPUSHIM_REPORT=%s: the folder does not exist or is not writable; accepted: "
                      "stderr, off, or a file path in a writable folder",
                      gs_opts.report_path);
         _exit(1);
     }
-    if (gs_opts.trace_path[0] && check_report_path(gs_opts.trace_path) != 0) {
+    if (gs_opts.trace_path[0] && writable_folder(gs_opts.trace_path) != 0) {
         gs_log_error("GPUSHIM_TRACE=%s: the folder does not exist or is not writable; accepted: a "
                      "file path in a writable folder",
                      gs_opts.trace_path);
