@@ -6,49 +6,60 @@
  * Actions: allocate, allocate failure, free. Time is UTC wall-clock HH:MM:SS:microseconds, as
  * rmm::mr::logging_resource_adaptor writes it; RMM's replay benchmark and `gpushim replay` read it.
  *
- * Cost on the allocation path: a tick count and a few stores into a per-thread buffer. A full
- * buffer is formatted and written by its thread; at exit every buffer is written, so nothing is
- * lost (records a still-running thread adds after that point are not). */
+ * Cost on the allocation path: one tick count and a 32-byte store into the thread's buffer.
+ * Formatting a line costs more than a pool allocation, so a full buffer goes to a queue that a
+ * writer thread formats and writes; the thread takes an empty buffer and goes on. If the writer
+ * falls behind (more than TRACE_QUEUED_MAX buffers waiting), the thread writes its buffer itself,
+ * so memory stays bounded. At exit every buffer is written, so nothing is lost (records a
+ * still-running thread adds after that point are not). */
 #include "gs.h"
 
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#define TRACE_RECORDS 4096
+#define TRACE_RECORDS 8192 /* 256 KiB a buffer */
+#define TRACE_QUEUED_MAX 32
+#define TRACE_ACTION_SHIFT 62 /* the action rides in the tick count's top bits */
 
 bool gs_tracing;
 
 typedef struct trace_record {
-    uint64_t ticks, ptr, bytes, stream;
-    uint32_t thread;
-    uint32_t action;
+    uint64_t ticks_action, ptr, bytes, stream;
 } trace_record_t;
 
 typedef struct trace_buffer {
-    pthread_mutex_t lock; /* taken to write the buffer out: by its owner when full, or at exit */
+    struct trace_buffer *next;  /* on the queue or the spare list */
+    struct trace_buffer *every; /* the list of all buffers, for the exit flush */
+    uint32_t thread;            /* whose records these are */
+    atomic_bool writing;        /* at exit, a thread and the exit flush may both try */
     _Atomic size_t count;
-    atomic_bool owned;
-    struct trace_buffer *next;
     trace_record_t records[TRACE_RECORDS];
 } trace_buffer_t;
 
-static trace_buffer_t *_Atomic gs_trace_buffers;
-static pthread_mutex_t gs_trace_lock = PTHREAD_MUTEX_INITIALIZER; /* the file, the buffer list */
+/* gs_trace_lock guards the file, gs_queue_lock the lists and the writer's state. Order: the
+ * file lock may be taken with the queue lock free only (the writer never holds both). */
+static pthread_mutex_t gs_trace_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t gs_queue_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gs_queue_filled = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t gs_writer_idle = PTHREAD_COND_INITIALIZER;
+static trace_buffer_t *gs_queue_head, *gs_queue_tail, *gs_spares, *gs_every;
+static int gs_queued;
+static bool gs_writer_started, gs_writer_busy, gs_stopping;
+
 static int gs_trace_fd = -1;
 static bool gs_trace_append; /* a forked child adds to the file rather than truncating it */
 static pthread_key_t gs_trace_key;
 static pthread_once_t gs_trace_once = PTHREAD_ONCE_INIT;
 static GS_TLS trace_buffer_t *gs_my_trace;
-static GS_TLS uint32_t gs_my_thread;
 
-static const char *const action_names[] = {"allocate", "allocate failure", "free"};
-
-/* Hand-made number formatting: snprintf cost about 0.5 us a record, more than the allocation. */
+/* Hand-made number formatting: snprintf cost about 0.5 us a record, more than the allocation, and
+ * the writer thread has to keep up with threads that allocate every 100 ns. */
 static char *put_decimal(char *out, uint64_t value)
 {
     char digits[20];
@@ -65,16 +76,11 @@ static char *put_decimal(char *out, uint64_t value)
 static char *put_hex(char *out, uint64_t value)
 {
     static const char hex[] = "0123456789abcdef";
-    char digits[16];
-    int n = 0;
-    do {
-        digits[n++] = hex[value & 15];
-        value >>= 4;
-    } while (value);
+    int nibbles = value ? (67 - __builtin_clzll(value)) / 4 : 1;
     *out++ = '0';
     *out++ = 'x';
-    while (n)
-        *out++ = digits[--n];
+    for (int i = nibbles - 1; i >= 0; i--)
+        *out++ = hex[(value >> (4 * i)) & 15];
     return out;
 }
 
@@ -87,45 +93,79 @@ static char *put_padded(char *out, unsigned value, int width)
     return out + width;
 }
 
-static char *put_text(char *out, const char *text)
+/* Wall-clock time of day as RMM writes it, HH:MM:SS:uuuuuu, from a tick count. The HH:MM:SS part
+ * changes once a second, so it is kept from the previous line. */
+typedef struct time_format {
+    double ticks_per_us;
+    uint64_t origin_ticks, origin_day_us;
+    uint64_t second; /* of the cached text; UINT64_MAX: none */
+    char hms[9];     /* "HH:MM:SS:" */
+} time_format_t;
+
+static time_format_t time_format_start(void)
 {
-    while (*text)
-        *out++ = *text++;
-    return out;
+    static double ticks_per_ns; /* calibrated once: the first call may spin for 5 ms */
+    if (ticks_per_ns == 0)
+        ticks_per_ns = gs_ticks_per_ns();
+    uint64_t now = gs_ticks();
+    uint64_t now_epoch_us = gs_ticks_to_epoch_ns(now, ticks_per_ns) / 1000;
+    return (time_format_t){.ticks_per_us = ticks_per_ns * 1000,
+                           .origin_ticks = now,
+                           .origin_day_us = now_epoch_us % (86400ull * 1000000),
+                           .second = UINT64_MAX};
 }
 
-/* One CSV line: Thread,Time,Action,Pointer,Size,Stream. At most about 130 bytes. */
-static char *put_record(char *out, const trace_record_t *r, double ticks_per_ns)
+static char *put_time(char *out, time_format_t *f, uint64_t ticks)
 {
-    uint64_t day_us = gs_ticks_to_epoch_ns(r->ticks, ticks_per_ns) / 1000 % (86400ull * 1000000);
-    out = put_decimal(out, r->thread);
-    *out++ = ',';
-    out = put_padded(out, (unsigned)(day_us / 3600000000ull), 2);
-    *out++ = ':';
-    out = put_padded(out, (unsigned)(day_us / 60000000ull % 60), 2);
-    *out++ = ':';
-    out = put_padded(out, (unsigned)(day_us / 1000000ull % 60), 2);
-    *out++ = ':';
-    out = put_padded(out, (unsigned)(day_us % 1000000ull), 6);
-    *out++ = ',';
-    out = put_text(out, action_names[r->action]);
-    *out++ = ',';
-    out = put_hex(out, r->ptr);
+    int64_t delta_us = (int64_t)((double)(int64_t)(ticks - f->origin_ticks) / f->ticks_per_us);
+    uint64_t day_us = (uint64_t)((int64_t)f->origin_day_us + delta_us) % (86400ull * 1000000);
+    uint64_t second = day_us / 1000000;
+    if (second != f->second) {
+        f->second = second;
+        put_padded(f->hms, (unsigned)(second / 3600), 2);
+        f->hms[2] = ':';
+        put_padded(f->hms + 3, (unsigned)(second / 60 % 60), 2);
+        f->hms[5] = ':';
+        put_padded(f->hms + 6, (unsigned)(second % 60), 2);
+        f->hms[8] = ':';
+    }
+    memcpy(out, f->hms, 9);
+    return put_padded(out + 9, (unsigned)(day_us % 1000000), 6);
+}
+
+/* ",allocate,", ",allocate failure,", ",free," with their lengths. */
+static const struct {
+    const char *text;
+    size_t len;
+} action_fields[] = {{",allocate,", 10}, {",allocate failure,", 18}, {",free,", 6}};
+
+/* One CSV line: Thread,Time,Action,Pointer,Size,Stream. At most about 130 bytes. */
+static char *put_record(char *out, const char *thread, size_t thread_len, time_format_t *f,
+                        const trace_record_t *r)
+{
+    memcpy(out, thread, thread_len);
+    out = put_time(out + thread_len, f, r->ticks_action & ((1ull << TRACE_ACTION_SHIFT) - 1));
+    unsigned action = (unsigned)(r->ticks_action >> TRACE_ACTION_SHIFT);
+    memcpy(out, action_fields[action].text, action_fields[action].len);
+    out = put_hex(out + action_fields[action].len, r->ptr);
     *out++ = ',';
     out = put_decimal(out, r->bytes);
     *out++ = ',';
-    out = put_decimal(out, r->stream);
+    if (r->stream == 0)
+        *out++ = '0';
+    else
+        out = put_decimal(out, r->stream);
     *out++ = '\n';
     return out;
 }
 
-/* Formats and writes a buffer (its lock held). */
+/* Formats and writes a buffer's records and empties it. The buffer is the caller's alone: taken
+ * off the queue, or its owner's. */
 static void write_out(trace_buffer_t *b)
 {
     size_t count = atomic_load_explicit(&b->count, memory_order_acquire);
-    if (count == 0)
+    if (count == 0 || atomic_exchange(&b->writing, true))
         return;
-    double ticks_per_ns = gs_ticks_per_ns();
     pthread_mutex_lock(&gs_trace_lock);
     if (gs_trace_fd < 0) {
         char path[GS_PATH_MAX];
@@ -140,9 +180,14 @@ static void write_out(trace_buffer_t *b)
     }
     if (gs_trace_fd >= 0) {
         static char text[65536];
+        char thread[16];
+        size_t thread_len = (size_t)(put_decimal(thread, b->thread) - thread);
+        thread[thread_len++] = ',';
+        time_format_t times = time_format_start();
         size_t len = 0;
         for (size_t i = 0; i < count; i++) {
-            len = (size_t)(put_record(text + len, &b->records[i], ticks_per_ns) - text);
+            len =
+                (size_t)(put_record(text + len, thread, thread_len, &times, &b->records[i]) - text);
             if (len > sizeof text - 256) {
                 gs_write_all(gs_trace_fd, text, len);
                 len = 0;
@@ -152,17 +197,106 @@ static void write_out(trace_buffer_t *b)
     }
     pthread_mutex_unlock(&gs_trace_lock);
     atomic_store_explicit(&b->count, 0, memory_order_release);
+    atomic_store(&b->writing, false);
 }
 
-/* A thread ends: its records go out, its buffer to the next thread. */
+static void *writer_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&gs_queue_lock);
+    for (;;) {
+        while (gs_queue_head == NULL || gs_stopping)
+            pthread_cond_wait(&gs_queue_filled, &gs_queue_lock);
+        trace_buffer_t *b = gs_queue_head;
+        gs_queue_head = b->next;
+        if (gs_queue_head == NULL)
+            gs_queue_tail = NULL;
+        gs_queued--;
+        gs_writer_busy = true;
+        pthread_mutex_unlock(&gs_queue_lock);
+        write_out(b);
+        pthread_mutex_lock(&gs_queue_lock);
+        gs_writer_busy = false;
+        b->next = gs_spares;
+        gs_spares = b;
+        pthread_cond_broadcast(&gs_writer_idle);
+    }
+    return NULL;
+}
+
+/* The writer starts with the first full buffer, so a short trace costs no thread. It blocks every
+ * signal: they belong to the program's threads. Fails quietly: threads then write themselves. */
+static void start_writer(void)
+{
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_t thread;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    gs_writer_started = pthread_create(&thread, &attr, writer_main, NULL) == 0;
+    pthread_attr_destroy(&attr);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (gs_writer_started)
+        pthread_setname_np(thread, "gpushim-trace");
+}
+
+/* A spare buffer, or a new one (NULL when out of host memory). Queue lock held. */
+static trace_buffer_t *take_spare(uint32_t thread)
+{
+    trace_buffer_t *b = gs_spares;
+    if (b)
+        gs_spares = b->next;
+    else if ((b = malloc(sizeof *b)) != NULL) {
+        atomic_init(&b->count, 0);
+        atomic_init(&b->writing, false);
+        b->every = gs_every;
+        gs_every = b;
+    }
+    if (b)
+        b->thread = thread;
+    return b;
+}
+
+/* Hands b to the writer; b may be NULL. Returns a buffer for the thread to go on with (NULL if
+ * none can be had, and then b is not lost: it was written here). */
+static trace_buffer_t *hand_off(trace_buffer_t *b, uint32_t thread, bool want_another)
+{
+    pthread_mutex_lock(&gs_queue_lock);
+    if (b && !gs_writer_started && !gs_stopping)
+        start_writer();
+    bool queue = b && gs_writer_started && !gs_stopping && gs_queued < TRACE_QUEUED_MAX;
+    if (queue) {
+        b->next = NULL;
+        if (gs_queue_tail)
+            gs_queue_tail->next = b;
+        else
+            gs_queue_head = b;
+        gs_queue_tail = b;
+        gs_queued++;
+        pthread_cond_signal(&gs_queue_filled);
+    }
+    trace_buffer_t *next = want_another && queue ? take_spare(thread) : NULL;
+    pthread_mutex_unlock(&gs_queue_lock);
+    if (b && !queue) { /* the writer is behind, absent or stopped: write it here */
+        write_out(b);
+        if (want_another)
+            return b;
+        pthread_mutex_lock(&gs_queue_lock);
+        b->next = gs_spares;
+        gs_spares = b;
+        pthread_mutex_unlock(&gs_queue_lock);
+    }
+    return next;
+}
+
+/* A thread ends: its records go to the writer, its buffer is not its any more. */
 static void release_buffer(void *arg)
 {
-    trace_buffer_t *b = arg;
-    pthread_mutex_lock(&b->lock);
-    write_out(b);
-    pthread_mutex_unlock(&b->lock);
-    atomic_store(&b->owned, false);
-    gs_my_trace = NULL;
+    if (gs_my_trace == arg)
+        gs_my_trace = NULL;
+    hand_off(arg, 0, false);
 }
 
 static void make_key(void)
@@ -173,23 +307,11 @@ static void make_key(void)
 static trace_buffer_t *my_buffer(void)
 {
     pthread_once(&gs_trace_once, make_key);
-    pthread_mutex_lock(&gs_trace_lock);
-    trace_buffer_t *b = atomic_load(&gs_trace_buffers);
-    for (; b; b = b->next) {
-        bool expected = false;
-        if (atomic_compare_exchange_strong(&b->owned, &expected, true))
-            break;
-    }
-    if (b == NULL && (b = calloc(1, sizeof *b)) != NULL) {
-        pthread_mutex_init(&b->lock, NULL);
-        atomic_store(&b->owned, true);
-        b->next = atomic_load(&gs_trace_buffers);
-        atomic_store(&gs_trace_buffers, b);
-    }
-    pthread_mutex_unlock(&gs_trace_lock);
+    pthread_mutex_lock(&gs_queue_lock);
+    trace_buffer_t *b = take_spare((uint32_t)syscall(SYS_gettid));
+    pthread_mutex_unlock(&gs_queue_lock);
     if (b)
         pthread_setspecific(gs_trace_key, b);
-    gs_my_thread = (uint32_t)syscall(SYS_gettid);
     return b;
 }
 
@@ -199,45 +321,69 @@ void gs_trace_record(int action, CUdeviceptr ptr, uint64_t bytes, CUstream strea
     if (__builtin_expect(b == NULL, 0) && (b = gs_my_trace = my_buffer()) == NULL)
         return;
     size_t n = atomic_load_explicit(&b->count, memory_order_relaxed);
-    if (n == TRACE_RECORDS) {
-        pthread_mutex_lock(&b->lock);
-        write_out(b);
-        pthread_mutex_unlock(&b->lock);
-        n = 0;
+    if (__builtin_expect(n == TRACE_RECORDS, 0)) {
+        b = gs_my_trace = hand_off(b, b->thread, true);
+        pthread_setspecific(gs_trace_key, b);
+        if (b == NULL) /* out of host memory: this record is lost, the next may find a buffer */
+            return;
+        n = atomic_load_explicit(&b->count, memory_order_relaxed);
+        if (n == TRACE_RECORDS) /* the exit flush has it in hand: too late for this record */
+            return;
     }
-    b->records[n] = (trace_record_t){.ticks = gs_ticks(),
-                                     .ptr = ptr,
-                                     .bytes = bytes,
-                                     .stream = (uint64_t)(uintptr_t)stream,
-                                     .thread = gs_my_thread,
-                                     .action = (uint32_t)action};
+    b->records[n] =
+        (trace_record_t){.ticks_action = gs_ticks() | (uint64_t)action << TRACE_ACTION_SHIFT,
+                         .ptr = ptr,
+                         .bytes = bytes,
+                         .stream = (uint64_t)(uintptr_t)stream};
     atomic_store_explicit(&b->count, n + 1, memory_order_release);
 }
 
+/* At exit: the writer finishes the buffer in its hands and takes no other; then the queue, then
+ * every thread's current buffer are written here, so the file is complete when exit goes on. */
 void gs_trace_flush(void)
 {
     if (!gs_tracing)
         return;
-    for (trace_buffer_t *b = atomic_load(&gs_trace_buffers); b; b = b->next) {
-        pthread_mutex_lock(&b->lock);
+    pthread_mutex_lock(&gs_queue_lock);
+    gs_stopping = true;
+    while (gs_writer_busy)
+        pthread_cond_wait(&gs_writer_idle, &gs_queue_lock);
+    trace_buffer_t *queued = gs_queue_head;
+    gs_queue_head = gs_queue_tail = NULL;
+    gs_queued = 0;
+    trace_buffer_t *every = gs_every;
+    pthread_mutex_unlock(&gs_queue_lock);
+    for (trace_buffer_t *b = queued; b; b = b->next)
         write_out(b);
-        pthread_mutex_unlock(&b->lock);
-    }
+    for (trace_buffer_t *b = every; b; b = b->every)
+        write_out(b); /* current buffers; written ones are empty */
 }
 
-/* Fork child: the parent's records are the parent's to write. The child appends its own to the
- * same file (use %p in GPUSHIM_TRACE for one file per process). */
+/* Fork child: the parent's records are the parent's to write, and its writer thread did not come
+ * along. The child appends its own records to the same file (use %p in GPUSHIM_TRACE for one file
+ * per process) and starts a writer of its own when it needs one. */
 void gs_trace_forget(void)
 {
     pthread_mutex_init(&gs_trace_lock, NULL);
-    for (trace_buffer_t *b = atomic_load(&gs_trace_buffers); b; b = b->next) {
-        pthread_mutex_init(&b->lock, NULL);
+    pthread_mutex_init(&gs_queue_lock, NULL);
+    pthread_cond_init(&gs_queue_filled, NULL);
+    pthread_cond_init(&gs_writer_idle, NULL);
+    gs_queue_head = gs_queue_tail = NULL;
+    gs_queued = 0;
+    gs_writer_started = gs_writer_busy = gs_stopping = false;
+    gs_spares = NULL;
+    for (trace_buffer_t *b = gs_every; b; b = b->every) {
         atomic_store(&b->count, 0);
-        atomic_store(&b->owned, b == gs_my_trace);
+        atomic_store(&b->writing, false);
+        if (b != gs_my_trace) {
+            b->next = gs_spares;
+            gs_spares = b;
+        }
     }
+    if (gs_my_trace)
+        gs_my_trace->thread = (uint32_t)syscall(SYS_gettid);
     if (gs_trace_fd >= 0)
         close(gs_trace_fd);
     gs_trace_fd = -1;
     gs_trace_append = true;
-    gs_my_thread = (uint32_t)syscall(SYS_gettid);
 }

@@ -547,7 +547,7 @@ static void trace_is_rmm_csv_with_every_event(void **state)
 {
     (void)state;
     char *dir = make_temp_dir();
-    char trace[512], path[512];
+    char trace[600], path[512];
     snprintf(path, sizeof path, "%s/trace.csv", dir);
     snprintf(trace, sizeof trace, "GPUSHIM_TRACE=%s", path);
     run_result_t r = run_shim(ENV(trace, "GPUSHIM_MODE=pool", "FAKECUDA_FAIL=cuMemAlloc_v2:1+"),
@@ -566,6 +566,18 @@ static void trace_is_rmm_csv_with_every_event(void **state)
     assert_int_equal(count_of(csv, ",allocate,0x"), 12000); /* several buffers' worth per thread */
     assert_int_equal(count_of(csv, ",free,0x"), 12000);
     free(csv);
+    run_free(&r);
+    /* Many full buffers a thread: they go through the writer thread and its queue. */
+    r = run_shim(ENV(trace, "GPUSHIM_MODE=pool"), ARGV(path_of("GS_RUNTIME_LIKE"), "threads", "8", "40000"));
+    EXPECT_STATUS(r, 0);
+    csv = read_file(path);
+    assert_int_equal(count_of(csv, ",allocate,0x"), 320000);
+    assert_int_equal(count_of(csv, ",free,0x"), 320000);
+    assert_int_equal(count_of(csv, "\n"), 640001);
+    free(csv);
+    run_free(&r);
+    r = run_shim(ENV(trace, "GPUSHIM_MODE=pool"), ARGV(path_of("GS_RUNTIME_LIKE"), "threads", "4", "3000"));
+    EXPECT_STATUS(r, 0);
     run_free(&r);
     /* Threads' batches interleave in the file; replay puts them back in time order: about
      * 4 threads x 1 MiB were ever live (a little more where two threads' events share a
