@@ -96,6 +96,7 @@ int gs_write_all(int fd, const char *data, size_t len);
 /* clock.c: cheap tick counter for the per-call timing (rdtsc on x86-64)                      */
 
 uint64_t gs_ticks(void);
+uint64_t gs_now_ns(void); /* CLOCK_MONOTONIC */
 double gs_ticks_per_ns(void); /* calibrated against CLOCK_MONOTONIC; no CUDA call */
 void gs_clock_start(void);
 /* Seconds from gs_clock_start to a tick count, given a calibration from gs_ticks_per_ns. */

@@ -24,6 +24,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -33,13 +34,16 @@
 #define MIN_FL 9                     /* 512 B */
 #define CLASS_COUNT ((48 - MIN_FL) << SL_BITS)
 #define BITMAP_WORDS ((CLASS_COUNT + 63) / 64)
-#define CACHE_SLOTS 16 /* blocks per class in a thread cache */
-#define CACHE_BYTES                                                                                \
-    (8ull                                                                                          \
-     << 20) /* bytes of blocks up to CACHE_BYTES a thread cache holds */ /* bytes a thread cache   \
-                                                                            may hold (one larger   \
-                                                                            block allowed) */
-#define RECENT_SLOTS 256 /* per-thread memory of recent allocations, for their frees */
+/* A thread cache holds, per size class, a FIFO ring of freed blocks: up to CACHE_DEPTH blocks of
+ * up to CACHE_BYTES together, and one larger block beside them. Under safe reuse the ring is also
+ * where freed blocks wait for a synchronization: 64 of them make one synchronization serve 64
+ * allocations. */
+#define CACHE_DEPTH 64
+#define CACHE_BYTES (32ull << 20)
+#define CACHE_CLASSES (((25 - MIN_FL) << SL_BITS) + 1) /* classes up to CACHE_BYTES (2^25) */
+#define CHEAP_SYNC_NS 50000ull /* a synchronization this quick means an idle device */
+#define SYNC_BACKOFF_MAX 4096  /* chances skipped after a slow one, at most */
+#define RECENT_SLOTS 256       /* per-thread memory of recent allocations, for their frees */
 
 enum { BLOCK_FREE, BLOCK_LIVE, BLOCK_CACHED, BLOCK_PENDING };
 
@@ -72,27 +76,38 @@ typedef struct pool_device {
     pthread_mutex_t lock;
     atomic_bool ready;
     uint64_t total, max, chunk_size, pending_max, pitch_align;
+    uint64_t cache_budget; /* bytes of small blocks a thread cache holds: CACHE_BYTES, or under
+                              safe reuse at most GPUSHIM_POOL_PENDING_MAX (they may be pending) */
     pool_chunk_t *chunks;
     pool_block_t *free_lists[CLASS_COUNT];
     uint64_t bitmap[BITMAP_WORDS];
     pool_block_t *pending; /* central pending list (safe reuse) */
     pool_block_t *spare;   /* recycled records */
     uint64_t pending_bytes, free_bytes, reserved, reserved_peak, chunk_count;
-    uint64_t shim_syncs, releases, grow_calls;
-    _Atomic uint64_t epoch;     /* frees are stamped with this */
-    _Atomic uint64_t completed; /* every free stamped <= this is safe to reuse */
+    uint64_t releases, grow_calls;
+    _Atomic uint64_t shim_syncs, shim_sync_ns;
+    _Atomic uint64_t epoch;        /* frees are stamped with this */
+    _Atomic uint64_t completed;    /* every free stamped <= this is safe to reuse */
+    uint64_t recycled_upto;        /* completed when the pending list was last recycled */
+    atomic_bool syncing;           /* a thread is in a cheap synchronization */
+    _Atomic uint32_t sync_skip;    /* chances of a cheap synchronization still to skip */
+    _Atomic uint32_t sync_backoff; /* what the next slow synchronization sets sync_skip to */
 } pool_device_t;
+
+typedef struct cache_ring {
+    pool_block_t *blocks[CACHE_DEPTH];
+    uint8_t head, count; /* oldest first: under safe reuse the first to become reusable */
+} cache_ring_t;
 
 typedef struct thread_cache {
     int device;
     _Atomic uint64_t bytes, hits, misses; /* written by the owner only; read by reports */
     uint64_t small_bytes;                 /* bytes of blocks up to CACHE_BYTES: the budget */
-    uint64_t large;              /* blocks over CACHE_BYTES held: at most one, outside the budget */
-    atomic_bool drain_requested; /* set by a thread short of memory; the owner drains */
+    pool_block_t *large;                  /* one block over CACHE_BYTES, outside the budget */
+    atomic_bool drain_requested;          /* set by a thread short of memory; the owner drains */
     struct thread_cache *next;
     atomic_bool orphaned;
-    pool_block_t *slots[CLASS_COUNT][CACHE_SLOTS];
-    uint8_t used[CLASS_COUNT];
+    cache_ring_t rings[CACHE_CLASSES];
 } thread_cache_t;
 
 static pool_device_t gs_pools[GS_MAX_DEVICES];
@@ -286,6 +301,7 @@ static inline bool reusable(pool_device_t *p, const pool_block_t *b)
 /* Pending blocks whose free a completed synchronization covers go back to the free lists. */
 static void recycle_pending(pool_device_t *p)
 {
+    p->recycled_upto = atomic_load_explicit(&p->completed, memory_order_acquire);
     pool_block_t **link = &p->pending;
     while (*link) {
         pool_block_t *b = *link;
@@ -321,20 +337,66 @@ static void pool_after_sync(int device, uint64_t token)
     gs_backend_managed.after_sync(device, token); /* stream-ordered frees of spilled blocks */
 }
 
-/* The shim's own synchronization, device lock held: only when pending bytes are needed. */
-static void sync_and_recycle(pool_device_t *p, int device)
+/* The shim's own device synchronization: every free stamped before it is safe afterwards.
+ * Returns its duration in nanoseconds, or 0 if the driver refused. */
+static uint64_t shim_sync(pool_device_t *p, int device)
 {
     const gs_driver_t *drv = gs_driver();
+    uint64_t start = gs_now_ns();
     uint64_t token = pool_before_sync(device);
     CUresult rc = drv->ctx_synchronize ? GS_DRIVER_CALL(device, drv->ctx_synchronize())
                                        : CUDA_ERROR_NOT_SUPPORTED;
-    p->shim_syncs++;
-    if (rc == CUDA_SUCCESS) {
-        uint64_t done = atomic_load(&p->completed);
-        while (token > done && !atomic_compare_exchange_weak(&p->completed, &done, token)) {
-        }
-        recycle_pending(p);
+    uint64_t ns = gs_now_ns() - start + 1;
+    atomic_fetch_add_explicit(&p->shim_syncs, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&p->shim_sync_ns, ns, memory_order_relaxed);
+    if (rc != CUDA_SUCCESS)
+        return 0;
+    uint64_t done = atomic_load(&p->completed);
+    while (token > done && !atomic_compare_exchange_weak(&p->completed, &done, token)) {
     }
+    /* A slow one means queued GPU work: skip the next chances of a cheap one, twice as many
+     * each time; quick ones shorten the back-off again. */
+    uint32_t backoff = atomic_load_explicit(&p->sync_backoff, memory_order_relaxed);
+    if (ns > CHEAP_SYNC_NS) {
+        backoff = backoff ? (backoff < SYNC_BACKOFF_MAX ? 2 * backoff : backoff) : 1;
+        atomic_store_explicit(&p->sync_skip, backoff, memory_order_relaxed);
+    } else {
+        backoff /= 2;
+    }
+    atomic_store_explicit(&p->sync_backoff, backoff, memory_order_relaxed);
+    return ns;
+}
+
+/* Device lock held: only when pending bytes are needed. */
+static void sync_and_recycle(pool_device_t *p, int device)
+{
+    if (shim_sync(p, device))
+        recycle_pending(p);
+}
+
+/* Safe reuse at pool speed in tight loops: a synchronization of an idle device costs a few
+ * microseconds, so when a thread's cache holds many pending blocks, one synchronization makes
+ * them all reusable. On a busy device it would wait for queued work: after a slow one the next
+ * chances are skipped (see shim_sync) and the pool grows instead. If another thread is
+ * synchronizing, waiting for it is as good. Returns whether a synchronization completed. */
+static bool sync_if_cheap(pool_device_t *p, int device)
+{
+    if (gs_opts.pool_reuse != GS_REUSE_SAFE)
+        return false;
+    uint32_t skip = atomic_load_explicit(&p->sync_skip, memory_order_relaxed);
+    if (skip) {
+        atomic_store_explicit(&p->sync_skip, skip - 1, memory_order_relaxed); /* roughly */
+        return false;
+    }
+    if (atomic_exchange_explicit(&p->syncing, true, memory_order_acquire)) {
+        for (int spins = 0; atomic_load_explicit(&p->syncing, memory_order_acquire); spins++)
+            if (spins > 64)
+                sched_yield();
+        return true;
+    }
+    bool synced = shim_sync(p, device) != 0;
+    atomic_store_explicit(&p->syncing, false, memory_order_release);
+    return synced;
 }
 
 /* ---- thread caches ---------------------------------------------------------------------- */
@@ -360,13 +422,15 @@ static void release_to_pool(pool_device_t *p, pool_block_t *b)
 /* Empties the caller's own cache into the central pool (device lock held). */
 static void cache_drain(pool_device_t *p, thread_cache_t *c)
 {
-    for (int k = 0; k < CLASS_COUNT; k++) {
-        for (int i = 0; i < c->used[k]; i++)
-            release_to_pool(p, c->slots[k][i]);
-        c->used[k] = 0;
+    for (int k = 0; k < CACHE_CLASSES; k++) {
+        cache_ring_t *r = &c->rings[k];
+        for (; r->count; r->count--, r->head = (uint8_t)((r->head + 1) % CACHE_DEPTH))
+            release_to_pool(p, r->blocks[r->head]);
     }
+    if (c->large)
+        release_to_pool(p, c->large);
     atomic_store_explicit(&c->bytes, 0, memory_order_relaxed);
-    c->large = 0;
+    c->large = NULL;
     c->small_bytes = 0;
 }
 
@@ -410,7 +474,13 @@ static thread_cache_t *my_cache(int device)
     return c;
 }
 
-static pool_block_t *cache_take(pool_device_t *p, thread_cache_t *c, uint64_t size)
+/* A cached block serves size if it holds it without wasting more than 1/8 of itself. */
+static inline bool fits(const pool_block_t *b, uint64_t size)
+{
+    return b->size >= size && b->size - size <= b->size / 8;
+}
+
+static pool_block_t *cache_take(pool_device_t *p, thread_cache_t *c, int device, uint64_t size)
 {
     if (__builtin_expect(atomic_load_explicit(&c->drain_requested, memory_order_relaxed), 0)) {
         atomic_store(&c->drain_requested, false);
@@ -419,43 +489,57 @@ static pool_block_t *cache_take(pool_device_t *p, thread_cache_t *c, uint64_t si
         pthread_mutex_unlock(&p->lock);
         return NULL;
     }
-    int first = class_floor(size);
-    for (int k = first; k <= first + 1 && k < CLASS_COUNT; k++) {
-        for (int i = c->used[k] - 1; i >= 0; i--) {
-            pool_block_t *b = c->slots[k][i];
-            /* A bigger block of the next class is not worth holding; the size must fit. */
-            if (b->size < size || b->size - size > b->size / 8 || !reusable(p, b))
-                continue;
-            c->slots[k][i] = c->slots[k][--c->used[k]];
-            OWNER_ADD(c->bytes, -b->size);
-            OWNER_ADD(c->hits, 1);
-            if (b->size > CACHE_BYTES)
-                c->large--;
-            else
-                c->small_bytes -= b->size;
-            return b;
+    pool_block_t *b = NULL;
+    if (size > CACHE_BYTES) {
+        b = c->large;
+        if (b == NULL || !fits(b, size) || !reusable(p, b))
+            goto miss; /* large blocks take the central path's synchronization rules */
+        c->large = NULL;
+    } else {
+        int first = class_floor(size);
+        cache_ring_t *r = NULL;
+        for (int k = first; k <= first + 1 && k < CACHE_CLASSES && b == NULL; k++) {
+            r = &c->rings[k];
+            if (r->count && fits(r->blocks[r->head], size))
+                b = r->blocks[r->head];
         }
+        if (b == NULL)
+            goto miss;
+        /* The oldest block is pending: if the ring is full (or the byte budget is), one
+         * synchronization now makes the whole ring reusable. */
+        if (!reusable(p, b) && !((r->count == CACHE_DEPTH ||
+                                  (r->count >= 8 && c->small_bytes + size > p->cache_budget)) &&
+                                 sync_if_cheap(p, device) && reusable(p, b)))
+            goto miss;
+        r->head = (uint8_t)((r->head + 1) % CACHE_DEPTH);
+        r->count--;
+        c->small_bytes -= b->size;
     }
+    OWNER_ADD(c->bytes, -b->size);
+    OWNER_ADD(c->hits, 1);
+    return b;
+miss:
     OWNER_ADD(c->misses, 1);
     return NULL;
 }
 
-static bool cache_put(thread_cache_t *c, pool_block_t *b)
+static bool cache_put(const pool_device_t *p, thread_cache_t *c, pool_block_t *b)
 {
-    int k = b->size_class;
-    bool large = b->size > CACHE_BYTES;
-    if (c->used[k] >= CACHE_SLOTS)
-        return false;
-    /* Small blocks share a byte budget; one large block may sit beside them, so a loop that
-     * allocates one big buffer again and again never reaches the central pool. */
-    if (large ? c->large > 0 : c->small_bytes + b->size > CACHE_BYTES)
-        return false;
-    c->slots[k][c->used[k]++] = b;
-    OWNER_ADD(c->bytes, b->size);
-    if (large)
-        c->large++;
-    else
+    if (b->size > CACHE_BYTES) {
+        /* One large block beside the budget, so a loop that allocates one big buffer again and
+         * again never reaches the central pool (under immediate reuse). */
+        if (c->large)
+            return false;
+        c->large = b;
+    } else {
+        cache_ring_t *r = &c->rings[b->size_class];
+        if (r->count == CACHE_DEPTH || c->small_bytes + b->size > p->cache_budget)
+            return false;
+        r->blocks[(r->head + r->count) % CACHE_DEPTH] = b;
+        r->count++;
         c->small_bytes += b->size;
+    }
+    OWNER_ADD(c->bytes, b->size);
     return true;
 }
 
@@ -568,6 +652,9 @@ static void pool_device_init(pool_device_t *p, int device)
     if (p->chunk_size < GS_POOL_GRANULE)
         p->chunk_size = GS_POOL_GRANULE;
     p->pending_max = gs_size_resolve(gs_opts.pool_pending_max, total);
+    p->cache_budget = gs_opts.pool_reuse == GS_REUSE_SAFE && p->pending_max < CACHE_BYTES
+                          ? p->pending_max
+                          : CACHE_BYTES;
     p->pitch_align = (uint64_t)align > GS_POOL_ALIGN ? (uint64_t)align : GS_POOL_ALIGN;
     atomic_store(&p->epoch, 1);
     atomic_store(&p->completed, 0);
@@ -612,6 +699,8 @@ static CUresult central_alloc(pool_device_t *p, int device, uint64_t size, pool_
 {
     CUresult rc = CUDA_SUCCESS;
     pthread_mutex_lock(&p->lock);
+    if (p->pending && p->recycled_upto < atomic_load_explicit(&p->completed, memory_order_acquire))
+        recycle_pending(p); /* a cheap synchronization covered some since */
     pool_block_t *b = find_free(p, size);
     /* Synchronize rather than grow when pending bytes could serve and are many: past the bound,
      * past 1/16 of the pool, or where growth would pass the maximum. */
@@ -659,7 +748,7 @@ static CUresult pool_alloc(const gs_alloc_req_t *req, CUdeviceptr *ptr, size_t *
         return CUDA_ERROR_INVALID_VALUE; /* as cuMemAlloc(0) */
     uint64_t size = round_up(requested, GS_POOL_ALIGN);
     thread_cache_t *cache = my_cache(req->device);
-    pool_block_t *b = cache ? cache_take(p, cache, size) : NULL;
+    pool_block_t *b = cache ? cache_take(p, cache, req->device, size) : NULL;
     if (b == NULL) {
         CUresult rc = central_alloc(p, req->device, size, &b);
         if (rc == CUDA_ERROR_OUT_OF_MEMORY && gs_opts.on_oom == GS_ON_OOM_MANAGED)
@@ -725,7 +814,7 @@ static int pool_free(CUdeviceptr ptr, const gs_free_req_t *req, CUresult *result
     /* Stamp before publishing: a synchronization that starts after this covers the free. */
     b->epoch = atomic_load_explicit(&p->epoch, memory_order_acquire);
     thread_cache_t *cache = my_cache(b->device);
-    if (cache && cache_put(cache, b))
+    if (cache && cache_put(p, cache, b))
         return 0;
     pthread_mutex_lock(&p->lock);
     release_to_pool(p, b);
@@ -862,6 +951,8 @@ static void pool_report(int device, gs_buf_t *out, bool json)
             if (b->size > largest)
                 largest = b->size;
     const char *reuse = gs_opts.pool_reuse == GS_REUSE_SAFE ? "safe" : "immediate";
+    uint64_t syncs = atomic_load(&p->shim_syncs);
+    double sync_mean_us = syncs ? (double)atomic_load(&p->shim_sync_ns) / (double)syncs / 1e3 : 0;
     if (json) {
         gs_buf_printf(
             out,
@@ -869,13 +960,14 @@ static void pool_report(int device, gs_buf_t *out, bool json)
             "\"chunks\": %llu, \"driver_allocations\": %llu, \"chunks_given_back\": %llu, "
             "\"peak_reserved_over_peak_in_use\": %.4f, \"cache_hits\": %llu, "
             "\"pool_allocations\": %llu, \"reuse\": \"%s\", \"pending\": %llu, "
-            "\"shim_synchronizations\": %llu, \"cached_in_threads\": %llu, "
+            "\"shim_synchronizations\": %llu, \"shim_synchronization_mean_us\": %.1f, "
+            "\"cached_in_threads\": %llu, "
             "\"largest_free_block\": %llu}",
             (unsigned long long)p->reserved, (unsigned long long)p->reserved_peak,
             (unsigned long long)p->chunk_count, (unsigned long long)p->grow_calls,
             (unsigned long long)p->releases, ratio, (unsigned long long)hits,
             (unsigned long long)served, reuse, (unsigned long long)p->pending_bytes,
-            (unsigned long long)p->shim_syncs, (unsigned long long)cached,
+            (unsigned long long)syncs, sync_mean_us, (unsigned long long)cached,
             (unsigned long long)largest);
     } else {
         char reserved[32], peak[32], pending[32], large[32], cached_text[32];
@@ -895,9 +987,9 @@ static void pool_report(int device, gs_buf_t *out, bool json)
                       served ? 100.0 * (double)p->grow_calls / (double)served : 0.0);
         gs_buf_printf(out,
                       "gpushim: device %d: pool reuse %s; pending %s, %llu synchronizations made "
-                      "by the shim; cached in threads %s; largest free block %s\n",
+                      "by the shim (%.1f us each); cached in threads %s; largest free block %s\n",
                       device, reuse, gs_format_bytes(p->pending_bytes, pending),
-                      (unsigned long long)p->shim_syncs, gs_format_bytes(cached, cached_text),
+                      (unsigned long long)syncs, sync_mean_us, gs_format_bytes(cached, cached_text),
                       gs_format_bytes(largest, large));
     }
     pthread_mutex_unlock(&p->lock);

@@ -11,7 +11,7 @@ static uint64_t gs_clock_origin_ticks;
 static uint64_t gs_clock_origin_ns;
 static uint64_t gs_clock_origin_epoch_ns;
 
-static uint64_t monotonic_ns(void)
+uint64_t gs_now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -23,7 +23,7 @@ uint64_t gs_ticks(void)
 #if defined(__x86_64__)
     return __rdtsc();
 #else
-    return monotonic_ns();
+    return gs_now_ns();
 #endif
 }
 
@@ -32,7 +32,7 @@ void gs_clock_start(void)
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     gs_clock_origin_epoch_ns = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
-    gs_clock_origin_ns = monotonic_ns();
+    gs_clock_origin_ns = gs_now_ns();
     gs_clock_origin_ticks = gs_ticks();
 }
 
@@ -51,13 +51,13 @@ uint64_t gs_ticks_to_epoch_ns(uint64_t ticks, double ticks_per_ns)
 double gs_ticks_per_ns(void)
 {
 #if defined(__x86_64__)
-    uint64_t ns = monotonic_ns(), ticks = gs_ticks();
+    uint64_t ns = gs_now_ns(), ticks = gs_ticks();
     /* Too short a life for a good ratio: measure over a few milliseconds instead. */
     if (gs_clock_origin_ns == 0 || ns - gs_clock_origin_ns < 20000000u) {
-        uint64_t ns0 = monotonic_ns(), t0 = gs_ticks();
-        while (monotonic_ns() - ns0 < 5000000u) {
+        uint64_t ns0 = gs_now_ns(), t0 = gs_ticks();
+        while (gs_now_ns() - ns0 < 5000000u) {
         }
-        return (double)(gs_ticks() - t0) / (double)(monotonic_ns() - ns0);
+        return (double)(gs_ticks() - t0) / (double)(gs_now_ns() - ns0);
     }
     return (double)(ticks - gs_clock_origin_ticks) / (double)(ns - gs_clock_origin_ns);
 #else

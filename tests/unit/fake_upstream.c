@@ -4,7 +4,8 @@
 #include <string.h>
 
 fake_upstream_t fake;
-static pthread_mutex_t fake_lock = PTHREAD_MUTEX_INITIALIZER; /* the pool calls in from many threads */
+static pthread_mutex_t fake_lock =
+    PTHREAD_MUTEX_INITIALIZER; /* the pool calls in from many threads */
 
 /* Sizes are kept in a small table keyed by address so frees can give memory back. */
 #define FAKE_SLOTS 4096
@@ -93,6 +94,8 @@ static CUresult fake_info_unlocked(size_t *free_bytes, size_t *total)
 static CUresult fake_sync_unlocked(void)
 {
     fake.syncs++;
+    for (uint64_t start = gs_now_ns(); gs_now_ns() - start < fake.sync_ns;) {
+    }
     return CUDA_SUCCESS;
 }
 
@@ -147,11 +150,11 @@ static CUresult fake_ipc(CUipcMemHandle *h, CUdeviceptr p)
         pthread_mutex_unlock(&fake_lock);                                                          \
         return rc;                                                                                 \
     }
-LOCKED(fake_alloc, (CUdeviceptr *p, size_t bytes), (p, bytes))
+LOCKED(fake_alloc, (CUdeviceptr * p, size_t bytes), (p, bytes))
 LOCKED(fake_free, (CUdeviceptr p), (p))
-LOCKED(fake_info, (size_t *free_bytes, size_t *total), (free_bytes, total))
+LOCKED(fake_info, (size_t * free_bytes, size_t *total), (free_bytes, total))
 LOCKED(fake_sync, (void), ())
-LOCKED(fake_range, (CUdeviceptr *base, size_t *size, CUdeviceptr p), (base, size, p))
+LOCKED(fake_range, (CUdeviceptr * base, size_t *size, CUdeviceptr p), (base, size, p))
 
 static const gs_driver_t fake_table = {
     .mem_alloc = fake_alloc,

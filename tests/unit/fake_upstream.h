@@ -13,6 +13,7 @@ typedef struct fake_upstream {
     uint64_t peak_used;
     uint64_t next_address;
     int device; /* current device */
+    uint64_t sync_ns; /* how long a synchronization takes (a busy device) */
 } fake_upstream_t;
 
 extern fake_upstream_t fake;

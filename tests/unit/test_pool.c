@@ -99,6 +99,56 @@ static void pending_bytes_are_bounded(void **state)
     assert_true(fake.used <= 24 * MiB); /* bound + thread cache + a chunk, not 200 MiB */
 }
 
+/* cudaFree's guarantee, checked on every reuse: a block comes back only after a synchronization
+ * that followed its free. Returns how many allocations reused a block. */
+static int tight_loop_keeping_the_guarantee(int pairs, size_t bytes)
+{
+    enum { TRACKED = 512 };
+    CUdeviceptr seen[TRACKED];
+    int syncs_at_free[TRACKED], tracked = 0, reused = 0;
+    for (int i = 0; i < pairs; i++) {
+        CUdeviceptr p;
+        assert_int_equal(gs_mem_alloc(&p, bytes), CUDA_SUCCESS);
+        int k = 0;
+        while (k < tracked && seen[k] != p)
+            k++;
+        if (k < tracked) {
+            assert_true(fake.syncs > syncs_at_free[k]);
+            reused++;
+        } else {
+            assert_true(tracked < TRACKED);
+            seen[tracked++] = p;
+        }
+        assert_int_equal(gs_mem_free(p), CUDA_SUCCESS);
+        syncs_at_free[k] = fake.syncs;
+    }
+    return reused;
+}
+
+/* Tight loops under safe reuse: a thread's cache holds up to 64 pending blocks a class, and one
+ * synchronization (cheap on an idle device) makes them all reusable: the pool does not grow. */
+static void safe_reuse_synchronizes_once_per_64_frees_when_cheap(void **state)
+{
+    (void)state;
+    int reused = tight_loop_keeping_the_guarantee(2000, 4096);
+    assert_true(reused >= 1900);
+    assert_in_range(fake.syncs, 2000 / 64 - 2, 2000 / 64 + 2);
+    assert_true(fake.used <= 8 * MiB); /* one chunk */
+}
+
+/* On a busy device a synchronization waits for queued work: after slow ones the shim backs off
+ * and lets the pool grow (still within the pending bound), keeping the guarantee. */
+static void slow_synchronizations_back_off(void **state)
+{
+    (void)state;
+    fake.sync_ns = 200000; /* 200 us: work was queued */
+    int reused = tight_loop_keeping_the_guarantee(2000, 4096);
+    assert_true(reused > 0);
+    assert_true(fake.syncs <= 16); /* about half as many as when they are cheap (31) */
+    assert_true(fake.used <= 8 * MiB + gs_size_resolve(gs_opts.pool_pending_max, fake.limit));
+    fake.sync_ns = 0;
+}
+
 static void coalesces_neighbours_back_into_one_block(void **state)
 {
     (void)state;
@@ -191,8 +241,8 @@ static void bad_frees_get_the_drivers_answer(void **state)
     CUdeviceptr p;
     assert_int_equal(gs_mem_alloc(&p, 4096), CUDA_SUCCESS);
     assert_int_equal(gs_mem_free(p), CUDA_SUCCESS);
-    assert_int_equal(gs_mem_free(p), CUDA_ERROR_INVALID_VALUE);       /* double free */
-    assert_int_equal(gs_mem_free(0x1000), CUDA_ERROR_INVALID_VALUE);  /* foreign: driver */
+    assert_int_equal(gs_mem_free(p), CUDA_ERROR_INVALID_VALUE);      /* double free */
+    assert_int_equal(gs_mem_free(0x1000), CUDA_ERROR_INVALID_VALUE); /* foreign: driver */
     assert_int_equal(gs_mem_free(0), CUDA_SUCCESS);
 }
 
@@ -349,9 +399,12 @@ static void report_tells_reserved_hits_and_pending(void **state)
     gs_opts.mode = GS_MODE_POOL;
     gs_report_render(buf);
     assert_non_null(strstr(buf->data, "mode pool\n"));
-    assert_non_null(strstr(buf->data, "device 0: pool reserved 2 MiB now, peak 2 MiB, in 1 chunks; 1 driver allocations"));
+    assert_non_null(
+        strstr(buf->data,
+               "device 0: pool reserved 2 MiB now, peak 2 MiB, in 1 chunks; 1 driver allocations"));
     assert_non_null(strstr(buf->data, "pool hit rate 90.0% (9 of 10 allocations"));
-    assert_non_null(strstr(buf->data, "pool reuse immediate; pending 0 B, 0 synchronizations made by the shim"));
+    assert_non_null(strstr(
+        buf->data, "pool reuse immediate; pending 0 B, 0 synchronizations made by the shim"));
     free(buf);
 }
 
@@ -362,6 +415,8 @@ int main(void)
         cmocka_unit_test_setup(reuses_freed_blocks_at_once_when_asked, immediate),
         cmocka_unit_test_setup(safe_reuse_waits_for_a_synchronization, safe),
         cmocka_unit_test_setup(pending_bytes_are_bounded, safe),
+        cmocka_unit_test_setup(safe_reuse_synchronizes_once_per_64_frees_when_cheap, safe),
+        cmocka_unit_test_setup(slow_synchronizations_back_off, safe),
         cmocka_unit_test_setup(coalesces_neighbours_back_into_one_block, immediate),
         cmocka_unit_test_setup(grows_in_chunks_and_serves_large_requests_whole, immediate),
         cmocka_unit_test_setup(gives_free_chunks_back_before_failing, immediate),
