@@ -710,6 +710,10 @@ static CUresult central_alloc(pool_device_t *p, int device, uint64_t size, pool_
         sync_and_recycle(p, device);
         b = find_free(p, size);
     }
+    if (b == NULL && p->pending_bytes >= size && sync_if_cheap(p, device)) {
+        recycle_pending(p);
+        b = find_free(p, size);
+    }
     if (b == NULL) {
         rc = grow(p, device, size);
         if (rc == CUDA_ERROR_OUT_OF_MEMORY) {

@@ -350,12 +350,24 @@ static void many_threads(void **state)
 
 /* The brief's random pattern: 1000 live blocks, log-uniform 256 B..4 MiB, freed in random order.
  * Peak reserved (what the pool took from the driver) over peak requested. The issue asks for
- * 1.15; this pool reaches 1.21 here (1.17 on an H200): 3-4 MiB requests find 40-100 MiB free
- * but in smaller pieces across separate driver chunks. The bound guards against regressions;
- * closing the gap needs one contiguous arena (cuMemAddressReserve + cuMemMap). */
+ * 1.15; this pool reaches 1.21 here under immediate reuse (1.17 on an H200). Not chunk
+ * boundaries: in one 1 GiB chunk the highest address used is 1.22x too; without thread caches
+ * the central pool alone gives 1.135, and the ratio moves in steps of one growth step (1/32).
+ * Safe reuse adds the blocks waiting for a synchronization (1.38 here). The bounds guard
+ * against regressions. */
+static void random_pattern_once(const char *policy);
+
 static void random_pattern_fragmentation(void **state)
 {
     (void)state;
+    for (int policy = 0; policy < 2; policy++) {
+        start(1ull << 30, policy ? GS_REUSE_SAFE : GS_REUSE_IMMEDIATE);
+        random_pattern_once(policy ? "safe" : "immediate");
+    }
+}
+
+static void random_pattern_once(const char *policy)
+{
     gs_opts.pool_chunk = (gs_size_spec_t){.bytes = 64 * MiB}; /* the default */
     unsigned seed = 42;
     CUdeviceptr live[1000];
@@ -382,9 +394,10 @@ static void random_pattern_fragmentation(void **state)
     for (int i = 0; i < 1000; i++)
         assert_int_equal(gs_mem_free(live[i]), CUDA_SUCCESS);
     double ratio = (double)fake.peak_used / (double)peak;
-    print_message("random pattern: peak reserved %.1f MiB / peak requested %.1f MiB = %.3f\n",
-                  fake.peak_used / 1048576.0, peak / 1048576.0, ratio);
-    assert_true(ratio <= 1.25);
+    print_message("random pattern, %s reuse: peak reserved %.1f MiB / peak requested %.1f MiB = "
+                  "%.3f\n",
+                  policy, fake.peak_used / 1048576.0, peak / 1048576.0, ratio);
+    assert_true(ratio <= (strcmp(policy, "safe") == 0 ? 1.45 : 1.25));
 }
 
 static void report_tells_reserved_hits_and_pending(void **state)
