@@ -51,6 +51,17 @@ static int writable_folder(const char *path)
     return access(dir, W_OK) == 0 ? 0 : -errno;
 }
 
+/* Managed mode, and where we differ from a pure interposer: XLA (JAX, TensorFlow) builds its
+ * arena with the virtual-memory API, which we pass through, unless TF_FORCE_UNIFIED_MEMORY asks
+ * it for cuMemAllocManaged; and JAX would take 75% of the GPU at once, past any sensible
+ * GPUSHIM_MANAGED_LIMIT. So both are set here, before main reads the environment, unless the
+ * user set them. Children inherit them, as they inherit GPUSHIM_MODE. */
+static void ask_frameworks_for_managed_memory(void)
+{
+    setenv("TF_FORCE_UNIFIED_MEMORY", "1", 0);
+    setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "false", 0);
+}
+
 void gs_start(char *const *envp)
 {
     char err[1024];
@@ -72,6 +83,8 @@ void gs_start(char *const *envp)
         _exit(1);
     }
     gs_tracing = gs_opts.trace_path[0] != '\0';
+    if (gs_opts.mode == GS_MODE_MANAGED)
+        ask_frameworks_for_managed_memory();
     gs_dispatch_use(backend);
     gs_clock_start();
     pthread_atfork(NULL, NULL, forget_parent);

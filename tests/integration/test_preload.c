@@ -381,6 +381,27 @@ static void managed_mode_oversubscribes_the_device(void **state)
     run_free(&r);
 }
 
+/* Managed mode asks XLA (JAX, TensorFlow) for managed memory; what the user set stays; other
+ * modes leave the environment alone. */
+static void managed_mode_asks_xla_for_managed_memory(void **state)
+{
+    (void)state;
+    run_result_t r = run_shim(ENV("GPUSHIM_MODE=managed"), ARGV("/usr/bin/env"));
+    EXPECT_STATUS(r, 0);
+    EXPECT_IN(r, out, "\nTF_FORCE_UNIFIED_MEMORY=1\n");
+    EXPECT_IN(r, out, "\nXLA_PYTHON_CLIENT_PREALLOCATE=false\n");
+    run_free(&r);
+    r = run_shim(ENV("GPUSHIM_MODE=managed", "XLA_PYTHON_CLIENT_PREALLOCATE=true"), ARGV("/usr/bin/env"));
+    EXPECT_IN(r, out, "\nXLA_PYTHON_CLIENT_PREALLOCATE=true\n");
+    assert_null(strstr(r.out, "XLA_PYTHON_CLIENT_PREALLOCATE=false"));
+    run_free(&r);
+    r = run_shim(ENV("GPUSHIM_MODE=pool"), ARGV("/usr/bin/env"));
+    EXPECT_STATUS(r, 0);
+    assert_null(strstr(r.out, "TF_FORCE_UNIFIED_MEMORY"));
+    assert_null(strstr(r.out, "XLA_PYTHON_CLIENT_PREALLOCATE"));
+    run_free(&r);
+}
+
 static void managed_cap_is_cudas_out_of_memory(void **state)
 {
     (void)state;
@@ -715,6 +736,7 @@ int main(void)
         cmocka_unit_test(pool_mode_serves_the_same_programs),
         cmocka_unit_test(pool_out_of_memory_is_cudas_error),
         cmocka_unit_test(managed_mode_oversubscribes_the_device),
+        cmocka_unit_test(managed_mode_asks_xla_for_managed_memory),
         cmocka_unit_test(managed_cap_is_cudas_out_of_memory),
         cmocka_unit_test(managed_stream_ordered_free_waits_for_the_stream),
         cmocka_unit_test(pool_spills_to_managed_memory_on_demand),
