@@ -1,8 +1,11 @@
 // bench_alloc.cu: allocation latency through the CUDA runtime, whatever backend is underneath
 // (run it with and without the shim; scripts/gpu-bench.sh does all of that side by side).
-//   bench_alloc sizes  API        median ns per alloc+free pair for 256 B .. 256 MiB
+//   bench_alloc sizes  API        ns per alloc+free pair for 256 B .. 256 MiB: median of 20-pair
+//                                 batches, and the mean over all of them (syncs, flushes included)
 //   bench_alloc random API        1000 live blocks, log-uniform 256 B..4 MiB, random free order
 //   bench_alloc threads API T     pairs per second of T threads together (4 KiB and 1 MiB)
+//   bench_alloc context API       what a device synchronization of an idle GPU costs, and a
+//                                 CPU clock read (rdtsc), for reading the other numbers
 // API is malloc (cudaMalloc/cudaFree), async (cudaMallocAsync/cudaFreeAsync, pool retained) or
 // driver (cuMemAlloc_v2/cuMemFree_v2 straight from the driver's entry points).
 // Lines starting with RESULT are machine-readable.
@@ -79,7 +82,7 @@ static void sizes()
         release(alloc(bytes)); // warm: chunk, pool, context
         std::vector<double> per_pair;
         const int batch = 20;
-        auto deadline = clk::now() + std::chrono::milliseconds(300);
+        auto start = clk::now(), deadline = start + std::chrono::milliseconds(300);
         while ((per_pair.size() < 50 || clk::now() < deadline) && per_pair.size() < 20000) {
             auto t0 = clk::now();
             for (int i = 0; i < batch; i++)
@@ -87,7 +90,9 @@ static void sizes()
             auto t1 = clk::now();
             per_pair.push_back(std::chrono::duration<double, std::nano>(t1 - t0).count() / batch);
         }
-        std::printf("RESULT sizes %zu %.0f\n", bytes, median(per_pair));
+        double mean = std::chrono::duration<double, std::nano>(clk::now() - start).count() /
+                      (double)(per_pair.size() * batch);
+        std::printf("RESULT sizes %zu %.0f %.0f\n", bytes, median(per_pair), mean);
     }
 }
 
@@ -158,10 +163,30 @@ static void threads(int count)
     std::printf("RESULT threads %d %.0f\n", count, total.load() / seconds);
 }
 
+static void context()
+{
+    std::vector<double> ns;
+    for (int i = 0; i < 2000; i++) {
+        auto t0 = clk::now();
+        cudaDeviceSynchronize();
+        ns.push_back(std::chrono::duration<double, std::nano>(clk::now() - t0).count());
+    }
+    std::printf("RESULT idle_sync_ns %.0f\n", median(ns));
+    uint64_t sum = 0;
+    auto t0 = clk::now();
+    for (int i = 0; i < 10000000; i++) {
+        unsigned lo, hi;
+        asm volatile("rdtsc" : "=a"(lo), "=d"(hi));
+        sum += lo + ((uint64_t)hi << 32);
+    }
+    double per = std::chrono::duration<double, std::nano>(clk::now() - t0).count() / 1e7;
+    std::printf("RESULT rdtsc_ns %.1f %d\n", per, (int)(sum & 1));
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        std::fprintf(stderr, "usage: bench_alloc sizes|random|threads malloc|async [threads]\n");
+        std::fprintf(stderr, "usage: bench_alloc sizes|random|threads|context malloc|async|driver [threads]\n");
         return 64;
     }
     use_async = std::strcmp(argv[2], "async") == 0;
@@ -186,6 +211,8 @@ int main(int argc, char **argv)
         random_pattern();
     else if (std::strcmp(argv[1], "threads") == 0)
         threads(argc > 3 ? std::atoi(argv[3]) : 1);
+    else if (std::strcmp(argv[1], "context") == 0)
+        context();
     if (use_async)
         cudaStreamSynchronize(stream);
     return 0;

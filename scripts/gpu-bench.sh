@@ -23,6 +23,7 @@ result() { sed -n "s/^RESULT $1 //p" "$2"; }
 
 for b in none safe immediate; do
   with $b "$build/bench_alloc" sizes malloc >"$work/sizes-$b.txt"
+  cp "$work/last-report.txt" "$work/sizes-$b-report.txt"
   with $b "$build/bench_alloc" random malloc >"$work/random-$b.txt"
   cp "$work/last-report.txt" "$work/random-$b-report.txt"
   for t in 1 4 16; do with $b "$build/bench_alloc" threads malloc $t; done >"$work/threads-$b.txt"
@@ -31,6 +32,7 @@ done
 "$build/bench_alloc" random async >"$work/random-async.txt"
 for t in 1 4 16; do "$build/bench_alloc" threads async $t; done >"$work/threads-async.txt"
 python3 bench/bench_torch.py alloc >"$work/torch-alloc.txt" 2>&1
+"$build/bench_alloc" context malloc >"$work/context.txt"
 
 python3 bench/bench_torch.py mlp >"$work/mlp-caching.txt" 2>&1
 PYTORCH_NO_CUDA_MEMORY_CACHING=1 python3 bench/bench_torch.py mlp >"$work/mlp-raw.txt" 2>&1
@@ -50,17 +52,18 @@ for b in safe immediate; do with $b python3 bench/bench_cupy.py none >"$work/cup
 for f in "$work"/mlp-*-report.txt "$work"/random-*-report.txt; do echo "--- $(basename "$f")"; cat "$f"; done
 
 echo
-echo "## allocation latency, ns per cudaMalloc+cudaFree pair (median), $card"
+echo "## allocation latency, ns per cudaMalloc+cudaFree pair: median of 20-pair batches (mean over all), $card"
 echo "| size | cudaMalloc (no shim) | shim pool, safe | shim pool, immediate | cudaMallocAsync, retained | PyTorch caching | safe vs torch | immediate vs torch |"
 echo "|---|---|---|---|---|---|---|---|"
 for size in 256 4096 65536 1048576 16777216 268435456; do
-  n=$(awk -v s=$size '$1 == s {print $2}' <(result sizes "$work/sizes-none.txt"))
+  cell() { awk -v s=$size '$1 == s {printf "%s (%s)", $2, $3}' <(result sizes "$work/sizes-$1.txt"); }
   s=$(awk -v s=$size '$1 == s {print $2}' <(result sizes "$work/sizes-safe.txt"))
   i=$(awk -v s=$size '$1 == s {print $2}' <(result sizes "$work/sizes-immediate.txt"))
-  a=$(awk -v s=$size '$1 == s {print $2}' <(result sizes "$work/sizes-async.txt"))
   t=$(awk -v s=$size '$1 == s {print $2}' <(result torch_alloc "$work/torch-alloc.txt"))
-  echo "| $size | $n | $s | $i | $a | $t | $(awk -v x="$s" -v y="$t" 'BEGIN {if (y > 0) printf "%.2fx", x / y}') | $(awk -v x="$i" -v y="$t" 'BEGIN {if (y > 0) printf "%.2fx", x / y}') |"
+  echo "| $size | $(cell none) | $(cell safe) | $(cell immediate) | $(cell async) | $t | $(awk -v x="$s" -v y="$t" 'BEGIN {if (y > 0) printf "%.2fx", x / y}') | $(awk -v x="$i" -v y="$t" 'BEGIN {if (y > 0) printf "%.2fx", x / y}') |"
 done
+echo "idle-device synchronization (median): $(result idle_sync_ns "$work/context.txt") ns; rdtsc: $(result rdtsc_ns "$work/context.txt" | cut -d' ' -f1) ns; CPU: $(lscpu | sed -n 's/^Model name: *//p' | head -1)"
+grep -h "synchronizations made" "$work"/sizes-safe-report.txt 2>/dev/null | head -2
 echo
 echo "## random pattern: 1000 live blocks, log-uniform 256 B..4 MiB, random free order"
 echo "| backend | ns per pair (median) | peak reserved / peak requested |"

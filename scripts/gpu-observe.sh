@@ -17,13 +17,18 @@ echo "--- trace: $(wc -l <"$trace") lines; head:"; head -3 "$trace"
 echo "--- gpushim report"; "$cli" report "$out"/torch-*.json
 echo "--- gpushim replay"; GPUSHIM_MANAGED_LIMIT=25% "$cli" replay "$trace" --mode off --mode pool --mode managed
 echo "--- gpushim plot"; "$cli" plot "$trace" -o "$out/torch-trace.svg"
-echo "--- trace cost on the pool pair benchmark (immediate reuse; ns per pair, median)"
+echo "--- trace cost on the pool pair benchmark (immediate reuse; ns per pair: median of 20-pair"
+echo "    batches, and the mean over all pairs; the trace written to a file on local disk)"
 shim=$PWD/$build/src/libgpushim.so
-plain=$(LD_PRELOAD=$shim GPUSHIM_MODE=pool GPUSHIM_POOL_REUSE=immediate GPUSHIM_REPORT=off "$build/bench_alloc" sizes malloc)
-traced=$(LD_PRELOAD=$shim GPUSHIM_MODE=pool GPUSHIM_POOL_REUSE=immediate GPUSHIM_REPORT=off GPUSHIM_TRACE=/dev/null "$build/bench_alloc" sizes malloc)
-echo "| size | no trace | trace | ratio |"
-echo "|---|---|---|---|"
-paste <(sed -n 's/^RESULT sizes //p' <<<"$plain") <(sed -n 's/^RESULT sizes //p' <<<"$traced") |
-  awk '{printf "| %s | %s | %s | %.2fx |\n", $1, $2, $4, $4 / $2}'
-rm -f "$trace" # large; the report, the plot and this log are kept
+rm -f "$trace"
+for round in 1 2; do
+  plain=$(LD_PRELOAD=$shim GPUSHIM_MODE=pool GPUSHIM_POOL_REUSE=immediate GPUSHIM_REPORT=off "$build/bench_alloc" sizes malloc)
+  traced=$(LD_PRELOAD=$shim GPUSHIM_MODE=pool GPUSHIM_POOL_REUSE=immediate GPUSHIM_REPORT=off GPUSHIM_TRACE=/tmp/gpushim-bench-trace.csv "$build/bench_alloc" sizes malloc)
+  echo "round $round: $(wc -l </tmp/gpushim-bench-trace.csv) trace lines"
+  echo "| size | no trace: median | trace: median | ratio | no trace: mean | trace: mean | ratio |"
+  echo "|---|---|---|---|---|---|---|"
+  paste <(sed -n 's/^RESULT sizes //p' <<<"$plain") <(sed -n 's/^RESULT sizes //p' <<<"$traced") |
+    awk '{printf "| %s | %s | %s | %.2fx | %s | %s | %.2fx |\n", $1, $2, $5, $5 / $2, $3, $6, $6 / $3}'
+  rm -f /tmp/gpushim-bench-trace.csv
+done
 nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | sed 's/^/card: /'
