@@ -39,11 +39,13 @@
  * where freed blocks wait for a synchronization: 64 of them make one synchronization serve 64
  * allocations. */
 #define CACHE_DEPTH 64
-#define CACHE_BYTES (32ull << 20)
+#define CACHE_BYTES (32ull << 20)          /* under safe reuse (at most GPUSHIM_POOL_PENDING_MAX) */
+#define CACHE_BYTES_IMMEDIATE (8ull << 20) /* no synchronization to amortize: less held idle */
 #define CACHE_CLASSES (((25 - MIN_FL) << SL_BITS) + 1) /* classes up to CACHE_BYTES (2^25) */
-#define CHEAP_SYNC_NS 50000ull /* a synchronization this quick means an idle device */
-#define SYNC_BACKOFF_MAX 4096  /* chances skipped after a slow one, at most */
-#define RECENT_SLOTS 256       /* per-thread memory of recent allocations, for their frees */
+#define CHEAP_SYNC_NS 50000ull       /* a synchronization this quick means an idle device */
+#define BACKOFF_MIN_NS 1000000ull    /* after a slow one, none for 1 ms, doubling ... */
+#define BACKOFF_MAX_NS 1000000000ull /* ... up to 1 s */
+#define RECENT_SLOTS 256             /* per-thread memory of recent allocations, for their frees */
 
 enum { BLOCK_FREE, BLOCK_LIVE, BLOCK_CACHED, BLOCK_PENDING };
 
@@ -76,8 +78,9 @@ typedef struct pool_device {
     pthread_mutex_t lock;
     atomic_bool ready;
     uint64_t total, max, chunk_size, pending_max, pitch_align;
-    uint64_t cache_budget; /* bytes of small blocks a thread cache holds: CACHE_BYTES, or under
-                              safe reuse at most GPUSHIM_POOL_PENDING_MAX (they may be pending) */
+    uint64_t cache_budget; /* bytes of small blocks a thread cache holds: CACHE_BYTES_IMMEDIATE,
+                              or under safe reuse CACHE_BYTES but at most
+                              GPUSHIM_POOL_PENDING_MAX (they may be pending) */
     pool_chunk_t *chunks;
     pool_block_t *free_lists[CLASS_COUNT];
     uint64_t bitmap[BITMAP_WORDS];
@@ -86,12 +89,12 @@ typedef struct pool_device {
     uint64_t pending_bytes, free_bytes, reserved, reserved_peak, chunk_count;
     uint64_t releases, grow_calls;
     _Atomic uint64_t shim_syncs, shim_sync_ns;
-    _Atomic uint64_t epoch;        /* frees are stamped with this */
-    _Atomic uint64_t completed;    /* every free stamped <= this is safe to reuse */
-    uint64_t recycled_upto;        /* completed when the pending list was last recycled */
-    atomic_bool syncing;           /* a thread is in a cheap synchronization */
-    _Atomic uint32_t sync_skip;    /* chances of a cheap synchronization still to skip */
-    _Atomic uint32_t sync_backoff; /* what the next slow synchronization sets sync_skip to */
+    _Atomic uint64_t epoch;          /* frees are stamped with this */
+    _Atomic uint64_t completed;      /* every free stamped <= this is safe to reuse */
+    uint64_t recycled_upto;          /* completed when the pending list was last recycled */
+    atomic_bool syncing;             /* a thread is in a cheap synchronization */
+    _Atomic uint64_t no_cheap_until; /* CLOCK_MONOTONIC ns: back-off after a slow one */
+    _Atomic uint64_t backoff_ns;     /* the next back-off */
 } pool_device_t;
 
 typedef struct cache_ring {
@@ -354,16 +357,17 @@ static uint64_t shim_sync(pool_device_t *p, int device)
     uint64_t done = atomic_load(&p->completed);
     while (token > done && !atomic_compare_exchange_weak(&p->completed, &done, token)) {
     }
-    /* A slow one means queued GPU work: skip the next chances of a cheap one, twice as many
-     * each time; quick ones shorten the back-off again. */
-    uint32_t backoff = atomic_load_explicit(&p->sync_backoff, memory_order_relaxed);
+    /* A slow one means queued GPU work: no cheap ones for a while (1 ms, twice as long after
+     * each further slow one, at most 1 s); quick ones shorten the back-off again. */
+    uint64_t backoff = atomic_load_explicit(&p->backoff_ns, memory_order_relaxed);
     if (ns > CHEAP_SYNC_NS) {
-        backoff = backoff ? (backoff < SYNC_BACKOFF_MAX ? 2 * backoff : backoff) : 1;
-        atomic_store_explicit(&p->sync_skip, backoff, memory_order_relaxed);
+        backoff = backoff < BACKOFF_MIN_NS ? BACKOFF_MIN_NS
+                                           : (backoff < BACKOFF_MAX_NS ? 2 * backoff : backoff);
+        atomic_store_explicit(&p->no_cheap_until, gs_now_ns() + backoff, memory_order_relaxed);
     } else {
         backoff /= 2;
     }
-    atomic_store_explicit(&p->sync_backoff, backoff, memory_order_relaxed);
+    atomic_store_explicit(&p->backoff_ns, backoff, memory_order_relaxed);
     return ns;
 }
 
@@ -376,18 +380,16 @@ static void sync_and_recycle(pool_device_t *p, int device)
 
 /* Safe reuse at pool speed in tight loops: a synchronization of an idle device costs a few
  * microseconds, so when a thread's cache holds many pending blocks, one synchronization makes
- * them all reusable. On a busy device it would wait for queued work: after a slow one the next
- * chances are skipped (see shim_sync) and the pool grows instead. If another thread is
+ * them all reusable. On a busy device it would wait for queued work: after a slow one there are
+ * none for a while (see shim_sync) and the pool grows instead. If another thread is
  * synchronizing, waiting for it is as good. Returns whether a synchronization completed. */
 static bool sync_if_cheap(pool_device_t *p, int device)
 {
     if (gs_opts.pool_reuse != GS_REUSE_SAFE)
         return false;
-    uint32_t skip = atomic_load_explicit(&p->sync_skip, memory_order_relaxed);
-    if (skip) {
-        atomic_store_explicit(&p->sync_skip, skip - 1, memory_order_relaxed); /* roughly */
+    uint64_t until = atomic_load_explicit(&p->no_cheap_until, memory_order_relaxed);
+    if (until && gs_now_ns() < until)
         return false;
-    }
     if (atomic_exchange_explicit(&p->syncing, true, memory_order_acquire)) {
         for (int spins = 0; atomic_load_explicit(&p->syncing, memory_order_acquire); spins++)
             if (spins > 64)
@@ -507,9 +509,9 @@ static pool_block_t *cache_take(pool_device_t *p, thread_cache_t *c, int device,
             goto miss;
         /* The oldest block is pending: if the ring is full (or the byte budget is), one
          * synchronization now makes the whole ring reusable. */
-        if (!reusable(p, b) && !((r->count == CACHE_DEPTH ||
-                                  (r->count >= 8 && c->small_bytes + size > p->cache_budget)) &&
-                                 sync_if_cheap(p, device) && reusable(p, b)))
+        if (!reusable(p, b) &&
+            !((r->count == CACHE_DEPTH || c->small_bytes + size > p->cache_budget) &&
+              sync_if_cheap(p, device) && reusable(p, b)))
             goto miss;
         r->head = (uint8_t)((r->head + 1) % CACHE_DEPTH);
         r->count--;
@@ -652,9 +654,9 @@ static void pool_device_init(pool_device_t *p, int device)
     if (p->chunk_size < GS_POOL_GRANULE)
         p->chunk_size = GS_POOL_GRANULE;
     p->pending_max = gs_size_resolve(gs_opts.pool_pending_max, total);
-    p->cache_budget = gs_opts.pool_reuse == GS_REUSE_SAFE && p->pending_max < CACHE_BYTES
-                          ? p->pending_max
-                          : CACHE_BYTES;
+    p->cache_budget = gs_opts.pool_reuse != GS_REUSE_SAFE ? CACHE_BYTES_IMMEDIATE
+                      : p->pending_max < CACHE_BYTES      ? p->pending_max
+                                                          : CACHE_BYTES;
     p->pitch_align = (uint64_t)align > GS_POOL_ALIGN ? (uint64_t)align : GS_POOL_ALIGN;
     atomic_store(&p->epoch, 1);
     atomic_store(&p->completed, 0);

@@ -136,15 +136,16 @@ static void safe_reuse_synchronizes_once_per_64_frees_when_cheap(void **state)
     assert_true(fake.used <= 8 * MiB); /* one chunk */
 }
 
-/* On a busy device a synchronization waits for queued work: after slow ones the shim backs off
- * and lets the pool grow (still within the pending bound), keeping the guarantee. */
+/* On a busy device a synchronization waits for queued work: after a slow one the shim makes no
+ * cheap ones for a while (1 ms, doubling) and lets the pool grow (still within the pending
+ * bound), keeping the guarantee. */
 static void slow_synchronizations_back_off(void **state)
 {
     (void)state;
     fake.sync_ns = 200000; /* 200 us: work was queued */
     int reused = tight_loop_keeping_the_guarantee(2000, 4096);
     assert_true(reused > 0);
-    assert_true(fake.syncs <= 16); /* about half as many as when they are cheap (31) */
+    assert_true(fake.syncs <= 8); /* a few, against 31 when they are cheap */
     assert_true(fake.used <= 8 * MiB + gs_size_resolve(gs_opts.pool_pending_max, fake.limit));
     fake.sync_ns = 0;
 }
