@@ -33,6 +33,8 @@ done
 for t in 1 4 16; do "$build/bench_alloc" threads async $t; done >"$work/threads-async.txt"
 python3 bench/bench_torch.py alloc >"$work/torch-alloc.txt" 2>&1
 "$build/bench_alloc" context malloc >"$work/context.txt"
+# The shim alone: cuMemAlloc/cuMemFree taken from the runtime's entry-point table, no cudaMalloc.
+for b in safe immediate; do with $b "$build/bench_alloc" sizes driver >"$work/driver-$b.txt"; done
 
 python3 bench/bench_torch.py mlp >"$work/mlp-caching.txt" 2>&1
 PYTORCH_NO_CUDA_MEMORY_CACHING=1 python3 bench/bench_torch.py mlp >"$work/mlp-raw.txt" 2>&1
@@ -63,6 +65,9 @@ for size in 256 4096 65536 1048576 16777216 268435456; do
   echo "| $size | $(cell none) | $(cell safe) | $(cell immediate) | $(cell async) | $t | $(awk -v x="$s" -v y="$t" 'BEGIN {if (y > 0) printf "%.2fx", x / y}') | $(awk -v x="$i" -v y="$t" 'BEGIN {if (y > 0) printf "%.2fx", x / y}') |"
 done
 echo "idle-device synchronization (median): $(result idle_sync_ns "$work/context.txt") ns; rdtsc: $(result rdtsc_ns "$work/context.txt" | cut -d' ' -f1) ns; CPU: $(lscpu | sed -n 's/^Model name: *//p' | head -1)"
+for b in safe immediate; do
+  echo "shim alone ($b; cuMemAlloc+cuMemFree from the runtime's entry-point table, no cudaMalloc), ns median per size: $(result sizes "$work/driver-$b.txt" | awk '{printf "%s ", $2}')"
+done
 grep -h "synchronizations made" "$work"/sizes-safe-report.txt 2>/dev/null | head -2
 echo
 echo "## random pattern: 1000 live blocks, log-uniform 256 B..4 MiB, random free order"
