@@ -78,6 +78,11 @@ static double median(std::vector<double> v)
 static void sizes()
 {
     const size_t list[] = {256, 4096, 65536, 1 << 20, 16 << 20, 256 << 20};
+    // A warm-up pass over every size first (50 ms each, not measured): the first size measured
+    // must not pay for clocks ramping up, first synchronizations or the pool's first chunks.
+    for (size_t bytes : list)
+        for (auto end = clk::now() + std::chrono::milliseconds(50); clk::now() < end;)
+            release(alloc(bytes));
     for (size_t bytes : list) {
         release(alloc(bytes)); // warm: chunk, pool, context
         std::vector<double> per_pair;

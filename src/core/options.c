@@ -137,8 +137,9 @@ static const gs_option_t gs_option_table[] = {
      "semantics: only for programs that order their streams themselves).",
      parse_choice, GS_FIELD(pool_reuse), reuse_choices},
     {"GPUSHIM_POOL_PENDING_MAX", SIZE_ACCEPTED, "256M",
-     "Pool mode, safe reuse: freed bytes waiting for a synchronization; past this (or past "
-     "1/16 of the pool, when it would otherwise grow) the shim synchronizes the device itself.",
+     "Pool mode, safe reuse: freed bytes waiting for a synchronization in the pool; past this "
+     "(or past 1/16 of the pool, when it would otherwise grow) the shim synchronizes the device "
+     "itself. Each thread's cache may hold up to min(32 MiB, this) more.",
      parse_size_option, GS_FIELD(pool_pending_max), NULL},
     {"GPUSHIM_ON_OOM", "fail, managed", "fail",
      "Pool mode: what an allocation the pool cannot serve gets: CUDA's out-of-memory error, or "
