@@ -4,11 +4,12 @@
  * through (counted), as in the pass-through backend.
  *
  * Layers, fastest first:
- *   thread cache   per thread and device, a few recently freed blocks per size class, touched
- *                  only by its owner (no locked instruction, no shared cache line: 16 threads
- *                  scale); another thread under memory pressure asks it to drain itself;
- *   central pool   per device, behind a mutex: good-fit segregated free lists (TLSF classes, 8 per
- *                  power of two) over address-ordered blocks that coalesce with free neighbours;
+ *   thread cache   (here) per thread and device, a FIFO ring of freed blocks per size class,
+ *                  touched only by its owner (no locked instruction, no shared cache line: 16
+ *                  threads scale); another thread under memory pressure asks it to drain itself;
+ *   central pool   (pool_central.c) per device, behind a mutex: good-fit segregated free lists
+ *                  (TLSF classes, 8 per power of two) over address-ordered blocks that coalesce
+ *                  with free neighbours;
  *   the driver     cuMemAlloc of a new chunk; on failure, wholly free chunks are given back and
  *                  the allocation retried; then CUDA_ERROR_OUT_OF_MEMORY.
  * Every block is in gs_ptrmap (base -> record), so a free is one hashed lookup.
@@ -18,87 +19,20 @@
  * We keep the guarantee without the wait: a freed block is stamped with the device's current
  * sync epoch and may be handed out again only after a device synchronization that started after
  * the free has completed: the program's own (cuCtxSynchronize, i.e. cudaDeviceSynchronize) or
- * one the shim makes when the pool would otherwise grow while pending bytes could serve, or when
- * pending bytes pass GPUSHIM_POOL_PENDING_MAX. immediate: reuse at once (RMM, PyTorch). */
+ * one the shim makes: when a thread's ring is full of pending blocks and synchronizations are
+ * cheap (an idle device), before the pool grows, or when pending bytes pass
+ * GPUSHIM_POOL_PENDING_MAX (pool_central.c says when exactly). immediate: reuse at once (RMM,
+ * PyTorch). */
 #include "gs.h"
+#include "pool_internal.h"
 
 #include <errno.h>
 #include <pthread.h>
-#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define GS_POOL_ALIGN 512ull         /* what cudaMalloc gives in practice (>= the 256 promised) */
-#define GS_POOL_GRANULE (2ull << 20) /* chunks are multiples of the driver's 2 MiB pages */
-#define SL_BITS 3                    /* 8 classes per power of two: at most 12.5% apart */
-#define MIN_FL 9                     /* 512 B */
-#define CLASS_COUNT ((48 - MIN_FL) << SL_BITS)
-#define BITMAP_WORDS ((CLASS_COUNT + 63) / 64)
-/* A thread cache holds, per size class, a FIFO ring of freed blocks: up to CACHE_DEPTH blocks of
- * up to CACHE_BYTES together, and one larger block beside them. Under safe reuse the ring is also
- * where freed blocks wait for a synchronization: 64 of them make one synchronization serve 64
- * allocations. */
-#define CACHE_DEPTH 64
-#define CACHE_BYTES (32ull << 20)          /* under safe reuse (at most GPUSHIM_POOL_PENDING_MAX) */
-#define CACHE_BYTES_IMMEDIATE (8ull << 20) /* no synchronization to amortize: less held idle */
-#define CACHE_CLASSES (((25 - MIN_FL) << SL_BITS) + 1) /* classes up to CACHE_BYTES (2^25) */
-#define CHEAP_SYNC_NS 50000ull       /* a synchronization this quick means an idle device */
-#define BACKOFF_MIN_NS 1000000ull    /* after a slow one, none for 1 ms, doubling ... */
-#define BACKOFF_MAX_NS 1000000000ull /* ... up to 1 s */
-#define RECENT_SLOTS 256             /* per-thread memory of recent allocations, for their frees */
-
-enum { BLOCK_FREE, BLOCK_LIVE, BLOCK_CACHED, BLOCK_PENDING };
-
-typedef struct pool_chunk pool_chunk_t;
-
-/* Records are type-stable: once made they are recycled through pool_device_t.spare, never freed,
- * so a stale pointer to one (the per-thread recent table) is safe to read and then re-checked. */
-typedef struct pool_block {
-    CUdeviceptr base;   /* written and read with __atomic: the recent table reads it unlocked */
-    uint64_t size;      /* rounded, what the block spans */
-    uint64_t requested; /* what the program asked for (range queries answer this) */
-    uint64_t epoch;     /* sync epoch at free (safe reuse) */
-    struct pool_block *prev_addr, *next_addr; /* neighbours in the chunk */
-    struct pool_block *prev_free, *next_free; /* central free or pending list */
-    pool_chunk_t *chunk;
-    _Atomic int state;
-    _Atomic uint32_t generation; /* bumped at every recycling */
-    int device;
-    int size_class; /* class_floor(size), kept for the thread cache */
-} pool_block_t;
-
-struct pool_chunk {
-    CUdeviceptr base;
-    uint64_t size;
-    pool_block_t *first;
-    pool_chunk_t *next;
-};
-
-typedef struct pool_device {
-    pthread_mutex_t lock;
-    atomic_bool ready;
-    uint64_t total, max, chunk_size, pending_max, pitch_align;
-    uint64_t cache_budget; /* bytes of small blocks a thread cache holds: CACHE_BYTES_IMMEDIATE,
-                              or under safe reuse CACHE_BYTES but at most
-                              GPUSHIM_POOL_PENDING_MAX (they may be pending) */
-    pool_chunk_t *chunks;
-    pool_block_t *free_lists[CLASS_COUNT];
-    uint64_t bitmap[BITMAP_WORDS];
-    pool_block_t *pending; /* central pending list (safe reuse) */
-    pool_block_t *spare;   /* recycled records */
-    uint64_t pending_bytes, free_bytes, reserved, reserved_peak, chunk_count;
-    uint64_t releases, grow_calls;
-    _Atomic uint64_t shim_syncs, shim_sync_ns;
-    _Atomic uint64_t epoch;          /* frees are stamped with this */
-    _Atomic uint64_t completed;      /* every free stamped <= this is safe to reuse */
-    uint64_t recycled_upto;          /* completed when the pending list was last recycled */
-    atomic_bool syncing;             /* a thread is in a cheap synchronization */
-    _Atomic uint64_t no_cheap_until; /* CLOCK_MONOTONIC ns: back-off after a slow one */
-    _Atomic uint64_t backoff_ns;     /* the next back-off */
-} pool_device_t;
-
 typedef struct cache_ring {
-    pool_block_t *blocks[CACHE_DEPTH];
+    gs_pool_block_t *blocks[CACHE_DEPTH];
     uint8_t head, count; /* oldest first: under safe reuse the first to become reusable */
 } cache_ring_t;
 
@@ -106,14 +40,13 @@ typedef struct thread_cache {
     int device;
     _Atomic uint64_t bytes, hits, misses; /* written by the owner only; read by reports */
     uint64_t small_bytes;                 /* bytes of blocks up to CACHE_BYTES: the budget */
-    pool_block_t *large;                  /* one block over CACHE_BYTES, outside the budget */
+    gs_pool_block_t *large;               /* one block over CACHE_BYTES, outside the budget */
     atomic_bool drain_requested;          /* set by a thread short of memory; the owner drains */
     struct thread_cache *next;
     atomic_bool orphaned;
     cache_ring_t rings[CACHE_CLASSES];
 } thread_cache_t;
 
-static pool_device_t gs_pools[GS_MAX_DEVICES];
 static thread_cache_t *_Atomic gs_caches; /* all caches ever made, for flushes and the report */
 static pthread_mutex_t gs_caches_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_key_t gs_cache_key;
@@ -122,283 +55,13 @@ static GS_TLS thread_cache_t *gs_my_caches[GS_MAX_DEVICES];
 /* What this thread allocated lately, so that its free needs no shared lookup. */
 static GS_TLS struct {
     CUdeviceptr base;
-    pool_block_t *block;
+    gs_pool_block_t *block;
     uint32_t generation;
 } gs_recent[RECENT_SLOTS];
 
 static inline size_t recent_slot(CUdeviceptr base)
 {
     return (size_t)((base >> 9) ^ (base >> 17)) % RECENT_SLOTS;
-}
-
-/* ---- size classes ---------------------------------------------------------------------- */
-
-static inline uint64_t round_up(uint64_t x, uint64_t to)
-{
-    return (x + to - 1) / to * to;
-}
-
-static inline int class_floor(uint64_t size)
-{
-    int fl = 63 - __builtin_clzll(size);
-    int sl = (int)((size >> (fl - SL_BITS)) & ((1 << SL_BITS) - 1));
-    int index = ((fl - MIN_FL) << SL_BITS) + sl;
-    return index < CLASS_COUNT ? index : CLASS_COUNT - 1;
-}
-
-/* The first class whose every block is at least size. */
-static inline int class_ceil(uint64_t size)
-{
-    int fl = 63 - __builtin_clzll(size);
-    return class_floor(size + (1ull << (fl - SL_BITS)) - 1);
-}
-
-/* ---- central free lists (device lock held) ---------------------------------------------- */
-
-static void list_push(pool_device_t *p, pool_block_t *b)
-{
-    int c = class_floor(b->size);
-    b->prev_free = NULL;
-    b->next_free = p->free_lists[c];
-    if (b->next_free)
-        b->next_free->prev_free = b;
-    p->free_lists[c] = b;
-    p->bitmap[c / 64] |= 1ull << (c % 64);
-    p->free_bytes += b->size;
-    atomic_store_explicit(&b->state, BLOCK_FREE, memory_order_relaxed);
-}
-
-static void list_remove(pool_device_t *p, pool_block_t *b)
-{
-    int c = class_floor(b->size);
-    if (b->prev_free)
-        b->prev_free->next_free = b->next_free;
-    else
-        p->free_lists[c] = b->next_free;
-    if (b->next_free)
-        b->next_free->prev_free = b->prev_free;
-    if (p->free_lists[c] == NULL)
-        p->bitmap[c / 64] &= ~(1ull << (c % 64));
-    p->free_bytes -= b->size;
-}
-
-/* The smallest block of a list that holds size (lowest address among equals), or NULL. */
-static pool_block_t *best_in(pool_block_t *list, uint64_t size)
-{
-    pool_block_t *best = NULL;
-    for (pool_block_t *b = list; b; b = b->next_free)
-        if (b->size >= size && (best == NULL || b->size < best->size ||
-                                (b->size == best->size && b->base < best->base)))
-            best = b;
-    return best;
-}
-
-/* Best fit: the size's own class first (a block there may fit), then the first non-empty class
- * where every block fits, and the smallest block in it. */
-static pool_block_t *find_free(pool_device_t *p, uint64_t size)
-{
-    pool_block_t *b = best_in(p->free_lists[class_floor(size)], size);
-    if (b)
-        return b;
-    for (int c = class_ceil(size); c < CLASS_COUNT;) {
-        uint64_t word = p->bitmap[c / 64] & (~0ull << (c % 64));
-        if (word)
-            return best_in(p->free_lists[(c / 64) * 64 + __builtin_ctzll(word)], size);
-        c = (c / 64 + 1) * 64;
-    }
-    return NULL;
-}
-
-static int map_block(pool_block_t *b)
-{
-    gs_block_t entry = {
-        .base = b->base, .bytes = b->size, .device = b->device, .kind = GS_KIND_DEVICE, .owner = b};
-    return gs_ptrmap_insert(&entry);
-}
-
-static void recycle_block(pool_device_t *p, pool_block_t *b)
-{
-    __atomic_store_n(&b->base, 0, __ATOMIC_RELAXED);
-    atomic_fetch_add_explicit(&b->generation, 1, memory_order_release);
-    b->next_free = p->spare;
-    p->spare = b;
-}
-
-static pool_block_t *new_block(pool_device_t *p, pool_chunk_t *chunk, CUdeviceptr base,
-                               uint64_t size, int device)
-{
-    pool_block_t *b = p->spare;
-    if (b)
-        p->spare = b->next_free;
-    else if ((b = calloc(1, sizeof *b)) == NULL)
-        return NULL;
-    b->size = size;
-    b->requested = 0;
-    b->epoch = 0;
-    b->prev_addr = b->next_addr = b->prev_free = b->next_free = NULL;
-    b->chunk = chunk;
-    b->device = device;
-    atomic_store_explicit(&b->state, BLOCK_FREE, memory_order_relaxed);
-    __atomic_store_n(&b->base, base, __ATOMIC_RELAXED);
-    if (map_block(b) != 0) {
-        recycle_block(p, b);
-        return NULL;
-    }
-    return b;
-}
-
-/* Takes size bytes from the front of free block b; the rest stays free. */
-static void carve(pool_device_t *p, pool_block_t *b, uint64_t size)
-{
-    list_remove(p, b);
-    /* LIVE before the lock is dropped, or a neighbour's free could merge it as FREE. */
-    atomic_store_explicit(&b->state, BLOCK_LIVE, memory_order_relaxed);
-    if (b->size - size >= GS_POOL_ALIGN) {
-        pool_block_t *rest = new_block(p, b->chunk, b->base + size, b->size - size, b->device);
-        if (rest) {
-            rest->prev_addr = b;
-            rest->next_addr = b->next_addr;
-            if (b->next_addr)
-                b->next_addr->prev_addr = rest;
-            b->next_addr = rest;
-            b->size = size;
-            list_push(p, rest);
-        }
-    }
-}
-
-static void merge_into_prev(pool_device_t *p, pool_block_t *prev, pool_block_t *b)
-{
-    prev->size += b->size;
-    prev->next_addr = b->next_addr;
-    if (b->next_addr)
-        b->next_addr->prev_addr = prev;
-    gs_ptrmap_remove(b->base, NULL);
-    recycle_block(p, b);
-}
-
-/* Returns a block to the central free lists, coalescing with free neighbours. */
-static void central_free(pool_device_t *p, pool_block_t *b)
-{
-    pool_block_t *next = b->next_addr, *prev = b->prev_addr;
-    if (next && atomic_load_explicit(&next->state, memory_order_relaxed) == BLOCK_FREE) {
-        list_remove(p, next);
-        merge_into_prev(p, b, next);
-    }
-    if (prev && atomic_load_explicit(&prev->state, memory_order_relaxed) == BLOCK_FREE) {
-        list_remove(p, prev);
-        merge_into_prev(p, prev, b);
-        b = prev;
-    }
-    list_push(p, b);
-}
-
-/* ---- safe reuse ------------------------------------------------------------------------- */
-
-static inline bool reusable(pool_device_t *p, const pool_block_t *b)
-{
-    return gs_opts.pool_reuse == GS_REUSE_IMMEDIATE ||
-           b->epoch <= atomic_load_explicit(&p->completed, memory_order_acquire);
-}
-
-/* Pending blocks whose free a completed synchronization covers go back to the free lists. */
-static void recycle_pending(pool_device_t *p)
-{
-    p->recycled_upto = atomic_load_explicit(&p->completed, memory_order_acquire);
-    pool_block_t **link = &p->pending;
-    while (*link) {
-        pool_block_t *b = *link;
-        if (reusable(p, b)) {
-            *link = b->next_free;
-            p->pending_bytes -= b->size;
-            central_free(p, b);
-        } else {
-            link = &b->next_free;
-        }
-    }
-}
-
-static uint64_t pool_before_sync(int device)
-{
-    /* Frees stamped with the old epoch happened before this synchronization started. */
-    return atomic_fetch_add_explicit(&gs_pools[device].epoch, 1, memory_order_acq_rel);
-}
-
-static void pool_after_sync(int device, uint64_t token)
-{
-    pool_device_t *p = &gs_pools[device];
-    uint64_t done = atomic_load_explicit(&p->completed, memory_order_relaxed);
-    while (token > done &&
-           !atomic_compare_exchange_weak_explicit(&p->completed, &done, token, memory_order_acq_rel,
-                                                  memory_order_relaxed)) {
-    }
-    if (atomic_load_explicit(&p->ready, memory_order_acquire)) {
-        pthread_mutex_lock(&p->lock);
-        recycle_pending(p);
-        pthread_mutex_unlock(&p->lock);
-    }
-    gs_backend_managed.after_sync(device, token); /* stream-ordered frees of spilled blocks */
-}
-
-/* The shim's own device synchronization: every free stamped before it is safe afterwards.
- * Returns its duration in nanoseconds, or 0 if the driver refused. */
-static uint64_t shim_sync(pool_device_t *p, int device)
-{
-    const gs_driver_t *drv = gs_driver();
-    uint64_t start = gs_now_ns();
-    uint64_t token = pool_before_sync(device);
-    CUresult rc = drv->ctx_synchronize ? GS_DRIVER_CALL(device, drv->ctx_synchronize())
-                                       : CUDA_ERROR_NOT_SUPPORTED;
-    uint64_t ns = gs_now_ns() - start + 1;
-    atomic_fetch_add_explicit(&p->shim_syncs, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&p->shim_sync_ns, ns, memory_order_relaxed);
-    if (rc != CUDA_SUCCESS)
-        return 0;
-    uint64_t done = atomic_load(&p->completed);
-    while (token > done && !atomic_compare_exchange_weak(&p->completed, &done, token)) {
-    }
-    /* A slow one means queued GPU work: no cheap ones for a while (1 ms, twice as long after
-     * each further slow one, at most 1 s); quick ones shorten the back-off again. */
-    uint64_t backoff = atomic_load_explicit(&p->backoff_ns, memory_order_relaxed);
-    if (ns > CHEAP_SYNC_NS) {
-        backoff = backoff < BACKOFF_MIN_NS ? BACKOFF_MIN_NS
-                                           : (backoff < BACKOFF_MAX_NS ? 2 * backoff : backoff);
-        atomic_store_explicit(&p->no_cheap_until, gs_now_ns() + backoff, memory_order_relaxed);
-    } else {
-        backoff /= 2;
-    }
-    atomic_store_explicit(&p->backoff_ns, backoff, memory_order_relaxed);
-    return ns;
-}
-
-/* Device lock held: only when pending bytes are needed. */
-static void sync_and_recycle(pool_device_t *p, int device)
-{
-    if (shim_sync(p, device))
-        recycle_pending(p);
-}
-
-/* Safe reuse at pool speed in tight loops: a synchronization of an idle device costs a few
- * microseconds, so when a thread's cache holds many pending blocks, one synchronization makes
- * them all reusable. On a busy device it would wait for queued work: after a slow one there are
- * none for a while (see shim_sync) and the pool grows instead. If another thread is
- * synchronizing, waiting for it is as good. Returns whether a synchronization completed. */
-static bool sync_if_cheap(pool_device_t *p, int device)
-{
-    if (gs_opts.pool_reuse != GS_REUSE_SAFE)
-        return false;
-    uint64_t until = atomic_load_explicit(&p->no_cheap_until, memory_order_relaxed);
-    if (until && gs_now_ns() < until)
-        return false;
-    if (atomic_exchange_explicit(&p->syncing, true, memory_order_acquire)) {
-        for (int spins = 0; atomic_load_explicit(&p->syncing, memory_order_acquire); spins++)
-            if (spins > 64)
-                sched_yield();
-        return true;
-    }
-    bool synced = shim_sync(p, device) != 0;
-    atomic_store_explicit(&p->syncing, false, memory_order_release);
-    return synced;
 }
 
 /* ---- thread caches ---------------------------------------------------------------------- */
@@ -408,29 +71,16 @@ static bool sync_if_cheap(pool_device_t *p, int device)
                           atomic_load_explicit(&(field), memory_order_relaxed) + (amount),         \
                           memory_order_relaxed)
 
-/* A freed block goes to the free lists, or to the pending list until it is safe (lock held). */
-static void release_to_pool(pool_device_t *p, pool_block_t *b)
-{
-    if (reusable(p, b)) {
-        central_free(p, b);
-        return;
-    }
-    atomic_store_explicit(&b->state, BLOCK_PENDING, memory_order_relaxed);
-    b->next_free = p->pending;
-    p->pending = b;
-    p->pending_bytes += b->size;
-}
-
 /* Empties the caller's own cache into the central pool (device lock held). */
-static void cache_drain(pool_device_t *p, thread_cache_t *c)
+static void cache_drain(gs_pool_device_t *p, thread_cache_t *c)
 {
     for (int k = 0; k < CACHE_CLASSES; k++) {
         cache_ring_t *r = &c->rings[k];
         for (; r->count; r->count--, r->head = (uint8_t)((r->head + 1) % CACHE_DEPTH))
-            release_to_pool(p, r->blocks[r->head]);
+            gs_pool_release(p, r->blocks[r->head]);
     }
     if (c->large)
-        release_to_pool(p, c->large);
+        gs_pool_release(p, c->large);
     atomic_store_explicit(&c->bytes, 0, memory_order_relaxed);
     c->large = NULL;
     c->small_bytes = 0;
@@ -443,7 +93,7 @@ static void cache_orphan(void *arg)
         thread_cache_t *c = gs_my_caches[d];
         if (c == NULL)
             continue;
-        pool_device_t *p = &gs_pools[d];
+        gs_pool_device_t *p = &gs_pools[d];
         pthread_mutex_lock(&p->lock);
         cache_drain(p, c);
         pthread_mutex_unlock(&p->lock);
@@ -477,12 +127,13 @@ static thread_cache_t *my_cache(int device)
 }
 
 /* A cached block serves size if it holds it without wasting more than 1/8 of itself. */
-static inline bool fits(const pool_block_t *b, uint64_t size)
+static inline bool fits(const gs_pool_block_t *b, uint64_t size)
 {
     return b->size >= size && b->size - size <= b->size / 8;
 }
 
-static pool_block_t *cache_take(pool_device_t *p, thread_cache_t *c, int device, uint64_t size)
+static gs_pool_block_t *cache_take(gs_pool_device_t *p, thread_cache_t *c, int device,
+                                   uint64_t size)
 {
     if (__builtin_expect(atomic_load_explicit(&c->drain_requested, memory_order_relaxed), 0)) {
         atomic_store(&c->drain_requested, false);
@@ -491,7 +142,7 @@ static pool_block_t *cache_take(pool_device_t *p, thread_cache_t *c, int device,
         pthread_mutex_unlock(&p->lock);
         return NULL;
     }
-    pool_block_t *b = NULL;
+    gs_pool_block_t *b = NULL;
     if (size > CACHE_BYTES) {
         b = c->large;
         if (b == NULL || !fits(b, size) || !reusable(p, b))
@@ -511,7 +162,7 @@ static pool_block_t *cache_take(pool_device_t *p, thread_cache_t *c, int device,
          * synchronization now makes the whole ring reusable. */
         if (!reusable(p, b) &&
             !((r->count == CACHE_DEPTH || c->small_bytes + size > p->cache_budget) &&
-              sync_if_cheap(p, device) && reusable(p, b)))
+              gs_pool_sync_if_cheap(p, device) && reusable(p, b)))
             goto miss;
         r->head = (uint8_t)((r->head + 1) % CACHE_DEPTH);
         r->count--;
@@ -525,7 +176,7 @@ miss:
     return NULL;
 }
 
-static bool cache_put(const pool_device_t *p, thread_cache_t *c, pool_block_t *b)
+static bool cache_put(const gs_pool_device_t *p, thread_cache_t *c, gs_pool_block_t *b)
 {
     if (b->size > CACHE_BYTES) {
         /* One large block beside the budget, so a loop that allocates one big buffer again and
@@ -548,7 +199,7 @@ static bool cache_put(const pool_device_t *p, thread_cache_t *c, pool_block_t *b
 /* Under memory pressure (device lock held): our own cache goes back to the central pool now;
  * other threads are asked to drain theirs at their next allocation. What they hold meanwhile is
  * bounded by CACHE_BYTES each. */
-static void drain_all_caches(pool_device_t *p, int device)
+void gs_pool_drain_caches(gs_pool_device_t *p, int device)
 {
     for (thread_cache_t *c = atomic_load(&gs_caches); c; c = c->next)
         if (c->device == device && c != gs_my_caches[device])
@@ -557,116 +208,7 @@ static void drain_all_caches(pool_device_t *p, int device)
         cache_drain(p, gs_my_caches[device]);
 }
 
-/* ---- growth and release (device lock held) ---------------------------------------------- */
-
-static CUresult grow(pool_device_t *p, int device, uint64_t need)
-{
-    const gs_driver_t *drv = gs_driver();
-    /* Grow by 1/32 of what is reserved already (so unused reserve stays small), between 2 MiB and
-     * GPUSHIM_POOL_CHUNK, or by the request if it is larger; never past the maximum. */
-    uint64_t step = p->reserved / 32;
-    if (step < GS_POOL_GRANULE)
-        step = GS_POOL_GRANULE;
-    if (step > p->chunk_size)
-        step = p->chunk_size;
-    uint64_t size = round_up(need > step ? need : step, GS_POOL_GRANULE);
-    if (p->reserved + size > p->max) {
-        if (p->reserved + round_up(need, GS_POOL_GRANULE) > p->max)
-            return CUDA_ERROR_OUT_OF_MEMORY;
-        size = round_up(need, GS_POOL_GRANULE);
-    }
-    pool_chunk_t *chunk = calloc(1, sizeof *chunk);
-    if (chunk == NULL)
-        return CUDA_ERROR_OUT_OF_MEMORY;
-    CUdeviceptr base = 0;
-    p->grow_calls++;
-    CUresult rc = drv->mem_alloc ? GS_DRIVER_CALL(device, drv->mem_alloc(&base, size))
-                                 : CUDA_ERROR_NOT_SUPPORTED;
-    if (rc != CUDA_SUCCESS) {
-        free(chunk);
-        return rc;
-    }
-    chunk->base = base;
-    chunk->size = size;
-    chunk->first = new_block(p, chunk, base, size, device);
-    if (chunk->first == NULL) {
-        GS_DRIVER_CALL(device, drv->mem_free(base));
-        free(chunk);
-        return CUDA_ERROR_OUT_OF_MEMORY;
-    }
-    chunk->next = p->chunks;
-    p->chunks = chunk;
-    p->chunk_count++;
-    p->reserved += size;
-    if (p->reserved > p->reserved_peak)
-        p->reserved_peak = p->reserved;
-    list_push(p, chunk->first);
-    return CUDA_SUCCESS;
-}
-
-/* Gives wholly free chunks back to the driver; returns how many. */
-static int release_free_chunks(pool_device_t *p, int device)
-{
-    const gs_driver_t *drv = gs_driver();
-    int released = 0;
-    for (pool_chunk_t **link = &p->chunks; *link;) {
-        pool_chunk_t *c = *link;
-        pool_block_t *b = c->first;
-        if (b->size != c->size || atomic_load(&b->state) != BLOCK_FREE) {
-            link = &c->next;
-            continue;
-        }
-        list_remove(p, b);
-        gs_ptrmap_remove(b->base, NULL);
-        if (GS_DRIVER_CALL(device, drv->mem_free(c->base)) != CUDA_SUCCESS) {
-            list_push(p, b); /* keep it; the driver refused */
-            map_block(b);
-            link = &c->next;
-            continue;
-        }
-        recycle_block(p, b);
-        *link = c->next;
-        p->reserved -= c->size;
-        p->chunk_count--;
-        p->releases++;
-        free(c);
-        released++;
-    }
-    return released;
-}
-
 /* ---- per-device set-up ------------------------------------------------------------------ */
-
-static void pool_device_init(pool_device_t *p, int device)
-{
-    const gs_driver_t *drv = gs_driver();
-    size_t total = 0;
-    if (drv->device_total_mem == NULL || drv->device_total_mem(&total, device) != CUDA_SUCCESS)
-        total = 0;
-    int align = 0;
-    if (drv->device_get_attribute)
-        drv->device_get_attribute(&align, CU_DEVICE_ATTRIBUTE_TEXTURE_PITCH_ALIGNMENT, device);
-    p->total = total;
-    p->max = gs_size_resolve(gs_opts.pool_max, total);
-    if (p->max == 0 || (total && p->max > total))
-        p->max = total ? total : UINT64_MAX;
-    p->chunk_size = gs_size_resolve(gs_opts.pool_chunk, total);
-    if (p->chunk_size < GS_POOL_GRANULE)
-        p->chunk_size = GS_POOL_GRANULE;
-    p->pending_max = gs_size_resolve(gs_opts.pool_pending_max, total);
-    p->cache_budget = gs_opts.pool_reuse != GS_REUSE_SAFE ? CACHE_BYTES_IMMEDIATE
-                      : p->pending_max < CACHE_BYTES      ? p->pending_max
-                                                          : CACHE_BYTES;
-    p->pitch_align = (uint64_t)align > GS_POOL_ALIGN ? (uint64_t)align : GS_POOL_ALIGN;
-    atomic_store(&p->epoch, 1);
-    atomic_store(&p->completed, 0);
-    uint64_t initial = gs_size_resolve(gs_opts.pool_initial, total);
-    atomic_store_explicit(&p->ready, true, memory_order_release);
-    if (initial > 0 && grow(p, device, initial) != CUDA_SUCCESS)
-        gs_log_warning("GPUSHIM_POOL_INITIAL: could not reserve %llu bytes on device %d; the pool "
-                       "grows on demand",
-                       (unsigned long long)initial, device);
-}
 
 static pthread_once_t gs_pool_once = PTHREAD_ONCE_INIT;
 
@@ -680,14 +222,14 @@ static void pool_start(void)
     pthread_once(&gs_pool_once, make_cache_key);
 }
 
-static pool_device_t *pool_for(int device)
+static gs_pool_device_t *pool_for(int device)
 {
-    pool_device_t *p = &gs_pools[device];
+    gs_pool_device_t *p = &gs_pools[device];
     if (__builtin_expect(!atomic_load_explicit(&p->ready, memory_order_acquire), 0)) {
         pool_start();
         pthread_mutex_lock(&p->lock);
         if (!atomic_load_explicit(&p->ready, memory_order_relaxed))
-            pool_device_init(p, device);
+            gs_pool_device_init(p, device);
         pthread_mutex_unlock(&p->lock);
     }
     return p;
@@ -695,58 +237,12 @@ static pool_device_t *pool_for(int device)
 
 /* ---- the backend operations ------------------------------------------------------------- */
 
-/* The slow path: the central pool, then synchronization (safe reuse), then growth, then
- * release of free chunks and caches, then out of memory. */
-static CUresult central_alloc(pool_device_t *p, int device, uint64_t size, pool_block_t **out)
-{
-    CUresult rc = CUDA_SUCCESS;
-    pthread_mutex_lock(&p->lock);
-    if (p->pending && p->recycled_upto < atomic_load_explicit(&p->completed, memory_order_acquire))
-        recycle_pending(p); /* a cheap synchronization covered some since */
-    pool_block_t *b = find_free(p, size);
-    /* Synchronize rather than grow when pending bytes could serve and are many: past the bound,
-     * past 1/16 of the pool, or where growth would pass the maximum. */
-    if (b == NULL && p->pending_bytes >= size &&
-        (p->pending_bytes >= p->pending_max || p->pending_bytes >= p->reserved / 16 ||
-         p->reserved + size > p->max)) {
-        sync_and_recycle(p, device);
-        b = find_free(p, size);
-    }
-    if (b == NULL && p->pending_bytes >= size && sync_if_cheap(p, device)) {
-        recycle_pending(p);
-        b = find_free(p, size);
-    }
-    if (b == NULL) {
-        rc = grow(p, device, size);
-        if (rc == CUDA_ERROR_OUT_OF_MEMORY) {
-            /* Memory is short: everything free anywhere goes back, then one more try. */
-            drain_all_caches(p, device);
-            if (p->pending_bytes)
-                sync_and_recycle(p, device);
-            b = find_free(p, size);
-            if (b == NULL && release_free_chunks(p, device) >= 0)
-                rc = grow(p, device, size);
-        }
-        if (b == NULL && rc == CUDA_SUCCESS)
-            b = find_free(p, size);
-    }
-    if (b) {
-        carve(p, b, size);
-        rc = CUDA_SUCCESS;
-    } else if (rc == CUDA_SUCCESS) {
-        rc = CUDA_ERROR_OUT_OF_MEMORY;
-    }
-    pthread_mutex_unlock(&p->lock);
-    *out = b;
-    return rc;
-}
-
 static CUresult pool_alloc(const gs_alloc_req_t *req, CUdeviceptr *ptr, size_t *pitch,
                            gs_block_t *block)
 {
     if (req->kind == GS_KIND_ASYNC || req->kind == GS_KIND_MANAGED)
         return gs_backend_passthrough.alloc(req, ptr, pitch, block);
-    pool_device_t *p = pool_for(req->device);
+    gs_pool_device_t *p = pool_for(req->device);
     uint64_t requested = req->bytes;
     if (req->kind == GS_KIND_PITCH && gs_pitch_layout(req, p->pitch_align, pitch, &requested))
         return CUDA_ERROR_INVALID_VALUE; /* the device's pitch alignment */
@@ -754,9 +250,9 @@ static CUresult pool_alloc(const gs_alloc_req_t *req, CUdeviceptr *ptr, size_t *
         return CUDA_ERROR_INVALID_VALUE; /* as cuMemAlloc(0) */
     uint64_t size = round_up(requested, GS_POOL_ALIGN);
     thread_cache_t *cache = my_cache(req->device);
-    pool_block_t *b = cache ? cache_take(p, cache, req->device, size) : NULL;
+    gs_pool_block_t *b = cache ? cache_take(p, cache, req->device, size) : NULL;
     if (b == NULL) {
-        CUresult rc = central_alloc(p, req->device, size, &b);
+        CUresult rc = gs_pool_central_alloc(p, req->device, size, &b);
         if (rc == CUDA_ERROR_OUT_OF_MEMORY && gs_opts.on_oom == GS_ON_OOM_MANAGED)
             return gs_managed_spill(req, ptr, pitch, block); /* GPUSHIM_ON_OOM=managed */
         if (rc != CUDA_SUCCESS)
@@ -776,7 +272,7 @@ static CUresult pool_alloc(const gs_alloc_req_t *req, CUdeviceptr *ptr, size_t *
 }
 
 /* Claims the live block at ptr for freeing (LIVE -> CACHED). */
-static inline bool claim(pool_block_t *b, CUdeviceptr ptr)
+static inline bool claim(gs_pool_block_t *b, CUdeviceptr ptr)
 {
     int live = BLOCK_LIVE;
     return __atomic_load_n(&b->base, __ATOMIC_RELAXED) == ptr &&
@@ -789,7 +285,7 @@ static int pool_free(CUdeviceptr ptr, const gs_free_req_t *req, CUresult *result
      * describes that block: a live block's record cannot be recycled, so if the generation is
      * unchanged and the block is live, it is the one at ptr. Otherwise the map decides. */
     size_t slot = recent_slot(ptr);
-    pool_block_t *b = NULL;
+    gs_pool_block_t *b = NULL;
     if (gs_recent[slot].base == ptr &&
         atomic_load_explicit(&gs_recent[slot].block->generation, memory_order_acquire) ==
             gs_recent[slot].generation)
@@ -810,7 +306,7 @@ static int pool_free(CUdeviceptr ptr, const gs_free_req_t *req, CUresult *result
             return 0;
         }
     }
-    pool_device_t *p = &gs_pools[b->device];
+    gs_pool_device_t *p = &gs_pools[b->device];
     *block = (gs_block_t){.base = b->base,
                           .bytes = b->requested,
                           .device = b->device,
@@ -823,32 +319,32 @@ static int pool_free(CUdeviceptr ptr, const gs_free_req_t *req, CUresult *result
     if (cache && cache_put(p, cache, b))
         return 0;
     pthread_mutex_lock(&p->lock);
-    release_to_pool(p, b);
+    gs_pool_release(p, b);
     pthread_mutex_unlock(&p->lock);
     (void)req; /* a stream-ordered free of a pool block: the same epoch rule covers it */
     return 0;
 }
 
 /* The live pool block containing ptr (interior pointers too), or NULL. */
-static pool_block_t *containing(CUdeviceptr ptr)
+static gs_pool_block_t *containing(CUdeviceptr ptr)
 {
     gs_block_t entry;
     if (gs_ptrmap_find(ptr, &entry) == 0) {
         if (entry.owner == NULL || entry.owner == gs_managed_owner)
             return NULL; /* passed through or spilled: the driver describes it */
-        pool_block_t *b = entry.owner;
+        gs_pool_block_t *b = entry.owner;
         return atomic_load(&b->state) == BLOCK_LIVE ? b : NULL;
     }
     for (int d = 0; d < GS_MAX_DEVICES; d++) {
-        pool_device_t *p = &gs_pools[d];
+        gs_pool_device_t *p = &gs_pools[d];
         if (!atomic_load(&p->ready))
             continue;
-        pool_block_t *found = NULL;
+        gs_pool_block_t *found = NULL;
         pthread_mutex_lock(&p->lock);
-        for (pool_chunk_t *c = p->chunks; c && !found; c = c->next) {
+        for (gs_pool_chunk_t *c = p->chunks; c && !found; c = c->next) {
             if (ptr < c->base || ptr >= c->base + c->size)
                 continue;
-            for (pool_block_t *b = c->first; b; b = b->next_addr)
+            for (gs_pool_block_t *b = c->first; b; b = b->next_addr)
                 if (ptr >= b->base && ptr < b->base + b->size) {
                     found = atomic_load(&b->state) == BLOCK_LIVE ? b : NULL;
                     break;
@@ -863,7 +359,7 @@ static pool_block_t *containing(CUdeviceptr ptr)
 
 static int pool_address_range(CUdeviceptr ptr, CUdeviceptr *base, size_t *size, CUresult *result)
 {
-    pool_block_t *b = containing(ptr);
+    gs_pool_block_t *b = containing(ptr);
     if (b == NULL || ptr >= b->base + b->requested)
         return GS_NOT_OURS;
     if (base)
@@ -879,7 +375,7 @@ static int pool_pointer_attribute(void *data, CUpointer_attribute attr, CUdevice
 {
     if (attr != CU_POINTER_ATTRIBUTE_RANGE_START_ADDR && attr != CU_POINTER_ATTRIBUTE_RANGE_SIZE)
         return GS_NOT_OURS;
-    pool_block_t *b = containing(ptr);
+    gs_pool_block_t *b = containing(ptr);
     if (b == NULL)
         return GS_NOT_OURS;
     if (attr == CU_POINTER_ATTRIBUTE_RANGE_START_ADDR)
@@ -895,7 +391,7 @@ static int pool_pointer_attribute(void *data, CUpointer_attribute attr, CUdevice
 static int pool_ipc_handle(CUipcMemHandle *handle, CUdeviceptr ptr, CUresult *result)
 {
     (void)handle;
-    pool_block_t *b = containing(ptr);
+    gs_pool_block_t *b = containing(ptr);
     if (b == NULL || (b->base == b->chunk->base && b->size == b->chunk->size))
         return GS_NOT_OURS; /* not ours, or a whole chunk: the driver's handle is right */
     gs_log_warning("cuIpcGetMemHandle refused (CUDA_ERROR_INVALID_VALUE): %#llx is a block inside "
@@ -920,7 +416,7 @@ static int pool_mem_get_info(size_t *free_bytes, size_t *total_bytes, CUresult *
 {
     const gs_driver_t *drv = gs_driver();
     int device = gs_current_device();
-    pool_device_t *p = &gs_pools[device];
+    gs_pool_device_t *p = &gs_pools[device];
     *result =
         drv->mem_get_info ? drv->mem_get_info(free_bytes, total_bytes) : CUDA_ERROR_NOT_SUPPORTED;
     if (*result != CUDA_SUCCESS || !atomic_load(&p->ready))
@@ -937,7 +433,7 @@ static int pool_mem_get_info(size_t *free_bytes, size_t *total_bytes, CUresult *
 
 static void pool_report(int device, gs_buf_t *out, bool json)
 {
-    pool_device_t *p = &gs_pools[device];
+    gs_pool_device_t *p = &gs_pools[device];
     if (!atomic_load(&p->ready))
         return;
     uint64_t hits = 0, misses = 0;
@@ -953,7 +449,7 @@ static void pool_report(int device, gs_buf_t *out, bool json)
     pthread_mutex_lock(&p->lock);
     uint64_t largest = 0;
     for (int c = CLASS_COUNT - 1; c >= 0 && largest == 0; c--)
-        for (pool_block_t *b = p->free_lists[c]; b; b = b->next_free)
+        for (gs_pool_block_t *b = p->free_lists[c]; b; b = b->next_free)
             if (b->size > largest)
                 largest = b->size;
     const char *reuse = gs_opts.pool_reuse == GS_REUSE_SAFE ? "safe" : "immediate";
@@ -1008,7 +504,7 @@ static uint64_t pool_live_bytes(const gs_block_t *block)
 {
     if (block->owner == NULL || block->owner == gs_managed_owner)
         return block->bytes;
-    pool_block_t *b = block->owner;
+    gs_pool_block_t *b = block->owner;
     return atomic_load(&b->state) == BLOCK_LIVE ? b->requested : 0;
 }
 
@@ -1030,15 +526,15 @@ static void pool_forget(void)
 void gs_pool_destroy(void)
 {
     for (int d = 0; d < GS_MAX_DEVICES; d++) {
-        for (pool_chunk_t *c = gs_pools[d].chunks, *next; c; c = next) {
+        for (gs_pool_chunk_t *c = gs_pools[d].chunks, *next; c; c = next) {
             next = c->next;
-            for (pool_block_t *b = c->first, *after; b; b = after) {
+            for (gs_pool_block_t *b = c->first, *after; b; b = after) {
                 after = b->next_addr;
                 free(b);
             }
             free(c);
         }
-        for (pool_block_t *b = gs_pools[d].spare, *after; b; b = after) {
+        for (gs_pool_block_t *b = gs_pools[d].spare, *after; b; b = after) {
             after = b->next_free;
             free(b);
         }
@@ -1059,8 +555,8 @@ const gs_backend_t gs_backend_pool = {
     .address_range = pool_address_range,
     .pointer_attribute = pool_pointer_attribute,
     .ipc_handle = pool_ipc_handle,
-    .before_sync = pool_before_sync,
-    .after_sync = pool_after_sync,
+    .before_sync = gs_pool_before_sync,
+    .after_sync = gs_pool_after_sync,
     .report = pool_report,
     .live_bytes = pool_live_bytes,
     .forget = pool_forget,

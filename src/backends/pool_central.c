@@ -1,0 +1,424 @@
+/* pool_central.c: the pool behind the thread caches, per device and behind its lock: good-fit
+ * segregated free lists over address-ordered blocks that coalesce, the pending list and the
+ * synchronizations of safe reuse, and growth from and release to the driver. pool.c holds the
+ * thread caches and the backend operations; pool_internal.h the types they share. */
+#include "gs.h"
+#include "pool_internal.h"
+
+#include <sched.h>
+#include <stdlib.h>
+
+gs_pool_device_t gs_pools[GS_MAX_DEVICES];
+
+/* ---- central free lists (device lock held) ---------------------------------------------- */
+
+static void list_push(gs_pool_device_t *p, gs_pool_block_t *b)
+{
+    int c = class_floor(b->size);
+    b->prev_free = NULL;
+    b->next_free = p->free_lists[c];
+    if (b->next_free)
+        b->next_free->prev_free = b;
+    p->free_lists[c] = b;
+    p->bitmap[c / 64] |= 1ull << (c % 64);
+    p->free_bytes += b->size;
+    atomic_store_explicit(&b->state, BLOCK_FREE, memory_order_relaxed);
+}
+
+static void list_remove(gs_pool_device_t *p, gs_pool_block_t *b)
+{
+    int c = class_floor(b->size);
+    if (b->prev_free)
+        b->prev_free->next_free = b->next_free;
+    else
+        p->free_lists[c] = b->next_free;
+    if (b->next_free)
+        b->next_free->prev_free = b->prev_free;
+    if (p->free_lists[c] == NULL)
+        p->bitmap[c / 64] &= ~(1ull << (c % 64));
+    p->free_bytes -= b->size;
+}
+
+/* The smallest block of a list that holds size (lowest address among equals), or NULL. */
+static gs_pool_block_t *best_in(gs_pool_block_t *list, uint64_t size)
+{
+    gs_pool_block_t *best = NULL;
+    for (gs_pool_block_t *b = list; b; b = b->next_free)
+        if (b->size >= size && (best == NULL || b->size < best->size ||
+                                (b->size == best->size && b->base < best->base)))
+            best = b;
+    return best;
+}
+
+/* Best fit: the size's own class first (a block there may fit), then the first non-empty class
+ * where every block fits, and the smallest block in it. */
+static gs_pool_block_t *find_free(gs_pool_device_t *p, uint64_t size)
+{
+    gs_pool_block_t *b = best_in(p->free_lists[class_floor(size)], size);
+    if (b)
+        return b;
+    for (int c = class_ceil(size); c < CLASS_COUNT;) {
+        uint64_t word = p->bitmap[c / 64] & (~0ull << (c % 64));
+        if (word)
+            return best_in(p->free_lists[(c / 64) * 64 + __builtin_ctzll(word)], size);
+        c = (c / 64 + 1) * 64;
+    }
+    return NULL;
+}
+
+static int map_block(gs_pool_block_t *b)
+{
+    gs_block_t entry = {
+        .base = b->base, .bytes = b->size, .device = b->device, .kind = GS_KIND_DEVICE, .owner = b};
+    return gs_ptrmap_insert(&entry);
+}
+
+static void recycle_block(gs_pool_device_t *p, gs_pool_block_t *b)
+{
+    __atomic_store_n(&b->base, 0, __ATOMIC_RELAXED);
+    atomic_fetch_add_explicit(&b->generation, 1, memory_order_release);
+    b->next_free = p->spare;
+    p->spare = b;
+}
+
+static gs_pool_block_t *new_block(gs_pool_device_t *p, gs_pool_chunk_t *chunk, CUdeviceptr base,
+                                  uint64_t size, int device)
+{
+    gs_pool_block_t *b = p->spare;
+    if (b)
+        p->spare = b->next_free;
+    else if ((b = calloc(1, sizeof *b)) == NULL)
+        return NULL;
+    b->size = size;
+    b->requested = 0;
+    b->epoch = 0;
+    b->prev_addr = b->next_addr = b->prev_free = b->next_free = NULL;
+    b->chunk = chunk;
+    b->device = device;
+    atomic_store_explicit(&b->state, BLOCK_FREE, memory_order_relaxed);
+    __atomic_store_n(&b->base, base, __ATOMIC_RELAXED);
+    if (map_block(b) != 0) {
+        recycle_block(p, b);
+        return NULL;
+    }
+    return b;
+}
+
+/* Takes size bytes from the front of free block b; the rest stays free. */
+static void carve(gs_pool_device_t *p, gs_pool_block_t *b, uint64_t size)
+{
+    list_remove(p, b);
+    /* LIVE before the lock is dropped, or a neighbour's free could merge it as FREE. */
+    atomic_store_explicit(&b->state, BLOCK_LIVE, memory_order_relaxed);
+    if (b->size - size >= GS_POOL_ALIGN) {
+        gs_pool_block_t *rest = new_block(p, b->chunk, b->base + size, b->size - size, b->device);
+        if (rest) {
+            rest->prev_addr = b;
+            rest->next_addr = b->next_addr;
+            if (b->next_addr)
+                b->next_addr->prev_addr = rest;
+            b->next_addr = rest;
+            b->size = size;
+            list_push(p, rest);
+        }
+    }
+}
+
+static void merge_into_prev(gs_pool_device_t *p, gs_pool_block_t *prev, gs_pool_block_t *b)
+{
+    prev->size += b->size;
+    prev->next_addr = b->next_addr;
+    if (b->next_addr)
+        b->next_addr->prev_addr = prev;
+    gs_ptrmap_remove(b->base, NULL);
+    recycle_block(p, b);
+}
+
+/* Returns a block to the central free lists, coalescing with free neighbours. */
+static void central_free(gs_pool_device_t *p, gs_pool_block_t *b)
+{
+    gs_pool_block_t *next = b->next_addr, *prev = b->prev_addr;
+    if (next && atomic_load_explicit(&next->state, memory_order_relaxed) == BLOCK_FREE) {
+        list_remove(p, next);
+        merge_into_prev(p, b, next);
+    }
+    if (prev && atomic_load_explicit(&prev->state, memory_order_relaxed) == BLOCK_FREE) {
+        list_remove(p, prev);
+        merge_into_prev(p, prev, b);
+        b = prev;
+    }
+    list_push(p, b);
+}
+
+/* ---- safe reuse ------------------------------------------------------------------------- */
+
+/* Pending blocks whose free a completed synchronization covers go back to the free lists. */
+static void recycle_pending(gs_pool_device_t *p)
+{
+    p->recycled_upto = atomic_load_explicit(&p->completed, memory_order_acquire);
+    gs_pool_block_t **link = &p->pending;
+    while (*link) {
+        gs_pool_block_t *b = *link;
+        if (reusable(p, b)) {
+            *link = b->next_free;
+            p->pending_bytes -= b->size;
+            central_free(p, b);
+        } else {
+            link = &b->next_free;
+        }
+    }
+}
+
+uint64_t gs_pool_before_sync(int device)
+{
+    /* Frees stamped with the old epoch happened before this synchronization started. */
+    return atomic_fetch_add_explicit(&gs_pools[device].epoch, 1, memory_order_acq_rel);
+}
+
+void gs_pool_after_sync(int device, uint64_t token)
+{
+    gs_pool_device_t *p = &gs_pools[device];
+    uint64_t done = atomic_load_explicit(&p->completed, memory_order_relaxed);
+    while (token > done &&
+           !atomic_compare_exchange_weak_explicit(&p->completed, &done, token, memory_order_acq_rel,
+                                                  memory_order_relaxed)) {
+    }
+    if (atomic_load_explicit(&p->ready, memory_order_acquire)) {
+        pthread_mutex_lock(&p->lock);
+        recycle_pending(p);
+        pthread_mutex_unlock(&p->lock);
+    }
+    gs_backend_managed.after_sync(device, token); /* stream-ordered frees of spilled blocks */
+}
+
+/* The shim's own device synchronization: every free stamped before it is safe afterwards.
+ * Returns its duration in nanoseconds, or 0 if the driver refused. */
+static uint64_t shim_sync(gs_pool_device_t *p, int device)
+{
+    const gs_driver_t *drv = gs_driver();
+    uint64_t start = gs_now_ns();
+    uint64_t token = gs_pool_before_sync(device);
+    CUresult rc = drv->ctx_synchronize ? GS_DRIVER_CALL(device, drv->ctx_synchronize())
+                                       : CUDA_ERROR_NOT_SUPPORTED;
+    uint64_t ns = gs_now_ns() - start + 1;
+    atomic_fetch_add_explicit(&p->shim_syncs, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&p->shim_sync_ns, ns, memory_order_relaxed);
+    if (rc != CUDA_SUCCESS)
+        return 0;
+    uint64_t done = atomic_load(&p->completed);
+    while (token > done && !atomic_compare_exchange_weak(&p->completed, &done, token)) {
+    }
+    /* A slow one means queued GPU work: no cheap ones for a while (1 ms, twice as long after
+     * each further slow one, at most 1 s); quick ones shorten the back-off again. */
+    uint64_t backoff = atomic_load_explicit(&p->backoff_ns, memory_order_relaxed);
+    if (ns > CHEAP_SYNC_NS) {
+        backoff = backoff < BACKOFF_MIN_NS ? BACKOFF_MIN_NS
+                                           : (backoff < BACKOFF_MAX_NS ? 2 * backoff : backoff);
+        atomic_store_explicit(&p->no_cheap_until, gs_now_ns() + backoff, memory_order_relaxed);
+    } else {
+        backoff /= 2;
+    }
+    atomic_store_explicit(&p->backoff_ns, backoff, memory_order_relaxed);
+    return ns;
+}
+
+/* Device lock held: only when pending bytes are needed. */
+static void sync_and_recycle(gs_pool_device_t *p, int device)
+{
+    if (shim_sync(p, device))
+        recycle_pending(p);
+}
+
+/* Safe reuse at pool speed in tight loops: a synchronization of an idle device costs a few
+ * microseconds, so when a thread's cache holds many pending blocks, one synchronization makes
+ * them all reusable. On a busy device it would wait for queued work: after a slow one there are
+ * none for a while (see shim_sync) and the pool grows instead. If another thread is
+ * synchronizing, waiting for it is as good. Returns whether a synchronization completed. */
+bool gs_pool_sync_if_cheap(gs_pool_device_t *p, int device)
+{
+    if (gs_opts.pool_reuse != GS_REUSE_SAFE)
+        return false;
+    uint64_t until = atomic_load_explicit(&p->no_cheap_until, memory_order_relaxed);
+    if (until && gs_now_ns() < until)
+        return false;
+    if (atomic_exchange_explicit(&p->syncing, true, memory_order_acquire)) {
+        for (int spins = 0; atomic_load_explicit(&p->syncing, memory_order_acquire); spins++)
+            if (spins > 64)
+                sched_yield();
+        return true;
+    }
+    bool synced = shim_sync(p, device) != 0;
+    atomic_store_explicit(&p->syncing, false, memory_order_release);
+    return synced;
+}
+
+/* A freed block goes to the free lists, or to the pending list until it is safe (lock held). */
+void gs_pool_release(gs_pool_device_t *p, gs_pool_block_t *b)
+{
+    if (reusable(p, b)) {
+        central_free(p, b);
+        return;
+    }
+    atomic_store_explicit(&b->state, BLOCK_PENDING, memory_order_relaxed);
+    b->next_free = p->pending;
+    p->pending = b;
+    p->pending_bytes += b->size;
+}
+
+/* ---- growth and release (device lock held) ---------------------------------------------- */
+
+static CUresult grow(gs_pool_device_t *p, int device, uint64_t need)
+{
+    const gs_driver_t *drv = gs_driver();
+    /* Grow by 1/32 of what is reserved already (so unused reserve stays small), between 2 MiB and
+     * GPUSHIM_POOL_CHUNK, or by the request if it is larger; never past the maximum. */
+    uint64_t step = p->reserved / 32;
+    if (step < GS_POOL_GRANULE)
+        step = GS_POOL_GRANULE;
+    if (step > p->chunk_size)
+        step = p->chunk_size;
+    uint64_t size = round_up(need > step ? need : step, GS_POOL_GRANULE);
+    if (p->reserved + size > p->max) {
+        if (p->reserved + round_up(need, GS_POOL_GRANULE) > p->max)
+            return CUDA_ERROR_OUT_OF_MEMORY;
+        size = round_up(need, GS_POOL_GRANULE);
+    }
+    gs_pool_chunk_t *chunk = calloc(1, sizeof *chunk);
+    if (chunk == NULL)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    CUdeviceptr base = 0;
+    p->grow_calls++;
+    CUresult rc = drv->mem_alloc ? GS_DRIVER_CALL(device, drv->mem_alloc(&base, size))
+                                 : CUDA_ERROR_NOT_SUPPORTED;
+    if (rc != CUDA_SUCCESS) {
+        free(chunk);
+        return rc;
+    }
+    chunk->base = base;
+    chunk->size = size;
+    chunk->first = new_block(p, chunk, base, size, device);
+    if (chunk->first == NULL) {
+        GS_DRIVER_CALL(device, drv->mem_free(base));
+        free(chunk);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    chunk->next = p->chunks;
+    p->chunks = chunk;
+    p->chunk_count++;
+    p->reserved += size;
+    if (p->reserved > p->reserved_peak)
+        p->reserved_peak = p->reserved;
+    list_push(p, chunk->first);
+    return CUDA_SUCCESS;
+}
+
+/* Gives wholly free chunks back to the driver; returns how many. */
+static int release_free_chunks(gs_pool_device_t *p, int device)
+{
+    const gs_driver_t *drv = gs_driver();
+    int released = 0;
+    for (gs_pool_chunk_t **link = &p->chunks; *link;) {
+        gs_pool_chunk_t *c = *link;
+        gs_pool_block_t *b = c->first;
+        if (b->size != c->size || atomic_load(&b->state) != BLOCK_FREE) {
+            link = &c->next;
+            continue;
+        }
+        list_remove(p, b);
+        gs_ptrmap_remove(b->base, NULL);
+        if (GS_DRIVER_CALL(device, drv->mem_free(c->base)) != CUDA_SUCCESS) {
+            list_push(p, b); /* keep it; the driver refused */
+            map_block(b);
+            link = &c->next;
+            continue;
+        }
+        recycle_block(p, b);
+        *link = c->next;
+        p->reserved -= c->size;
+        p->chunk_count--;
+        p->releases++;
+        free(c);
+        released++;
+    }
+    return released;
+}
+
+/* ---- per-device set-up and the slow path ----------------------------------------------- */
+
+void gs_pool_device_init(gs_pool_device_t *p, int device)
+{
+    const gs_driver_t *drv = gs_driver();
+    size_t total = 0;
+    if (drv->device_total_mem == NULL || drv->device_total_mem(&total, device) != CUDA_SUCCESS)
+        total = 0;
+    int align = 0;
+    if (drv->device_get_attribute)
+        drv->device_get_attribute(&align, CU_DEVICE_ATTRIBUTE_TEXTURE_PITCH_ALIGNMENT, device);
+    p->total = total;
+    p->max = gs_size_resolve(gs_opts.pool_max, total);
+    if (p->max == 0 || (total && p->max > total))
+        p->max = total ? total : UINT64_MAX;
+    p->chunk_size = gs_size_resolve(gs_opts.pool_chunk, total);
+    if (p->chunk_size < GS_POOL_GRANULE)
+        p->chunk_size = GS_POOL_GRANULE;
+    p->pending_max = gs_size_resolve(gs_opts.pool_pending_max, total);
+    p->cache_budget = gs_opts.pool_reuse != GS_REUSE_SAFE ? CACHE_BYTES_IMMEDIATE
+                      : p->pending_max < CACHE_BYTES      ? p->pending_max
+                                                          : CACHE_BYTES;
+    p->pitch_align = (uint64_t)align > GS_POOL_ALIGN ? (uint64_t)align : GS_POOL_ALIGN;
+    atomic_store(&p->epoch, 1);
+    atomic_store(&p->completed, 0);
+    uint64_t initial = gs_size_resolve(gs_opts.pool_initial, total);
+    atomic_store_explicit(&p->ready, true, memory_order_release);
+    if (initial > 0 && grow(p, device, initial) != CUDA_SUCCESS)
+        gs_log_warning("GPUSHIM_POOL_INITIAL: could not reserve %llu bytes on device %d; the pool "
+                       "grows on demand",
+                       (unsigned long long)initial, device);
+}
+
+/* The slow path: the central pool, then synchronization (safe reuse), then growth, then
+ * release of free chunks and caches, then out of memory. */
+CUresult gs_pool_central_alloc(gs_pool_device_t *p, int device, uint64_t size,
+                               gs_pool_block_t **out)
+{
+    CUresult rc = CUDA_SUCCESS;
+    pthread_mutex_lock(&p->lock);
+    if (p->pending && p->recycled_upto < atomic_load_explicit(&p->completed, memory_order_acquire))
+        recycle_pending(p); /* a cheap synchronization covered some since */
+    gs_pool_block_t *b = find_free(p, size);
+    /* Synchronize rather than grow when pending bytes could serve and are many: past the bound,
+     * past 1/16 of the pool, or where growth would pass the maximum. */
+    if (b == NULL && p->pending_bytes >= size &&
+        (p->pending_bytes >= p->pending_max || p->pending_bytes >= p->reserved / 16 ||
+         p->reserved + size > p->max)) {
+        sync_and_recycle(p, device);
+        b = find_free(p, size);
+    }
+    if (b == NULL && p->pending_bytes >= size && gs_pool_sync_if_cheap(p, device)) {
+        recycle_pending(p);
+        b = find_free(p, size);
+    }
+    if (b == NULL) {
+        rc = grow(p, device, size);
+        if (rc == CUDA_ERROR_OUT_OF_MEMORY) {
+            /* Memory is short: everything free anywhere goes back, then one more try. */
+            gs_pool_drain_caches(p, device);
+            if (p->pending_bytes)
+                sync_and_recycle(p, device);
+            b = find_free(p, size);
+            if (b == NULL && release_free_chunks(p, device) >= 0)
+                rc = grow(p, device, size);
+        }
+        if (b == NULL && rc == CUDA_SUCCESS)
+            b = find_free(p, size);
+    }
+    if (b) {
+        carve(p, b, size);
+        rc = CUDA_SUCCESS;
+    } else if (rc == CUDA_SUCCESS) {
+        rc = CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    pthread_mutex_unlock(&p->lock);
+    *out = b;
+    return rc;
+}

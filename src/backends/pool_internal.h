@@ -1,0 +1,121 @@
+/* pool_internal.h: what pool.c (thread caches, backend operations) and pool_central.c (free
+ * lists, safe reuse, growth) share. Not part of the library's interface. */
+#ifndef GS_POOL_INTERNAL_H
+#define GS_POOL_INTERNAL_H
+
+#include "gs.h"
+
+#include <pthread.h>
+
+#define GS_POOL_ALIGN 512ull         /* what cudaMalloc gives in practice (>= the 256 promised) */
+#define GS_POOL_GRANULE (2ull << 20) /* chunks are multiples of the driver's 2 MiB pages */
+#define SL_BITS 3                    /* 8 classes per power of two: at most 12.5% apart */
+#define MIN_FL 9                     /* 512 B */
+#define CLASS_COUNT ((48 - MIN_FL) << SL_BITS)
+#define BITMAP_WORDS ((CLASS_COUNT + 63) / 64)
+/* A thread cache holds, per size class, a FIFO ring of freed blocks: up to CACHE_DEPTH blocks of
+ * up to CACHE_BYTES together, and one larger block beside them. Under safe reuse the ring is also
+ * where freed blocks wait for a synchronization: 64 of them make one synchronization serve 64
+ * allocations. */
+#define CACHE_DEPTH 64
+#define CACHE_BYTES (32ull << 20)          /* under safe reuse (at most GPUSHIM_POOL_PENDING_MAX) */
+#define CACHE_BYTES_IMMEDIATE (8ull << 20) /* no synchronization to amortize: less held idle */
+#define CACHE_CLASSES (((25 - MIN_FL) << SL_BITS) + 1) /* classes up to CACHE_BYTES (2^25) */
+#define CHEAP_SYNC_NS 50000ull       /* a synchronization this quick means an idle device */
+#define BACKOFF_MIN_NS 1000000ull    /* after a slow one, none for 1 ms, doubling ... */
+#define BACKOFF_MAX_NS 1000000000ull /* ... up to 1 s */
+#define RECENT_SLOTS 256             /* per-thread memory of recent allocations, for their frees */
+
+enum { BLOCK_FREE, BLOCK_LIVE, BLOCK_CACHED, BLOCK_PENDING };
+
+typedef struct gs_pool_chunk gs_pool_chunk_t;
+
+/* Records are type-stable: once made they are recycled through gs_pool_device_t.spare, never freed,
+ * so a stale pointer to one (the per-thread recent table) is safe to read and then re-checked. */
+typedef struct gs_pool_block {
+    CUdeviceptr base;   /* written and read with __atomic: the recent table reads it unlocked */
+    uint64_t size;      /* rounded, what the block spans */
+    uint64_t requested; /* what the program asked for (range queries answer this) */
+    uint64_t epoch;     /* sync epoch at free (safe reuse) */
+    struct gs_pool_block *prev_addr, *next_addr; /* neighbours in the chunk */
+    struct gs_pool_block *prev_free, *next_free; /* central free or pending list */
+    gs_pool_chunk_t *chunk;
+    _Atomic int state;
+    _Atomic uint32_t generation; /* bumped at every recycling */
+    int device;
+    int size_class; /* class_floor(size), kept for the thread cache */
+} gs_pool_block_t;
+
+struct gs_pool_chunk {
+    CUdeviceptr base;
+    uint64_t size;
+    gs_pool_block_t *first;
+    gs_pool_chunk_t *next;
+};
+
+typedef struct gs_pool_device {
+    pthread_mutex_t lock;
+    atomic_bool ready;
+    uint64_t total, max, chunk_size, pending_max, pitch_align;
+    uint64_t cache_budget; /* bytes of small blocks a thread cache holds: CACHE_BYTES_IMMEDIATE,
+                              or under safe reuse CACHE_BYTES but at most
+                              GPUSHIM_POOL_PENDING_MAX (they may be pending) */
+    gs_pool_chunk_t *chunks;
+    gs_pool_block_t *free_lists[CLASS_COUNT];
+    uint64_t bitmap[BITMAP_WORDS];
+    gs_pool_block_t *pending; /* central pending list (safe reuse) */
+    gs_pool_block_t *spare;   /* recycled records */
+    uint64_t pending_bytes, free_bytes, reserved, reserved_peak, chunk_count;
+    uint64_t releases, grow_calls;
+    _Atomic uint64_t shim_syncs, shim_sync_ns;
+    _Atomic uint64_t epoch;          /* frees are stamped with this */
+    _Atomic uint64_t completed;      /* every free stamped <= this is safe to reuse */
+    uint64_t recycled_upto;          /* completed when the pending list was last recycled */
+    atomic_bool syncing;             /* a thread is in a cheap synchronization */
+    _Atomic uint64_t no_cheap_until; /* CLOCK_MONOTONIC ns: back-off after a slow one */
+    _Atomic uint64_t backoff_ns;     /* the next back-off */
+} gs_pool_device_t;
+
+extern gs_pool_device_t gs_pools[GS_MAX_DEVICES];
+
+/* ---- size classes ---------------------------------------------------------------------- */
+
+static inline uint64_t round_up(uint64_t x, uint64_t to)
+{
+    return (x + to - 1) / to * to;
+}
+
+static inline int class_floor(uint64_t size)
+{
+    int fl = 63 - __builtin_clzll(size);
+    int sl = (int)((size >> (fl - SL_BITS)) & ((1 << SL_BITS) - 1));
+    int index = ((fl - MIN_FL) << SL_BITS) + sl;
+    return index < CLASS_COUNT ? index : CLASS_COUNT - 1;
+}
+
+/* The first class whose every block is at least size. */
+static inline int class_ceil(uint64_t size)
+{
+    int fl = 63 - __builtin_clzll(size);
+    return class_floor(size + (1ull << (fl - SL_BITS)) - 1);
+}
+
+static inline bool reusable(gs_pool_device_t *p, const gs_pool_block_t *b)
+{
+    return gs_opts.pool_reuse == GS_REUSE_IMMEDIATE ||
+           b->epoch <= atomic_load_explicit(&p->completed, memory_order_acquire);
+}
+
+/* pool_central.c; "lock held" means the device's lock. */
+void gs_pool_device_init(gs_pool_device_t *p, int device); /* lock held */
+/* The slow path: the free lists, synchronization (safe reuse), growth, release, out of memory. */
+CUresult gs_pool_central_alloc(gs_pool_device_t *p, int device, uint64_t size,
+                               gs_pool_block_t **out);
+void gs_pool_release(gs_pool_device_t *p, gs_pool_block_t *b); /* lock held */
+bool gs_pool_sync_if_cheap(gs_pool_device_t *p, int device);
+uint64_t gs_pool_before_sync(int device);
+void gs_pool_after_sync(int device, uint64_t token);
+/* pool.c: under memory pressure (lock held), every thread cache of the device is emptied. */
+void gs_pool_drain_caches(gs_pool_device_t *p, int device);
+
+#endif
