@@ -4,7 +4,7 @@
  * through (counted), as in the pass-through backend.
  *
  * Layers, fastest first:
- *   thread cache   (here) per thread and device, a FIFO ring of freed blocks per size class,
+ *   thread cache   (here) per thread and device, a FIFO queue of freed blocks per size class,
  *                  touched only by its owner (no locked instruction, no shared cache line: 16
  *                  threads scale); another thread under memory pressure asks it to drain itself;
  *   central pool   (pool_central.c) per device, behind a mutex: good-fit segregated free lists
@@ -19,7 +19,7 @@
  * We keep the guarantee without the wait: a freed block is stamped with the device's current
  * sync epoch and may be handed out again only after a device synchronization that started after
  * the free has completed: the program's own (cuCtxSynchronize, i.e. cudaDeviceSynchronize) or
- * one the shim makes: when a thread's ring is full of pending blocks and synchronizations are
+ * one the shim makes: when a thread's queue is full of pending blocks and synchronizations are
  * cheap (an idle device), before the pool grows, or when pending bytes pass
  * GPUSHIM_POOL_PENDING_MAX (pool_central.c says when exactly). immediate: reuse at once (RMM,
  * PyTorch). */
@@ -31,10 +31,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct cache_ring {
-    gs_pool_block_t *blocks[CACHE_DEPTH];
-    uint8_t head, count; /* oldest first: under safe reuse the first to become reusable */
-} cache_ring_t;
+/* A first-in first-out queue of cached blocks, linked through their next_free field (free while
+ * a block is in a thread cache: the central lists use it only for FREE and PENDING blocks), so a
+ * deep queue costs no memory of its own. */
+typedef struct cache_queue {
+    gs_pool_block_t *head, *tail; /* oldest first: under safe reuse the first to become reusable */
+    uint32_t count;
+} cache_queue_t;
 
 typedef struct thread_cache {
     int device;
@@ -44,7 +47,7 @@ typedef struct thread_cache {
     atomic_bool drain_requested;          /* set by a thread short of memory; the owner drains */
     struct thread_cache *next;
     atomic_bool orphaned;
-    cache_ring_t rings[CACHE_CLASSES];
+    cache_queue_t queues[CACHE_CLASSES];
 } thread_cache_t;
 
 static thread_cache_t *_Atomic gs_caches; /* all caches ever made, for flushes and the report */
@@ -75,9 +78,13 @@ static inline size_t recent_slot(CUdeviceptr base)
 static void cache_drain(gs_pool_device_t *p, thread_cache_t *c)
 {
     for (int k = 0; k < CACHE_CLASSES; k++) {
-        cache_ring_t *r = &c->rings[k];
-        for (; r->count; r->count--, r->head = (uint8_t)((r->head + 1) % CACHE_DEPTH))
-            gs_pool_release(p, r->blocks[r->head]);
+        cache_queue_t *r = &c->queues[k];
+        for (gs_pool_block_t *b = r->head, *next; b; b = next) {
+            next = b->next_free; /* the release reuses the field */
+            gs_pool_release(p, b);
+        }
+        r->head = r->tail = NULL;
+        r->count = 0;
     }
     if (c->large)
         gs_pool_release(p, c->large);
@@ -150,21 +157,23 @@ static gs_pool_block_t *cache_take(gs_pool_device_t *p, thread_cache_t *c, int d
         c->large = NULL;
     } else {
         int first = class_floor(size);
-        cache_ring_t *r = NULL;
+        cache_queue_t *r = NULL;
         for (int k = first; k <= first + 1 && k < CACHE_CLASSES && b == NULL; k++) {
-            r = &c->rings[k];
-            if (r->count && fits(r->blocks[r->head], size))
-                b = r->blocks[r->head];
+            r = &c->queues[k];
+            if (r->head && fits(r->head, size))
+                b = r->head;
         }
         if (b == NULL)
             goto miss;
-        /* The oldest block is pending: if the ring is full (or the byte budget is), one
-         * synchronization now makes the whole ring reusable. */
+        /* The oldest block is pending: if the queue is full (or the byte budget is), one
+         * synchronization now makes the whole queue reusable. */
         if (!reusable(p, b) &&
             !((r->count == CACHE_DEPTH || c->small_bytes + size > p->cache_budget) &&
               gs_pool_sync_if_cheap(p, device) && reusable(p, b)))
             goto miss;
-        r->head = (uint8_t)((r->head + 1) % CACHE_DEPTH);
+        r->head = b->next_free;
+        if (r->head == NULL)
+            r->tail = NULL;
         r->count--;
         c->small_bytes -= b->size;
     }
@@ -185,10 +194,15 @@ static bool cache_put(const gs_pool_device_t *p, thread_cache_t *c, gs_pool_bloc
             return false;
         c->large = b;
     } else {
-        cache_ring_t *r = &c->rings[b->size_class];
+        cache_queue_t *r = &c->queues[b->size_class];
         if (r->count == CACHE_DEPTH || c->small_bytes + b->size > p->cache_budget)
             return false;
-        r->blocks[(r->head + r->count) % CACHE_DEPTH] = b;
+        b->next_free = NULL;
+        if (r->tail)
+            r->tail->next_free = b;
+        else
+            r->head = b;
+        r->tail = b;
         r->count++;
         c->small_bytes += b->size;
     }

@@ -13,11 +13,11 @@
 #define MIN_FL 9                     /* 512 B */
 #define CLASS_COUNT ((48 - MIN_FL) << SL_BITS)
 #define BITMAP_WORDS ((CLASS_COUNT + 63) / 64)
-/* A thread cache holds, per size class, a FIFO ring of freed blocks: up to CACHE_DEPTH blocks of
- * up to CACHE_BYTES together, and one larger block beside them. Under safe reuse the ring is also
- * where freed blocks wait for a synchronization: 64 of them make one synchronization serve 64
- * allocations. */
-#define CACHE_DEPTH 64
+/* A thread cache holds, per size class, a FIFO queue of freed blocks: up to CACHE_DEPTH blocks of
+ * up to CACHE_BYTES together, and one larger block beside them. Under safe reuse the queue is
+ * also where freed blocks wait for a synchronization: 256 of them make one synchronization serve
+ * 256 allocations (a synchronization of an idle device costs 0.4-1.5 us measured). */
+#define CACHE_DEPTH 256
 #define CACHE_BYTES (32ull << 20)          /* under safe reuse (at most GPUSHIM_POOL_PENDING_MAX) */
 #define CACHE_BYTES_IMMEDIATE (8ull << 20) /* no synchronization to amortize: less held idle */
 #define CACHE_CLASSES (((25 - MIN_FL) << SL_BITS) + 1) /* classes up to CACHE_BYTES (2^25) */

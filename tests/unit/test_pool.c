@@ -125,14 +125,14 @@ static int tight_loop_keeping_the_guarantee(int pairs, size_t bytes)
     return reused;
 }
 
-/* Tight loops under safe reuse: a thread's cache holds up to 64 pending blocks a class, and one
+/* Tight loops under safe reuse: a thread's cache holds up to 256 pending blocks a class, and one
  * synchronization (cheap on an idle device) makes them all reusable: the pool does not grow. */
-static void safe_reuse_synchronizes_once_per_64_frees_when_cheap(void **state)
+static void safe_reuse_synchronizes_once_per_256_frees_when_cheap(void **state)
 {
     (void)state;
-    int reused = tight_loop_keeping_the_guarantee(2000, 4096);
-    assert_true(reused >= 1900);
-    assert_in_range(fake.syncs, 2000 / 64 - 2, 2000 / 64 + 2);
+    int reused = tight_loop_keeping_the_guarantee(5000, 4096);
+    assert_int_equal(reused, 5000 - 256); /* all but the first ring's worth */
+    assert_in_range(fake.syncs, 5000 / 256 - 1, 5000 / 256 + 1);
     assert_true(fake.used <= 8 * MiB); /* one chunk */
 }
 
@@ -429,7 +429,7 @@ int main(void)
         cmocka_unit_test_setup(reuses_freed_blocks_at_once_when_asked, immediate),
         cmocka_unit_test_setup(safe_reuse_waits_for_a_synchronization, safe),
         cmocka_unit_test_setup(pending_bytes_are_bounded, safe),
-        cmocka_unit_test_setup(safe_reuse_synchronizes_once_per_64_frees_when_cheap, safe),
+        cmocka_unit_test_setup(safe_reuse_synchronizes_once_per_256_frees_when_cheap, safe),
         cmocka_unit_test_setup(slow_synchronizations_back_off, safe),
         cmocka_unit_test_setup(coalesces_neighbours_back_into_one_block, immediate),
         cmocka_unit_test_setup(grows_in_chunks_and_serves_large_requests_whole, immediate),
