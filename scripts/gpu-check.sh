@@ -56,6 +56,12 @@ echo "no shim:        $("$build/reuse_safety")"
 for reuse in safe immediate; do
   echo "pool $reuse: $(LD_PRELOAD="$shim" GPUSHIM_MODE=pool GPUSHIM_POOL_REUSE=$reuse GPUSHIM_REPORT=off "$build/reuse_safety")"
 done
+echo "--- the same with blocking streams and 400 ms of allocations after the free (the pool's events)"
+echo "no shim:    $("$build/reuse_safety" blocking)"
+for reuse in safe immediate; do
+  echo "pool $reuse: $(LD_PRELOAD="$shim" GPUSHIM_MODE=pool GPUSHIM_POOL_REUSE=$reuse GPUSHIM_REPORT="$work/rs-$reuse.txt" "$build/reuse_safety" blocking)"
+  grep -E "synchronizations made|reuse by events" "$work/rs-$reuse.txt"
+done
 echo "--- one pool per device (needs two GPUs)"
 for mode in off pool; do
   echo "$mode: $(LD_PRELOAD="$shim" GPUSHIM_MODE=$mode GPUSHIM_POOL_REUSE=immediate GPUSHIM_REPORT="$work/two-$mode-%p.txt" "$build/two_devices")"

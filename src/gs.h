@@ -30,6 +30,7 @@ typedef enum { GS_MODE_OFF, GS_MODE_POOL, GS_MODE_MANAGED } gs_mode_t;
 typedef enum { GS_REPORT_STDERR, GS_REPORT_OFF, GS_REPORT_FILE } gs_report_kind_t;
 typedef enum { GS_FORMAT_TEXT, GS_FORMAT_JSON } gs_report_format_t;
 typedef enum { GS_REUSE_SAFE, GS_REUSE_IMMEDIATE } gs_reuse_t;
+typedef enum { GS_EVENTS_AUTO, GS_EVENTS_OFF } gs_events_t;
 typedef enum { GS_ADVICE_NONE, GS_ADVICE_PREFERRED, GS_ADVICE_ACCESSED_BY } gs_advice_t;
 typedef enum { GS_ON_OOM_FAIL, GS_ON_OOM_MANAGED } gs_on_oom_t;
 
@@ -52,6 +53,7 @@ typedef struct gs_options {
     gs_size_spec_t pool_chunk;
     gs_size_spec_t pool_pending_max;
     gs_reuse_t pool_reuse;
+    gs_events_t pool_events;
     gs_on_oom_t on_oom;
     bool managed_prefetch;
     gs_advice_t managed_advice;
@@ -139,6 +141,11 @@ uint64_t gs_ticks_to_epoch_ns(uint64_t ticks, double ticks_per_ns);
     X(event_record, "cuEventRecord", CUresult (*)(CUevent, CUstream))                              \
     X(event_query, "cuEventQuery", CUresult (*)(CUevent))                                          \
     X(event_destroy, "cuEventDestroy_v2", CUresult (*)(CUevent))                                   \
+    X(stream_create, "cuStreamCreate", CUresult (*)(CUstream *, unsigned int))                     \
+    X(stream_create_with_priority, "cuStreamCreateWithPriority",                                   \
+      CUresult (*)(CUstream *, unsigned int, int))                                                 \
+    X(green_ctx_stream_create, "cuGreenCtxStreamCreate",                                           \
+      CUresult (*)(CUstream *, CUgreenCtx, unsigned int, int))                                     \
     X(get_proc_address, "cuGetProcAddress", CUresult (*)(const char *, void **, int, cuuint64_t))  \
     X(get_proc_address_v2, "cuGetProcAddress_v2",                                                  \
       CUresult (*)(const char *, void **, int, cuuint64_t, CUdriverProcAddressQueryResult *))
@@ -317,6 +324,14 @@ CUresult gs_pointer_get_attributes(unsigned int count, CUpointer_attribute *attr
                                    CUdeviceptr ptr);
 CUresult gs_ipc_get_mem_handle(CUipcMemHandle *handle, CUdeviceptr ptr);
 CUresult gs_ctx_synchronize(void);
+CUresult gs_stream_create(CUstream *stream, unsigned int flags);
+CUresult gs_stream_create_with_priority(CUstream *stream, unsigned int flags, int priority);
+CUresult gs_green_ctx_stream_create(CUstream *stream, CUgreenCtx green_ctx, unsigned int flags,
+                                    int priority);
+/* Whether the process has asked for a stream that does not synchronize with the legacy default
+ * stream (CU_STREAM_NON_BLOCKING, green-context streams). Once true, true for good. */
+bool gs_nonblocking_streams(void);
+void gs_streams_forget(void); /* fork child (the parent's streams are not the child's), tests */
 CUresult gs_ctx_synchronize_v2(CUcontext ctx);
 
 /* ------------------------------------------------------------------------------------------ */

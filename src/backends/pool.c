@@ -469,6 +469,7 @@ static void pool_report(int device, gs_buf_t *out, bool json)
     const char *reuse = gs_opts.pool_reuse == GS_REUSE_SAFE ? "safe" : "immediate";
     uint64_t syncs = atomic_load(&p->shim_syncs);
     double sync_mean_us = syncs ? (double)atomic_load(&p->shim_sync_ns) / (double)syncs / 1e3 : 0;
+    const char *events_off = gs_pool_events_off_reason(p);
     if (json) {
         gs_buf_printf(
             out,
@@ -478,13 +479,14 @@ static void pool_report(int device, gs_buf_t *out, bool json)
             "\"pool_allocations\": %llu, \"reuse\": \"%s\", \"pending\": %llu, "
             "\"shim_synchronizations\": %llu, \"shim_synchronization_mean_us\": %.1f, "
             "\"cached_in_threads\": %llu, "
-            "\"largest_free_block\": %llu}",
+            "\"largest_free_block\": %llu, \"event_recycles\": %llu, \"events\": \"%s%s\"}",
             (unsigned long long)p->reserved, (unsigned long long)p->reserved_peak,
             (unsigned long long)p->chunk_count, (unsigned long long)p->grow_calls,
             (unsigned long long)p->releases, ratio, (unsigned long long)hits,
             (unsigned long long)served, reuse, (unsigned long long)p->pending_bytes,
             (unsigned long long)syncs, sync_mean_us, (unsigned long long)cached,
-            (unsigned long long)largest);
+            (unsigned long long)largest, (unsigned long long)p->event_recycles,
+            events_off ? "off: " : "on", events_off ? events_off : "");
     } else {
         char reserved[32], peak[32], pending[32], large[32], cached_text[32];
         gs_buf_printf(
@@ -507,6 +509,13 @@ static void pool_report(int device, gs_buf_t *out, bool json)
                       device, reuse, gs_format_bytes(p->pending_bytes, pending),
                       (unsigned long long)syncs, sync_mean_us, gs_format_bytes(cached, cached_text),
                       gs_format_bytes(largest, large));
+        if (gs_opts.pool_reuse == GS_REUSE_SAFE)
+            gs_buf_printf(
+                out,
+                "gpushim: device %d: pool reuse by events on the legacy stream: %s%s; %llu "
+                "events made pending blocks reusable without a wait\n",
+                device, events_off ? "off, " : "on", events_off ? events_off : "",
+                (unsigned long long)p->event_recycles);
     }
     pthread_mutex_unlock(&p->lock);
     gs_backend_managed.report(device, out, json); /* what spilled, if anything */
@@ -552,6 +561,8 @@ void gs_pool_destroy(void)
             after = b->next_free;
             free(b);
         }
+        if (gs_pools[d].event && gs_driver()->event_destroy)
+            gs_driver()->event_destroy(gs_pools[d].event);
     }
     for (thread_cache_t *c = atomic_load(&gs_caches), *next; c; c = next) {
         next = c->next;

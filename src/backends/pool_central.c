@@ -222,6 +222,72 @@ static uint64_t shim_sync(gs_pool_device_t *p, int device)
     return ns;
 }
 
+/* ---- asynchronous safe reuse by events (GPUSHIM_POOL_EVENTS=auto) ------------------------
+ * Every stream that is not non-blocking waits for the legacy default stream, and the legacy
+ * stream waits for them: an event recorded there completes only after all work issued before it
+ * on every such stream. So while the process has created no non-blocking stream, pending blocks
+ * stamped before the event are safe once it completes, and no thread has to wait for the device.
+ * Recorded from an allocating thread, whose current context is the device's; any error turns
+ * the events off for the device and the synchronizations take over. Device lock held. */
+
+const char *gs_pool_events_off_reason(const gs_pool_device_t *p)
+{
+    if (gs_opts.pool_reuse != GS_REUSE_SAFE)
+        return "immediate reuse";
+    if (gs_opts.pool_events == GS_EVENTS_OFF)
+        return "GPUSHIM_POOL_EVENTS=off";
+    if (gs_nonblocking_streams())
+        return "the program created a non-blocking stream";
+    const gs_driver_t *drv = gs_driver();
+    if (p->event_broken || !drv->event_create || !drv->event_record || !drv->event_query)
+        return "the driver refused an event";
+    return NULL;
+}
+
+/* Whether an event completed since the last call: then completed covers what it marked. */
+static bool event_completed(gs_pool_device_t *p)
+{
+    if (!p->event_in_flight)
+        return false;
+    CUresult rc = gs_driver()->event_query(p->event);
+    if (rc == CUDA_ERROR_NOT_READY)
+        return false;
+    p->event_in_flight = false;
+    if (rc != CUDA_SUCCESS) {
+        p->event_broken = true;
+        return false;
+    }
+    uint64_t done = atomic_load(&p->completed);
+    while (p->event_token > done &&
+           !atomic_compare_exchange_weak(&p->completed, &done, p->event_token)) {
+    }
+    p->event_recycles++;
+    return true;
+}
+
+/* Marks the work issued so far, if no mark is in flight. Also when the pool's pending list is
+ * empty: blocks pending in thread caches are covered too. */
+static void record_event(gs_pool_device_t *p, int device)
+{
+    const gs_driver_t *drv = gs_driver();
+    if (p->event_in_flight)
+        return;
+    if (p->event == NULL &&
+        GS_DRIVER_CALL(device, drv->event_create(&p->event, CU_EVENT_DISABLE_TIMING)) !=
+            CUDA_SUCCESS) {
+        p->event = NULL;
+        p->event_broken = true;
+        return;
+    }
+    uint64_t token = gs_pool_before_sync(device);
+    if (GS_DRIVER_CALL(device, drv->event_record(p->event, CU_STREAM_LEGACY)) != CUDA_SUCCESS) {
+        p->event_broken = true;
+        return;
+    }
+    p->event_token = token;
+    p->event_in_flight = true;
+}
+
 /* Device lock held: only when pending bytes are needed. */
 static void sync_and_recycle(gs_pool_device_t *p, int device)
 {
@@ -386,10 +452,16 @@ CUresult gs_pool_central_alloc(gs_pool_device_t *p, int device, uint64_t size,
     if (p->pending && p->recycled_upto < atomic_load_explicit(&p->completed, memory_order_acquire))
         recycle_pending(p); /* a cheap synchronization covered some since */
     gs_pool_block_t *b = find_free(p, size);
+    bool events = gs_pool_events_off_reason(p) == NULL;
+    if (b == NULL && events && event_completed(p)) {
+        recycle_pending(p);
+        b = find_free(p, size);
+    }
     /* Synchronize rather than grow when pending bytes could serve and are many: past the bound,
-     * past 1/16 of the pool, or where growth would pass the maximum. */
+     * past 1/16 of the pool (unless an event will recycle them without a wait), or where growth
+     * would pass the maximum. */
     if (b == NULL && p->pending_bytes >= size &&
-        (p->pending_bytes >= p->pending_max || p->pending_bytes >= p->reserved / 16 ||
+        (p->pending_bytes >= p->pending_max || (!events && p->pending_bytes >= p->reserved / 16) ||
          p->reserved + size > p->max)) {
         sync_and_recycle(p, device);
         b = find_free(p, size);
@@ -418,6 +490,8 @@ CUresult gs_pool_central_alloc(gs_pool_device_t *p, int device, uint64_t size,
     } else if (rc == CUDA_SUCCESS) {
         rc = CUDA_ERROR_OUT_OF_MEMORY;
     }
+    if (events)
+        record_event(p, device);
     pthread_mutex_unlock(&p->lock);
     *out = b;
     return rc;

@@ -74,6 +74,10 @@ typedef struct gs_pool_device {
     atomic_bool syncing;             /* a thread is in a cheap synchronization */
     _Atomic uint64_t no_cheap_until; /* CLOCK_MONOTONIC ns: back-off after a slow one */
     _Atomic uint64_t backoff_ns;     /* the next back-off */
+    CUevent event;                   /* on the legacy default stream (GPUSHIM_POOL_EVENTS) */
+    uint64_t event_token;            /* frees stamped <= this are covered by the event */
+    bool event_in_flight, event_broken;
+    uint64_t event_recycles; /* events that completed and made pending blocks reusable */
 } gs_pool_device_t;
 
 extern gs_pool_device_t gs_pools[GS_MAX_DEVICES];
@@ -115,6 +119,8 @@ void gs_pool_release(gs_pool_device_t *p, gs_pool_block_t *b); /* lock held */
 bool gs_pool_sync_if_cheap(gs_pool_device_t *p, int device);
 uint64_t gs_pool_before_sync(int device);
 void gs_pool_after_sync(int device, uint64_t token);
+/* Why asynchronous reuse by events is off on this device, or NULL if it is on (safe reuse). */
+const char *gs_pool_events_off_reason(const gs_pool_device_t *p);
 /* pool.c: under memory pressure (lock held), every thread cache of the device is emptied. */
 void gs_pool_drain_caches(gs_pool_device_t *p, int device);
 

@@ -311,3 +311,43 @@ CUresult gs_ctx_synchronize_v2(CUcontext ctx)
         return RAW(ctx_synchronize_v2, ctx); /* unknown context: nothing of ours to release */
     return synchronize(device, sync_context, ctx);
 }
+
+/* Stream creation passes through; we only note streams that do not wait for the legacy default
+ * stream, because the pool's asynchronous safe reuse (an event on that stream) cannot see their
+ * work. Noted before the stream exists, so no allocation can rely on the old answer after. */
+static atomic_bool gs_nonblocking_seen;
+
+void gs_streams_forget(void)
+{
+    atomic_store(&gs_nonblocking_seen, false);
+}
+
+bool gs_nonblocking_streams(void)
+{
+    return atomic_load_explicit(&gs_nonblocking_seen, memory_order_acquire);
+}
+
+static void note_stream_flags(unsigned int flags)
+{
+    if (flags & CU_STREAM_NON_BLOCKING)
+        atomic_store_explicit(&gs_nonblocking_seen, true, memory_order_seq_cst);
+}
+
+CUresult gs_stream_create(CUstream *stream, unsigned int flags)
+{
+    note_stream_flags(flags);
+    return RAW(stream_create, stream, flags);
+}
+
+CUresult gs_stream_create_with_priority(CUstream *stream, unsigned int flags, int priority)
+{
+    note_stream_flags(flags);
+    return RAW(stream_create_with_priority, stream, flags, priority);
+}
+
+CUresult gs_green_ctx_stream_create(CUstream *stream, CUgreenCtx green_ctx, unsigned int flags,
+                                    int priority)
+{
+    note_stream_flags(CU_STREAM_NON_BLOCKING); /* CUDA requires the flag for these */
+    return RAW(green_ctx_stream_create, stream, green_ctx, flags, priority);
+}

@@ -39,6 +39,7 @@ static void forget_parent(void)
         backend->forget();
     gs_stats_reset();
     gs_trace_forget();
+    gs_streams_forget();
     atomic_store(&gs_finished, false);
 }
 

@@ -25,6 +25,7 @@ struct gs_option {
 
 static const char *const mode_choices[] = {"off", "pool", "managed", NULL};
 static const char *const reuse_choices[] = {"safe", "immediate", NULL};
+static const char *const events_choices[] = {"auto", "off", NULL};
 static const char *const advice_choices[] = {"none", "preferred", "accessed-by", NULL};
 static const char *const on_oom_choices[] = {"fail", "managed", NULL};
 static const char *const format_choices[] = {"text", "json", NULL};
@@ -136,6 +137,12 @@ static const gs_option_t gs_option_table[] = {
      "(cudaFree's guarantee, without its wait); immediate reuses them at once (RMM and PyTorch "
      "semantics: only for programs that order their streams themselves).",
      parse_choice, GS_FIELD(pool_reuse), reuse_choices},
+    {"GPUSHIM_POOL_EVENTS", "auto, off", "auto",
+     "Pool mode, safe reuse: while the process has created no non-blocking stream, every stream "
+     "it uses waits for the legacy default stream, so an event recorded there marks when the work "
+     "before a free is done: auto recycles pending blocks by such events, without a device-wide "
+     "wait; off uses device synchronizations only.",
+     parse_choice, GS_FIELD(pool_events), events_choices},
     {"GPUSHIM_POOL_PENDING_MAX", SIZE_ACCEPTED, "256M",
      "Pool mode, safe reuse: freed bytes waiting for a synchronization in the pool; past this "
      "(or past 1/16 of the pool, when it would otherwise grow) the shim synchronizes the device "

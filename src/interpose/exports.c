@@ -90,6 +90,22 @@ GS_EXPORT CUresult cuCtxSynchronize_v2(CUcontext ctx)
     return gs_ctx_synchronize_v2(ctx);
 }
 
+GS_EXPORT CUresult cuStreamCreate(CUstream *stream, unsigned int flags)
+{
+    return gs_stream_create(stream, flags);
+}
+
+GS_EXPORT CUresult cuStreamCreateWithPriority(CUstream *stream, unsigned int flags, int priority)
+{
+    return gs_stream_create_with_priority(stream, flags, priority);
+}
+
+GS_EXPORT CUresult cuGreenCtxStreamCreate(CUstream *stream, CUgreenCtx green_ctx,
+                                          unsigned int flags, int priority)
+{
+    return gs_green_ctx_stream_create(stream, green_ctx, flags, priority);
+}
+
 /* cuGetProcAddress: ask the driver, then hand out our wrapper for what it resolved. Where the
  * driver finds nothing we return its answer unchanged (never a NULL we made up). */
 GS_EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int version,
@@ -155,6 +171,11 @@ static const gs_intercept_t gs_intercepts[] = {
     {"cuIpcGetMemHandle", "cuIpcGetMemHandle", 4010, ANY_STREAM, (void *)cuIpcGetMemHandle},
     {"cuCtxSynchronize", "cuCtxSynchronize", 2000, ANY_STREAM, (void *)cuCtxSynchronize},
     {"cuCtxSynchronize", "cuCtxSynchronize_v2", 13000, ANY_STREAM, (void *)cuCtxSynchronize_v2},
+    {"cuStreamCreate", "cuStreamCreate", 2000, ANY_STREAM, (void *)cuStreamCreate},
+    {"cuStreamCreateWithPriority", "cuStreamCreateWithPriority", 5050, ANY_STREAM,
+     (void *)cuStreamCreateWithPriority},
+    {"cuGreenCtxStreamCreate", "cuGreenCtxStreamCreate", 12050, ANY_STREAM,
+     (void *)cuGreenCtxStreamCreate},
     {"cuGetProcAddress", "cuGetProcAddress", 11030, ANY_STREAM, (void *)cuGetProcAddress},
     {"cuGetProcAddress", "cuGetProcAddress_v2", 12000, ANY_STREAM, (void *)cuGetProcAddress_v2},
 };

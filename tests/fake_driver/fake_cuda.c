@@ -53,16 +53,21 @@ static __thread int current_device = -1; /* -1: no context */
 /* ---- call counting and fault injection ---- */
 
 #define FAKE_FUNCS(X)                                                                              \
-    X(cuInit) X(cuDriverGetVersion) X(cuDeviceGetCount) X(cuDeviceGet) X(cuDeviceTotalMem_v2)      \
-    X(cuDeviceGetAttribute) X(cuDevicePrimaryCtxRetain) X(cuCtxSetCurrent) X(cuCtxGetCurrent)      \
-    X(cuCtxGetDevice) X(cuCtxGetDevice_v2) X(cuCtxSynchronize) X(cuCtxSynchronize_v2)              \
-    X(cuMemAlloc_v2) X(cuMemAllocPitch_v2) X(cuMemFree_v2) X(cuMemAllocManaged)                    \
-    X(cuMemAllocAsync) X(cuMemAllocAsync_ptsz) X(cuMemFreeAsync) X(cuMemFreeAsync_ptsz)            \
-    X(cuMemAllocFromPoolAsync) X(cuMemGetInfo_v2) X(cuMemGetAddressRange_v2)                       \
-    X(cuPointerGetAttribute) X(cuPointerGetAttributes) X(cuIpcGetMemHandle) X(cuMemcpyHtoD_v2)    \
-    X(cuMemcpyDtoH_v2) X(cuMemsetD8_v2) X(cuGetProcAddress) X(cuGetProcAddress_v2)                \
-    X(cuMemPrefetchAsync_v2) X(cuMemAdvise_v2) X(cuEventCreate) X(cuEventRecord) X(cuEventQuery)   \
-    X(cuEventDestroy_v2)
+    X(cuInit)                                                                                      \
+    X(cuDriverGetVersion) X(cuDeviceGetCount) X(cuDeviceGet) X(cuDeviceTotalMem_v2)                \
+        X(cuDeviceGetAttribute) X(cuDevicePrimaryCtxRetain) X(cuCtxSetCurrent) X(cuCtxGetCurrent)  \
+            X(cuCtxGetDevice) X(cuCtxGetDevice_v2) X(cuCtxSynchronize) X(cuCtxSynchronize_v2)      \
+                X(cuMemAlloc_v2) X(cuMemAllocPitch_v2) X(cuMemFree_v2) X(cuMemAllocManaged)        \
+                    X(cuMemAllocAsync) X(cuMemAllocAsync_ptsz) X(cuMemFreeAsync)                   \
+                        X(cuMemFreeAsync_ptsz) X(cuMemAllocFromPoolAsync) X(cuMemGetInfo_v2)       \
+                            X(cuMemGetAddressRange_v2) X(cuPointerGetAttribute)                    \
+                                X(cuPointerGetAttributes) X(cuIpcGetMemHandle) X(cuMemcpyHtoD_v2)  \
+                                    X(cuMemcpyDtoH_v2) X(cuMemsetD8_v2) X(cuGetProcAddress)        \
+                                        X(cuGetProcAddress_v2) X(cuMemPrefetchAsync_v2)            \
+                                            X(cuMemAdvise_v2) X(cuEventCreate) X(cuEventRecord)    \
+                                                X(cuEventQuery) X(cuEventDestroy_v2)               \
+                                                    X(cuStreamCreate)                              \
+                                                        X(cuStreamCreateWithPriority)
 
 enum {
 #define FAKE_ENUM(name) ID_##name,
@@ -93,7 +98,8 @@ static CUresult enter(int id)
 {
     unsigned long n = atomic_fetch_add(&calls[id], 1) + 1;
     for (int i = 0; i < fault_count; i++) {
-        if (faults[i].id == id && (n == faults[i].nth || (faults[i].and_later && n > faults[i].nth)))
+        if (faults[i].id == id &&
+            (n == faults[i].nth || (faults[i].and_later && n > faults[i].nth)))
             return faults[i].code;
     }
     return CUDA_SUCCESS;
@@ -419,6 +425,24 @@ FAKE_EXPORT CUresult cuEventQuery(CUevent event)
     return CUDA_ERROR_NOT_READY;
 }
 
+static atomic_ulong streams_made;
+
+FAKE_EXPORT CUresult cuStreamCreate(CUstream *stream, unsigned int flags)
+{
+    ENTER(cuStreamCreate);
+    (void)flags;
+    *stream = (CUstream)(uintptr_t)(0x5000 + atomic_fetch_add(&streams_made, 1));
+    return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuStreamCreateWithPriority(CUstream *stream, unsigned int flags, int priority)
+{
+    ENTER(cuStreamCreateWithPriority);
+    (void)flags, (void)priority;
+    *stream = (CUstream)(uintptr_t)(0x5000 + atomic_fetch_add(&streams_made, 1));
+    return CUDA_SUCCESS;
+}
+
 FAKE_EXPORT CUresult cuEventDestroy_v2(CUevent event)
 {
     ENTER(cuEventDestroy_v2);
@@ -670,6 +694,8 @@ static const proc_t procs[] = {
     {"cuEventRecord", 2000, ANY, (void *)cuEventRecord},
     {"cuEventQuery", 2000, ANY, (void *)cuEventQuery},
     {"cuEventDestroy", 4000, ANY, (void *)cuEventDestroy_v2},
+    {"cuStreamCreate", 2000, ANY, (void *)cuStreamCreate},
+    {"cuStreamCreateWithPriority", 5050, ANY, (void *)cuStreamCreateWithPriority},
     {"cuGetProcAddress", 11030, ANY, (void *)fake_get_proc_v1},
     {"cuGetProcAddress", 12000, ANY, (void *)cuGetProcAddress_v2},
 };
@@ -703,9 +729,9 @@ FAKE_EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int ver
     int too_new;
     *pfn = resolve(symbol, version, flags, &too_new);
     if (status)
-        *status = *pfn ? CU_GET_PROC_ADDRESS_SUCCESS
-                       : too_new ? CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT
-                                 : CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+        *status = *pfn      ? CU_GET_PROC_ADDRESS_SUCCESS
+                  : too_new ? CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT
+                            : CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
     return CUDA_SUCCESS; /* measured: an unknown symbol answers success with *pfn = NULL */
 }
 

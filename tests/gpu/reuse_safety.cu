@@ -2,8 +2,14 @@
 // A, allocates B of the same size (a pool may hand back A's memory) and overwrites B from another
 // stream. cudaFree's contract: the reader sees only A's original data. Prints how many reads saw
 // something else, and how long cudaFree blocked.
+//   reuse_safety            as above (non-blocking streams: the pool must synchronize)
+//   reuse_safety blocking   blocking streams, and for 400 ms after the free the host allocates,
+//                           overwrites and frees blocks of A's size again and again (the pool's
+//                           events on the legacy stream decide when A may come back); prints how
+//                           often A's memory came back, and when.
 #include <chrono>
 #include <cstdio>
+#include <string>
 
 #include "cuda_check.h"
 
@@ -27,14 +33,16 @@ __global__ void set7(int *a, size_t n)
         a[i] = 7;
 }
 
-int main()
+int main(int argc, char **argv)
 {
+    const bool blocking = argc > 1 && std::string(argv[1]) == "blocking";
     const size_t n = 1 << 20;
     int *a, *b;
     unsigned long long *wrong;
     cudaStream_t s1, s2;
-    CHECK(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking));
-    CHECK(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking));
+    unsigned flags = blocking ? cudaStreamDefault : cudaStreamNonBlocking;
+    CHECK(cudaStreamCreateWithFlags(&s1, flags));
+    CHECK(cudaStreamCreateWithFlags(&s2, flags));
     CHECK(cudaMalloc(&wrong, sizeof *wrong));
     CHECK(cudaMemset(wrong, 0, sizeof *wrong));
     CHECK(cudaMalloc(&a, n * sizeof(int)));
@@ -46,6 +54,33 @@ int main()
     auto t0 = std::chrono::steady_clock::now();
     CHECK(cudaFree(a));
     auto t1 = std::chrono::steady_clock::now();
+    if (blocking) {
+        long reuses = 0, pairs = 0;
+        double first_reuse_ms = -1;
+        while (std::chrono::steady_clock::now() - t1 < std::chrono::milliseconds(400)) {
+            int *c;
+            CHECK(cudaMalloc(&c, n * sizeof(int)));
+            if (c == a) {
+                reuses++;
+                if (first_reuse_ms < 0)
+                    first_reuse_ms = std::chrono::duration<double, std::milli>(
+                                         std::chrono::steady_clock::now() - t1)
+                                         .count();
+            }
+            CHECK(cudaMemsetAsync(c, 0xFF, n * sizeof(int), s2));
+            CHECK(cudaFree(c));
+            pairs++;
+        }
+        CHECK(cudaDeviceSynchronize());
+        unsigned long long host_wrong = 0;
+        CHECK(cudaMemcpy(&host_wrong, wrong, sizeof host_wrong, cudaMemcpyDeviceToHost));
+        std::printf("reuse_safety blocking: %ld pairs in 400 ms after the free; A's memory came back "
+                    "%ld times, first %.1f ms after the free (the reader ran about 200 ms); reader "
+                    "saw %llu wrong values\n",
+                    pairs, reuses, first_reuse_ms, host_wrong);
+        CHECK(cudaFree(wrong));
+        return 0;
+    }
     CHECK(cudaMalloc(&b, n * sizeof(int)));
     CHECK(cudaMemsetAsync(b, 0xFF, n * sizeof(int), s2));
     CHECK(cudaDeviceSynchronize());

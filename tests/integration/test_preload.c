@@ -402,6 +402,33 @@ static void managed_mode_asks_xla_for_managed_memory(void **state)
     run_free(&r);
 }
 
+/* Safe reuse by events: on while every stream waits for the legacy one; a non-blocking stream,
+ * created by cuStreamCreate or cuStreamCreateWithPriority (resolved the runtime's way), turns it
+ * off; GPUSHIM_POOL_EVENTS=off too. */
+static void pool_events_follow_the_streams_the_program_makes(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *stream, *events_option, *expected;
+    } cases[] = {
+        {"blocking", NULL, "reuse by events on the legacy stream: on; "},
+        {"nonblocking", NULL, "off, the program created a non-blocking stream; 0 events"},
+        {"priority", NULL, "off, the program created a non-blocking stream; 0 events"},
+        {"blocking", "GPUSHIM_POOL_EVENTS=off", "off, GPUSHIM_POOL_EVENTS=off; 0 events"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        run_result_t r =
+            run_shim(cases[i].events_option
+                         ? ENV("GPUSHIM_MODE=pool", "FAKECUDA_STATS=stderr", cases[i].events_option)
+                         : ENV("GPUSHIM_MODE=pool", "FAKECUDA_STATS=stderr"),
+                     ARGV(path_of("GS_RUNTIME_LIKE"), "streams", cases[i].stream, "20"));
+        EXPECT_STATUS(r, 0);
+        EXPECT_IN(r, out, "ok streams\n");
+        EXPECT_IN(r, err, cases[i].expected);
+        run_free(&r);
+    }
+}
+
 static void managed_cap_is_cudas_out_of_memory(void **state)
 {
     (void)state;
@@ -474,10 +501,11 @@ static void exports_are_exactly_the_intercepted_symbols(void **state)
     (void)state;
     static const char expected[] =
         "cuCtxSynchronize\ncuCtxSynchronize_v2\ncuGetProcAddress\ncuGetProcAddress_v2\n"
-        "cuIpcGetMemHandle\ncuMemAllocAsync\ncuMemAllocAsync_ptsz\ncuMemAllocManaged\n"
-        "cuMemAllocPitch_v2\ncuMemAlloc_v2\ncuMemFreeAsync\ncuMemFreeAsync_ptsz\ncuMemFree_v2\n"
-        "cuMemGetAddressRange_v2\ncuMemGetInfo_v2\ncuPointerGetAttribute\n"
-        "cuPointerGetAttributes\ndlsym\n";
+        "cuGreenCtxStreamCreate\ncuIpcGetMemHandle\ncuMemAllocAsync\ncuMemAllocAsync_ptsz\n"
+        "cuMemAllocManaged\ncuMemAllocPitch_v2\ncuMemAlloc_v2\ncuMemFreeAsync\n"
+        "cuMemFreeAsync_ptsz\ncuMemFree_v2\ncuMemGetAddressRange_v2\ncuMemGetInfo_v2\n"
+        "cuPointerGetAttribute\ncuPointerGetAttributes\ncuStreamCreate\n"
+        "cuStreamCreateWithPriority\ndlsym\n";
     char command[4096];
     snprintf(command, sizeof command,
              "nm -D --defined-only %s | awk '{print $3}' | LC_ALL=C sort", path_of("GS_SHIM"));
@@ -737,6 +765,7 @@ int main(void)
         cmocka_unit_test(pool_out_of_memory_is_cudas_error),
         cmocka_unit_test(managed_mode_oversubscribes_the_device),
         cmocka_unit_test(managed_mode_asks_xla_for_managed_memory),
+        cmocka_unit_test(pool_events_follow_the_streams_the_program_makes),
         cmocka_unit_test(managed_cap_is_cudas_out_of_memory),
         cmocka_unit_test(managed_stream_ordered_free_waits_for_the_stream),
         cmocka_unit_test(pool_spills_to_managed_memory_on_demand),

@@ -17,7 +17,8 @@
 
 #undef cuGetProcAddress
 
-typedef CUresult (*get_proc_fn)(const char *, void **, int, cuuint64_t, CUdriverProcAddressQueryResult *);
+typedef CUresult (*get_proc_fn)(const char *, void **, int, cuuint64_t,
+                                CUdriverProcAddressQueryResult *);
 
 static get_proc_fn get_proc;
 static void *driver;
@@ -45,6 +46,8 @@ static struct {
     CUresult (*ctx_synchronize_v2)(CUcontext);
     CUresult (*memcpy_htod)(CUdeviceptr, const void *, size_t);
     CUresult (*memcpy_dtoh)(void *, CUdeviceptr, size_t);
+    CUresult (*stream_create)(CUstream *, unsigned int);
+    CUresult (*stream_create_with_priority)(CUstream *, unsigned int, int);
 } cu;
 
 static void *proc(const char *name, int version, cuuint64_t flags)
@@ -79,9 +82,11 @@ static void load(void)
     cu.mem_free = proc("cuMemFree", v, 0);
     cu.mem_alloc_managed = proc("cuMemAllocManaged", v, 0);
     cu.mem_alloc_async = proc("cuMemAllocAsync", v, CU_GET_PROC_ADDRESS_LEGACY_STREAM);
-    cu.mem_alloc_async_ptsz = proc("cuMemAllocAsync", v, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM);
+    cu.mem_alloc_async_ptsz =
+        proc("cuMemAllocAsync", v, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM);
     cu.mem_free_async = proc("cuMemFreeAsync", v, CU_GET_PROC_ADDRESS_LEGACY_STREAM);
-    cu.mem_free_async_ptsz = proc("cuMemFreeAsync", v, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM);
+    cu.mem_free_async_ptsz =
+        proc("cuMemFreeAsync", v, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM);
     cu.mem_alloc_from_pool_async = proc("cuMemAllocFromPoolAsync", v, 0);
     cu.mem_get_info = proc("cuMemGetInfo", v, 0);
     cu.mem_get_address_range = proc("cuMemGetAddressRange", v, 0);
@@ -92,13 +97,16 @@ static void load(void)
     cu.ctx_synchronize_v2 = proc("cuCtxSynchronize", 13000, 0);
     cu.memcpy_htod = proc("cuMemcpyHtoD", v, 0);
     cu.memcpy_dtoh = proc("cuMemcpyDtoH", v, 0);
+    cu.stream_create = proc("cuStreamCreate", v, 0);
+    cu.stream_create_with_priority = proc("cuStreamCreateWithPriority", v, 0);
 }
 
 static void use_device(int ordinal)
 {
     CUdevice dev;
     CUcontext ctx;
-    if (cu.device_get(&dev, ordinal) || cu.primary_ctx_retain(&ctx, dev) || cu.ctx_set_current(ctx)) {
+    if (cu.device_get(&dev, ordinal) || cu.primary_ctx_retain(&ctx, dev) ||
+        cu.ctx_set_current(ctx)) {
         fprintf(stderr, "runtime_like: no device %d\n", ordinal);
         exit(3);
     }
@@ -188,13 +196,16 @@ static int scenario_all(void)
     CHECK(cu.mem_get_address_range(&base, &size, p + 100) == CUDA_SUCCESS);
     CHECK(base == p && size == 1 << 20);
     CUdeviceptr start = 0;
-    CHECK(cu.pointer_get_attribute(&start, CU_POINTER_ATTRIBUTE_RANGE_START_ADDR, p + 8) == CUDA_SUCCESS);
+    CHECK(cu.pointer_get_attribute(&start, CU_POINTER_ATTRIBUTE_RANGE_START_ADDR, p + 8) ==
+          CUDA_SUCCESS);
     CHECK(start == p);
     int managed = 0;
     size_t range = 0;
-    CUpointer_attribute attrs[2] = {CU_POINTER_ATTRIBUTE_IS_MANAGED, CU_POINTER_ATTRIBUTE_RANGE_SIZE};
+    CUpointer_attribute attrs[2] = {CU_POINTER_ATTRIBUTE_IS_MANAGED,
+                                    CU_POINTER_ATTRIBUTE_RANGE_SIZE};
     void *data[2] = {&managed, &range};
-    CHECK(cu.pointer_get_attributes(2, attrs, data, m) == CUDA_SUCCESS && managed == 1 && range == 8192);
+    CHECK(cu.pointer_get_attributes(2, attrs, data, m) == CUDA_SUCCESS && managed == 1 &&
+          range == 8192);
     CUipcMemHandle handle;
     /* The pool refuses IPC of a block inside a chunk (its handle would map the whole chunk). */
     const char *mode = getenv("GPUSHIM_MODE");
@@ -302,8 +313,9 @@ static const char *owner(void *fn)
 /* Which library each lookup lands in: ours for intercepted names, the driver's for the rest. */
 static int scenario_lookups(void)
 {
-    static const char *const names[] = {"cuMemAlloc", "cuMemFree", "cuMemAllocAsync", "cuGetProcAddress",
-                                        "cuCtxSynchronize", "cuInit", "cuMemAllocFromPoolAsync", "cuMemcpyHtoD"};
+    static const char *const names[] = {
+        "cuMemAlloc",       "cuMemFree", "cuMemAllocAsync",         "cuGetProcAddress",
+        "cuCtxSynchronize", "cuInit",    "cuMemAllocFromPoolAsync", "cuMemcpyHtoD"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         printf("proc %s %s\n", names[i], owner(proc(names[i], 13000, 0)));
     printf("proc cuMemAllocAsync/ptsz %s\n", owner(proc("cuMemAllocAsync", 13000, 2)));
@@ -341,11 +353,14 @@ static int scenario_managed(int n)
         CUresult rc = cu.mem_alloc(&ptrs[i], bytes);
         int managed = -1;
         if (rc == CUDA_SUCCESS) {
-            CHECK(cu.pointer_get_attribute(&managed, CU_POINTER_ATTRIBUTE_IS_MANAGED, ptrs[i]) == CUDA_SUCCESS);
+            CHECK(cu.pointer_get_attribute(&managed, CU_POINTER_ATTRIBUTE_IS_MANAGED, ptrs[i]) ==
+                  CUDA_SUCCESS);
             unsigned char pattern[4096], back[4096];
             memset(pattern, i + 1, sizeof pattern);
-            CHECK(cu.memcpy_htod(ptrs[i] + bytes - sizeof pattern, pattern, sizeof pattern) == CUDA_SUCCESS);
-            CHECK(cu.memcpy_dtoh(back, ptrs[i] + bytes - sizeof pattern, sizeof back) == CUDA_SUCCESS);
+            CHECK(cu.memcpy_htod(ptrs[i] + bytes - sizeof pattern, pattern, sizeof pattern) ==
+                  CUDA_SUCCESS);
+            CHECK(cu.memcpy_dtoh(back, ptrs[i] + bytes - sizeof pattern, sizeof back) ==
+                  CUDA_SUCCESS);
             CHECK(memcmp(pattern, back, sizeof back) == 0);
         } else {
             ptrs[i] = 0;
@@ -364,6 +379,27 @@ static int scenario_managed(int n)
             CHECK(cu.mem_free(ptrs[i]) == CUDA_SUCCESS);
     free(ptrs);
     printf("ok managed\n");
+    return 0;
+}
+
+/* Pairs of 48 MiB (past the thread cache, so freed blocks wait in the pool) after creating a
+ * stream: "blocking", "nonblocking" (cuStreamCreate) or "priority" (non-blocking, with a
+ * priority). */
+static int scenario_streams(const char *kind, int pairs)
+{
+    CUstream stream;
+    if (kind && strcmp(kind, "nonblocking") == 0)
+        CHECK(cu.stream_create(&stream, CU_STREAM_NON_BLOCKING) == CUDA_SUCCESS);
+    else if (kind && strcmp(kind, "priority") == 0)
+        CHECK(cu.stream_create_with_priority(&stream, CU_STREAM_NON_BLOCKING, -1) == CUDA_SUCCESS);
+    else
+        CHECK(cu.stream_create(&stream, CU_STREAM_DEFAULT) == CUDA_SUCCESS);
+    for (int i = 0; i < pairs; i++) {
+        CUdeviceptr p;
+        CHECK(cu.mem_alloc(&p, 48u << 20) == CUDA_SUCCESS);
+        CHECK(cu.mem_free(p) == CUDA_SUCCESS);
+    }
+    printf("ok streams\n");
     return 0;
 }
 
@@ -412,6 +448,8 @@ int main(int argc, char **argv)
         return scenario_devices();
     if (strcmp(scenario, "managed") == 0)
         return scenario_managed(a);
+    if (strcmp(scenario, "streams") == 0)
+        return scenario_streams(argc > 2 ? argv[2] : NULL, argc > 3 ? b : 20);
     if (strcmp(scenario, "managed-async") == 0)
         return scenario_managed_async(argc > 2 ? argv[2] : NULL);
     fprintf(stderr, "runtime_like: unknown scenario %s\n", scenario);

@@ -1,6 +1,7 @@
 #include "fake_upstream.h"
 
 #include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
 fake_upstream_t fake;
@@ -142,6 +143,50 @@ static CUresult fake_ipc(CUipcMemHandle *h, CUdeviceptr p)
     return CUDA_SUCCESS;
 }
 
+typedef struct fake_event {
+    int record;
+} fake_event_t;
+
+static CUresult fake_event_create(CUevent *event, unsigned int flags)
+{
+    (void)flags;
+    if (!fake.events)
+        return CUDA_ERROR_NOT_SUPPORTED;
+    *event = (CUevent)calloc(1, sizeof(fake_event_t));
+    return *event ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+}
+
+static CUresult fake_event_record(CUevent event, CUstream stream)
+{
+    (void)stream;
+    ((fake_event_t *)event)->record = ++fake.event_records;
+    return CUDA_SUCCESS;
+}
+
+static CUresult fake_event_query(CUevent event)
+{
+    if (fake.events_busy)
+        return CUDA_ERROR_NOT_READY;
+    int record = ((fake_event_t *)event)->record;
+    if (record > fake.last_completed_record)
+        fake.last_completed_record = record;
+    return CUDA_SUCCESS;
+}
+
+static CUresult fake_event_destroy(CUevent event)
+{
+    free(event);
+    return CUDA_SUCCESS;
+}
+
+static CUresult fake_stream_create(CUstream *stream, unsigned int flags)
+{
+    (void)flags;
+    fake.streams_created++;
+    *stream = (CUstream)(uintptr_t)(0x5000 + fake.streams_created);
+    return CUDA_SUCCESS;
+}
+
 #define LOCKED(name, params, args)                                                                 \
     static CUresult name params                                                                    \
     {                                                                                              \
@@ -172,6 +217,11 @@ static const gs_driver_t fake_table = {
     .ctx_get_device = fake_ctx_device,
     .device_get_attribute = fake_attribute,
     .device_total_mem = fake_total_mem,
+    .event_create = fake_event_create,
+    .event_record = fake_event_record,
+    .event_query = fake_event_query,
+    .event_destroy = fake_event_destroy,
+    .stream_create = fake_stream_create,
 };
 
 void fake_upstream_install(uint64_t limit)

@@ -14,6 +14,10 @@ typedef struct fake_upstream {
     uint64_t next_address;
     int device; /* current device */
     uint64_t sync_ns; /* how long a synchronization takes (a busy device) */
+    /* Events: refused unless events is set; while events_busy, queries answer NOT_READY. Each
+     * record is numbered; last_completed_record is the newest one a query saw complete. */
+    bool events, events_busy;
+    int event_records, last_completed_record, streams_created;
 } fake_upstream_t;
 
 extern fake_upstream_t fake;

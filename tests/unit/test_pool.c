@@ -100,12 +100,13 @@ static void pending_bytes_are_bounded(void **state)
 }
 
 /* cudaFree's guarantee, checked on every reuse: a block comes back only after a synchronization
- * that followed its free. Returns how many allocations reused a block. */
+ * that followed its free, or after an event recorded after its free has completed. Returns how
+ * many allocations reused a block. */
 static int tight_loop_keeping_the_guarantee(int pairs, size_t bytes)
 {
     enum { TRACKED = 512 };
     CUdeviceptr seen[TRACKED];
-    int syncs_at_free[TRACKED], tracked = 0, reused = 0;
+    int syncs_at_free[TRACKED], records_at_free[TRACKED], tracked = 0, reused = 0;
     for (int i = 0; i < pairs; i++) {
         CUdeviceptr p;
         assert_int_equal(gs_mem_alloc(&p, bytes), CUDA_SUCCESS);
@@ -113,7 +114,8 @@ static int tight_loop_keeping_the_guarantee(int pairs, size_t bytes)
         while (k < tracked && seen[k] != p)
             k++;
         if (k < tracked) {
-            assert_true(fake.syncs > syncs_at_free[k]);
+            assert_true(fake.syncs > syncs_at_free[k] ||
+                        fake.last_completed_record > records_at_free[k]);
             reused++;
         } else {
             assert_true(tracked < TRACKED);
@@ -121,6 +123,7 @@ static int tight_loop_keeping_the_guarantee(int pairs, size_t bytes)
         }
         assert_int_equal(gs_mem_free(p), CUDA_SUCCESS);
         syncs_at_free[k] = fake.syncs;
+        records_at_free[k] = fake.event_records;
     }
     return reused;
 }
@@ -147,6 +150,67 @@ static void slow_synchronizations_back_off(void **state)
     assert_true(reused > 0);
     assert_true(fake.syncs <= 8); /* a few, against 31 when they are cheap */
     assert_true(fake.used <= 8 * MiB + gs_size_resolve(gs_opts.pool_pending_max, fake.limit));
+    fake.sync_ns = 0;
+}
+
+/* Events on the legacy default stream (GPUSHIM_POOL_EVENTS=auto): on a busy device, pending
+ * blocks come back when an event recorded after their free completes, with no synchronization
+ * once the first slow one has set the back-off. */
+static void events_recycle_pending_blocks_without_a_wait(void **state)
+{
+    (void)state;
+    fake.events = true;
+    fake.sync_ns = 200000; /* 200 us: work is queued */
+    int reused = tight_loop_keeping_the_guarantee(400, 48 * MiB);
+    assert_true(reused >= 390);
+    assert_true(fake.syncs <= 2);
+    assert_true(fake.event_records > 100 && fake.last_completed_record > 100);
+    assert_true(fake.used <= 4 * 48 * MiB);
+    gs_buf_t report = {.len = 0};
+    gs_backend_pool.report(0, &report, false);
+    report.data[report.len] = '\0';
+    assert_non_null(strstr(report.data, "reuse by events on the legacy stream: on; "));
+    fake.sync_ns = 0;
+}
+
+/* While the events stay incomplete, the pool grows up to the pending bound and then waits. */
+static void busy_events_leave_the_bound_to_synchronizations(void **state)
+{
+    (void)state;
+    fake.events = true;
+    fake.events_busy = true;
+    fake.sync_ns = 200000;
+    gs_opts.pool_pending_max = (gs_size_spec_t){.bytes = 128 * MiB};
+    gs_pool_destroy();
+    int reused = tight_loop_keeping_the_guarantee(100, 48 * MiB);
+    assert_true(reused > 0);
+    assert_int_equal(fake.last_completed_record, 0);
+    assert_true(fake.syncs >= 1);
+    assert_true(fake.used <= 128 * MiB + 4 * 48 * MiB); /* the bound, the caches, a block */
+    fake.sync_ns = 0;
+}
+
+/* A non-blocking stream does not wait for the legacy stream: from then on, no events. */
+static void a_nonblocking_stream_turns_events_off(void **state)
+{
+    (void)state;
+    fake.events = true;
+    CUstream stream;
+    assert_int_equal(gs_stream_create(&stream, CU_STREAM_DEFAULT), CUDA_SUCCESS);
+    assert_false(gs_nonblocking_streams());
+    assert_int_equal(gs_stream_create(&stream, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+    assert_true(gs_nonblocking_streams());
+    assert_int_equal(fake.streams_created, 2);
+    fake.sync_ns = 200000;
+    int reused = tight_loop_keeping_the_guarantee(100, 48 * MiB);
+    assert_true(reused > 0);
+    assert_int_equal(fake.event_records, 0);
+    gs_buf_t report = {.len = 0};
+    gs_backend_pool.report(0, &report, false);
+    report.data[report.len] = '\0';
+    assert_non_null(strstr(report.data, "reuse by events on the legacy stream: off, the program "
+                                        "created a non-blocking stream; 0 events"));
+    gs_streams_forget();
     fake.sync_ns = 0;
 }
 
@@ -431,6 +495,9 @@ int main(void)
         cmocka_unit_test_setup(pending_bytes_are_bounded, safe),
         cmocka_unit_test_setup(safe_reuse_synchronizes_once_per_256_frees_when_cheap, safe),
         cmocka_unit_test_setup(slow_synchronizations_back_off, safe),
+        cmocka_unit_test_setup(events_recycle_pending_blocks_without_a_wait, safe),
+        cmocka_unit_test_setup(busy_events_leave_the_bound_to_synchronizations, safe),
+        cmocka_unit_test_setup(a_nonblocking_stream_turns_events_off, safe),
         cmocka_unit_test_setup(coalesces_neighbours_back_into_one_block, immediate),
         cmocka_unit_test_setup(grows_in_chunks_and_serves_large_requests_whole, immediate),
         cmocka_unit_test_setup(gives_free_chunks_back_before_failing, immediate),
