@@ -451,12 +451,12 @@ CUresult gs_pool_central_alloc(gs_pool_device_t *p, int device, uint64_t size,
     pthread_mutex_lock(&p->lock);
     if (p->pending && p->recycled_upto < atomic_load_explicit(&p->completed, memory_order_acquire))
         recycle_pending(p); /* a cheap synchronization covered some since */
-    gs_pool_block_t *b = find_free(p, size);
+    /* An event that completed covers pending blocks: back to the free lists before the search,
+     * where they can coalesce with their neighbours. */
     bool events = gs_pool_events_off_reason(p) == NULL;
-    if (b == NULL && events && event_completed(p)) {
+    if (events && event_completed(p))
         recycle_pending(p);
-        b = find_free(p, size);
-    }
+    gs_pool_block_t *b = find_free(p, size);
     /* Synchronize rather than grow when pending bytes could serve and are many: past the bound,
      * past 1/16 of the pool (unless an event will recycle them without a wait), or where growth
      * would pass the maximum. */
