@@ -537,8 +537,10 @@ static int cmd_plot(int argc, char **argv)
            *reserved = malloc((size_t)count * sizeof *reserved);
     size_t mask;
     ptr_pair_t *table = pair_table(count, &mask);
-    if (table == NULL)
+    if (table == NULL || in_use == NULL || reserved == NULL) {
+        free(table), free(in_use), free(reserved);
         return fail("cannot hold %s events in memory", "the trace's");
+    }
     double now = 0, top = 1;
     for (long i = 0; i < count; i++) {
         event_t *e = &events[i];
