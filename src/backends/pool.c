@@ -41,10 +41,11 @@ typedef struct cache_queue {
 
 typedef struct thread_cache {
     int device;
-    _Atomic uint64_t bytes, hits, misses; /* written by the owner only; read by reports */
-    uint64_t small_bytes;                 /* bytes of blocks up to CACHE_BYTES: the budget */
-    gs_pool_block_t *large;               /* one block over CACHE_BYTES, outside the budget */
-    atomic_bool drain_requested;          /* set by a thread short of memory; the owner drains */
+    /* Written by the owner only, read by reports and cuMemGetInfo. small_bytes: blocks up to
+     * CACHE_BYTES (the budget); large_bytes: the one larger block, outside the budget. */
+    _Atomic uint64_t small_bytes, large_bytes, hits, misses;
+    gs_pool_block_t *large;
+    atomic_bool drain_requested; /* set by a thread short of memory; the owner drains */
     struct thread_cache *next;
     atomic_bool orphaned;
     cache_queue_t queues[CACHE_CLASSES];
@@ -88,9 +89,9 @@ static void cache_drain(gs_pool_device_t *p, thread_cache_t *c)
     }
     if (c->large)
         gs_pool_release(p, c->large);
-    atomic_store_explicit(&c->bytes, 0, memory_order_relaxed);
     c->large = NULL;
-    c->small_bytes = 0;
+    atomic_store_explicit(&c->small_bytes, 0, memory_order_relaxed);
+    atomic_store_explicit(&c->large_bytes, 0, memory_order_relaxed);
 }
 
 static void cache_orphan(void *arg)
@@ -155,6 +156,7 @@ static gs_pool_block_t *cache_take(gs_pool_device_t *p, thread_cache_t *c, int d
         if (b == NULL || !fits(b, size) || !reusable(p, b))
             goto miss; /* large blocks take the central path's synchronization rules */
         c->large = NULL;
+        OWNER_ADD(c->large_bytes, -b->size);
     } else {
         int first = class_floor(size);
         cache_queue_t *r = NULL;
@@ -168,16 +170,17 @@ static gs_pool_block_t *cache_take(gs_pool_device_t *p, thread_cache_t *c, int d
         /* The oldest block is pending: if the queue is full (or the byte budget is), one
          * synchronization now makes the whole queue reusable. */
         if (!reusable(p, b) &&
-            !((r->count == CACHE_DEPTH || c->small_bytes + size > p->cache_budget) &&
+            !((r->count == CACHE_DEPTH ||
+               atomic_load_explicit(&c->small_bytes, memory_order_relaxed) + size >
+                   p->cache_budget) &&
               gs_pool_sync_if_cheap(p, device) && reusable(p, b)))
             goto miss;
         r->head = b->next_free;
         if (r->head == NULL)
             r->tail = NULL;
         r->count--;
-        c->small_bytes -= b->size;
+        OWNER_ADD(c->small_bytes, -b->size);
     }
-    OWNER_ADD(c->bytes, -b->size);
     OWNER_ADD(c->hits, 1);
     return b;
 miss:
@@ -193,9 +196,11 @@ static bool cache_put(const gs_pool_device_t *p, thread_cache_t *c, gs_pool_bloc
         if (c->large)
             return false;
         c->large = b;
+        OWNER_ADD(c->large_bytes, b->size);
     } else {
         cache_queue_t *r = &c->queues[b->size_class];
-        if (r->count == CACHE_DEPTH || c->small_bytes + b->size > p->cache_budget)
+        if (r->count == CACHE_DEPTH ||
+            atomic_load_explicit(&c->small_bytes, memory_order_relaxed) + b->size > p->cache_budget)
             return false;
         b->next_free = NULL;
         if (r->tail)
@@ -204,15 +209,14 @@ static bool cache_put(const gs_pool_device_t *p, thread_cache_t *c, gs_pool_bloc
             r->head = b;
         r->tail = b;
         r->count++;
-        c->small_bytes += b->size;
+        OWNER_ADD(c->small_bytes, b->size);
     }
-    OWNER_ADD(c->bytes, b->size);
     return true;
 }
 
 /* Under memory pressure (device lock held): our own cache goes back to the central pool now;
  * other threads are asked to drain theirs at their next allocation. What they hold meanwhile is
- * bounded by CACHE_BYTES each. */
+ * bounded by the cache budget and one large block each. */
 void gs_pool_drain_caches(gs_pool_device_t *p, int device)
 {
     for (thread_cache_t *c = atomic_load(&gs_caches); c; c = c->next)
@@ -421,7 +425,8 @@ static uint64_t cached_bytes(int device)
     uint64_t bytes = 0;
     for (thread_cache_t *c = atomic_load(&gs_caches); c; c = c->next)
         if (c->device == device)
-            bytes += atomic_load_explicit(&c->bytes, memory_order_relaxed);
+            bytes += atomic_load_explicit(&c->small_bytes, memory_order_relaxed) +
+                     atomic_load_explicit(&c->large_bytes, memory_order_relaxed);
     return bytes;
 }
 

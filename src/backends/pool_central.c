@@ -175,14 +175,20 @@ uint64_t gs_pool_before_sync(int device)
     return atomic_fetch_add_explicit(&gs_pools[device].epoch, 1, memory_order_acq_rel);
 }
 
-void gs_pool_after_sync(int device, uint64_t token)
+/* A synchronization or event covering every free stamped up to token has completed. */
+static void mark_completed(gs_pool_device_t *p, uint64_t token)
 {
-    gs_pool_device_t *p = &gs_pools[device];
     uint64_t done = atomic_load_explicit(&p->completed, memory_order_relaxed);
     while (token > done &&
            !atomic_compare_exchange_weak_explicit(&p->completed, &done, token, memory_order_acq_rel,
                                                   memory_order_relaxed)) {
     }
+}
+
+void gs_pool_after_sync(int device, uint64_t token)
+{
+    gs_pool_device_t *p = &gs_pools[device];
+    mark_completed(p, token);
     if (atomic_load_explicit(&p->ready, memory_order_acquire)) {
         pthread_mutex_lock(&p->lock);
         recycle_pending(p);
@@ -205,9 +211,7 @@ static uint64_t shim_sync(gs_pool_device_t *p, int device)
     atomic_fetch_add_explicit(&p->shim_sync_ns, ns, memory_order_relaxed);
     if (rc != CUDA_SUCCESS)
         return 0;
-    uint64_t done = atomic_load(&p->completed);
-    while (token > done && !atomic_compare_exchange_weak(&p->completed, &done, token)) {
-    }
+    mark_completed(p, token);
     /* A slow one means queued GPU work: no cheap ones for a while (1 ms, twice as long after
      * each further slow one, at most 1 s); quick ones shorten the back-off again. */
     uint64_t backoff = atomic_load_explicit(&p->backoff_ns, memory_order_relaxed);
@@ -244,25 +248,21 @@ const char *gs_pool_events_off_reason(const gs_pool_device_t *p)
     return NULL;
 }
 
-/* Whether an event completed since the last call: then completed covers what it marked. */
-static bool event_completed(gs_pool_device_t *p)
+/* If the event in flight has completed, completed covers what it marked. */
+static void poll_event(gs_pool_device_t *p)
 {
     if (!p->event_in_flight)
-        return false;
+        return;
     CUresult rc = gs_driver()->event_query(p->event);
     if (rc == CUDA_ERROR_NOT_READY)
-        return false;
+        return;
     p->event_in_flight = false;
     if (rc != CUDA_SUCCESS) {
         p->event_broken = true;
-        return false;
+        return;
     }
-    uint64_t done = atomic_load(&p->completed);
-    while (p->event_token > done &&
-           !atomic_compare_exchange_weak(&p->completed, &done, p->event_token)) {
-    }
+    mark_completed(p, p->event_token);
     p->event_recycles++;
-    return true;
 }
 
 /* Marks the work issued so far, if no mark is in flight. Also when the pool's pending list is
@@ -449,12 +449,12 @@ CUresult gs_pool_central_alloc(gs_pool_device_t *p, int device, uint64_t size,
 {
     CUresult rc = CUDA_SUCCESS;
     pthread_mutex_lock(&p->lock);
-    if (p->pending && p->recycled_upto < atomic_load_explicit(&p->completed, memory_order_acquire))
-        recycle_pending(p); /* a cheap synchronization covered some since */
-    /* An event that completed covers pending blocks: back to the free lists before the search,
-     * where they can coalesce with their neighbours. */
     bool events = gs_pool_events_off_reason(p) == NULL;
-    if (events && event_completed(p))
+    if (events)
+        poll_event(p);
+    /* Pending blocks that a completed event or another thread's synchronization covers go back
+     * to the free lists before the search, where they can coalesce with their neighbours. */
+    if (p->pending && p->recycled_upto < atomic_load_explicit(&p->completed, memory_order_acquire))
         recycle_pending(p);
     gs_pool_block_t *b = find_free(p, size);
     /* Synchronize rather than grow when pending bytes could serve and are many: past the bound,

@@ -259,14 +259,14 @@ static trace_buffer_t *take_spare(uint32_t thread)
     return b;
 }
 
-/* Hands b to the writer; b may be NULL. Returns a buffer for the thread to go on with (NULL if
- * none can be had, and then b is not lost: it was written here). */
-static trace_buffer_t *hand_off(trace_buffer_t *b, uint32_t thread, bool want_another)
+/* Hands b to the writer. Returns a buffer for the thread to go on with (NULL if none can be
+ * had, and then b is not lost: it was queued or written here). */
+static trace_buffer_t *hand_off(trace_buffer_t *b, bool want_another)
 {
     pthread_mutex_lock(&gs_queue_lock);
-    if (b && !gs_writer_started && !gs_stopping)
+    if (!gs_writer_started && !gs_stopping)
         start_writer();
-    bool queue = b && gs_writer_started && !gs_stopping && gs_queued < TRACE_QUEUED_MAX;
+    bool queue = gs_writer_started && !gs_stopping && gs_queued < TRACE_QUEUED_MAX;
     if (queue) {
         b->next = NULL;
         if (gs_queue_tail)
@@ -277,9 +277,9 @@ static trace_buffer_t *hand_off(trace_buffer_t *b, uint32_t thread, bool want_an
         gs_queued++;
         pthread_cond_signal(&gs_queue_filled);
     }
-    trace_buffer_t *next = want_another && queue ? take_spare(thread) : NULL;
+    trace_buffer_t *next = want_another && queue ? take_spare(b->thread) : NULL;
     pthread_mutex_unlock(&gs_queue_lock);
-    if (b && !queue) { /* the writer is behind, absent or stopped: write it here */
+    if (!queue) { /* the writer is behind, absent or stopped: write it here */
         write_out(b);
         if (want_another)
             return b;
@@ -296,7 +296,7 @@ static void release_buffer(void *arg)
 {
     if (gs_my_trace == arg)
         gs_my_trace = NULL;
-    hand_off(arg, 0, false);
+    hand_off(arg, false);
 }
 
 static void make_key(void)
@@ -322,7 +322,7 @@ void gs_trace_record(int action, CUdeviceptr ptr, uint64_t bytes, CUstream strea
         return;
     size_t n = atomic_load_explicit(&b->count, memory_order_relaxed);
     if (__builtin_expect(n == TRACE_RECORDS, 0)) {
-        b = gs_my_trace = hand_off(b, b->thread, true);
+        b = gs_my_trace = hand_off(b, true);
         pthread_setspecific(gs_trace_key, b);
         if (b == NULL) /* out of host memory: this record is lost, the next may find a buffer */
             return;
