@@ -17,3 +17,4 @@ flags=(-O2 -std=c++17 -arch=sm_90)
 "$nvcc" "${flags[@]}" tests/gpu/reuse_safety.cu -o "$build/reuse_safety"
 "$nvcc" "${flags[@]}" bench/bench_alloc.cu -o "$build/bench_alloc"
 "$nvcc" "${flags[@]}" tests/gpu/two_devices.cu -o "$build/two_devices"
+"$nvcc" "${flags[@]}" tests/gpu/device_reset.cu -o "$build/device_reset"

@@ -146,6 +146,12 @@ uint64_t gs_ticks_to_epoch_ns(uint64_t ticks, double ticks_per_ns);
       CUresult (*)(CUstream *, unsigned int, int))                                                 \
     X(green_ctx_stream_create, "cuGreenCtxStreamCreate",                                           \
       CUresult (*)(CUstream *, CUgreenCtx, unsigned int, int))                                     \
+    X(primary_ctx_reset, "cuDevicePrimaryCtxReset", CUresult (*)(CUdevice))                        \
+    X(primary_ctx_reset_v2, "cuDevicePrimaryCtxReset_v2", CUresult (*)(CUdevice))                  \
+    X(primary_ctx_release, "cuDevicePrimaryCtxRelease", CUresult (*)(CUdevice))                    \
+    X(primary_ctx_release_v2, "cuDevicePrimaryCtxRelease_v2", CUresult (*)(CUdevice))              \
+    X(primary_ctx_get_state, "cuDevicePrimaryCtxGetState",                                         \
+      CUresult (*)(CUdevice, unsigned int *, int *))                                               \
     X(get_proc_address, "cuGetProcAddress", CUresult (*)(const char *, void **, int, cuuint64_t))  \
     X(get_proc_address_v2, "cuGetProcAddress_v2",                                                  \
       CUresult (*)(const char *, void **, int, cuuint64_t, CUdriverProcAddressQueryResult *))
@@ -177,6 +183,9 @@ typedef struct gs_device_stats {
     uint64_t peak_ticks; /* when the peak was reached */
     uint64_t driver_calls, timed_calls, shim_ticks;
     uint64_t histogram[GS_HISTOGRAM_BUCKETS];
+    /* Resets of the device's primary context (cudaDeviceReset), and the allocations the program
+     * still held that they released (also counted as frees). */
+    uint64_t resets, reset_released, reset_released_bytes;
 } gs_device_stats_t;
 
 typedef struct gs_oom_event {
@@ -192,6 +201,8 @@ void gs_stats_driver_call(int device);
 void gs_stats_time(int device, uint64_t shim_ticks);
 /* An allocation the driver or the backend refused for lack of memory (slow path, locked). */
 void gs_stats_oom(int device, uint64_t bytes);
+/* The device's primary context was reset, releasing count live allocations of bytes in all. */
+void gs_stats_context_reset(int device, uint64_t count, uint64_t bytes);
 /* The latest out-of-memory events of a device, oldest first; returns how many. */
 int gs_stats_oom_events(int device, gs_oom_event_t out[GS_OOM_EVENTS]);
 /* Sums every thread's counters for one device. */
@@ -220,6 +231,8 @@ int gs_ptrmap_remove(CUdeviceptr base, gs_block_t *out);         /* 0 or -ENOENT
 size_t gs_ptrmap_count(void);
 /* Calls fn for every entry (shard by shard, each under its lock; fn must not use the map). */
 void gs_ptrmap_each(void (*fn)(void *ctx, const gs_block_t *block), void *ctx);
+/* Removes every entry of a device, calling fn for each first (under its shard's lock). */
+void gs_ptrmap_drop_device(int device, void (*fn)(void *ctx, const gs_block_t *block), void *ctx);
 void gs_ptrmap_clear(void);
 
 /* ------------------------------------------------------------------------------------------ */
@@ -268,6 +281,10 @@ typedef struct gs_backend {
     /* The bytes the program holds in a block of gs_ptrmap, 0 when it is not live (not handed
      * out, or freed). NULL: every entry is live with its recorded bytes. */
     uint64_t (*live_bytes)(const gs_block_t *block);
+    /* The device's primary context was reset (cudaDeviceReset) or destroyed: the driver freed
+     * every allocation on it, and gs_ptrmap no longer lists them. Forget them, so that nothing
+     * freed is handed out again. May be NULL. */
+    void (*device_reset)(int device);
     /* After fork, in the child: forget the parent's device memory. May be NULL. */
     void (*forget)(void);
 } gs_backend_t;
@@ -333,6 +350,10 @@ CUresult gs_green_ctx_stream_create(CUstream *stream, CUgreenCtx green_ctx, unsi
 bool gs_nonblocking_streams(void);
 void gs_streams_forget(void); /* fork child (the parent's streams are not the child's), tests */
 CUresult gs_ctx_synchronize_v2(CUcontext ctx);
+/* cuDevicePrimaryCtxReset (cudaDeviceReset) and cuDevicePrimaryCtxRelease: once the driver has
+ * destroyed the context, the shim forgets every allocation it held. */
+CUresult gs_primary_ctx_reset(CUdevice device, bool v2);
+CUresult gs_primary_ctx_release(CUdevice device, bool v2);
 
 /* ------------------------------------------------------------------------------------------ */
 /* lifecycle.c + report.c                                                                     */

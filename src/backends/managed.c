@@ -263,6 +263,25 @@ static void managed_report(int device, gs_buf_t *out, bool json)
                       gs_format_bytes(spilled_bytes, spilled_text));
 }
 
+/* The device's context was reset: its managed memory is gone (gs_ptrmap no longer lists the
+ * live blocks), and so are the events of its deferred frees: drop them without a driver call. */
+static void managed_device_reset(int device)
+{
+    pthread_mutex_lock(&gs_deferred_lock);
+    for (deferred_free_t **link = &gs_deferred; *link;) {
+        deferred_free_t *d = *link;
+        if (d->device != device) {
+            link = &d->next;
+            continue;
+        }
+        *link = d->next;
+        atomic_fetch_sub(&gs_deferred_count, 1);
+        free(d);
+    }
+    pthread_mutex_unlock(&gs_deferred_lock);
+    atomic_store(&gs_managed[device].bytes, 0);
+}
+
 /* Fork child: the parent's memory and events are not the child's. */
 static void managed_forget(void)
 {
@@ -288,5 +307,6 @@ const gs_backend_t gs_backend_managed = {
     .ipc_handle = managed_ipc_handle,
     .after_sync = managed_after_sync,
     .report = managed_report,
+    .device_reset = managed_device_reset,
     .forget = managed_forget,
 };

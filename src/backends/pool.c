@@ -44,6 +44,7 @@ typedef struct thread_cache {
     /* Written by the owner only, read by reports and cuMemGetInfo. small_bytes: blocks up to
      * CACHE_BYTES (the budget); large_bytes: the one larger block, outside the budget. */
     _Atomic uint64_t small_bytes, large_bytes, hits, misses;
+    _Atomic uint64_t generation; /* the pool's generation when last checked (see discard_stale) */
     gs_pool_block_t *large;
     atomic_bool drain_requested; /* set by a thread short of memory; the owner drains */
     struct thread_cache *next;
@@ -75,9 +76,26 @@ static inline size_t recent_slot(CUdeviceptr base)
                           atomic_load_explicit(&(field), memory_order_relaxed) + (amount),         \
                           memory_order_relaxed)
 
+/* The device's context was reset since this cache was last used (owner only): its records now
+ * describe other blocks or none, so they are dropped unread. Returns whether it was stale. */
+static inline bool discard_stale(const gs_pool_device_t *p, thread_cache_t *c)
+{
+    uint64_t now = atomic_load_explicit(&p->generation, memory_order_acquire);
+    if (__builtin_expect(atomic_load_explicit(&c->generation, memory_order_relaxed) == now, 1))
+        return false;
+    memset(c->queues, 0, sizeof c->queues);
+    c->large = NULL;
+    atomic_store_explicit(&c->small_bytes, 0, memory_order_relaxed);
+    atomic_store_explicit(&c->large_bytes, 0, memory_order_relaxed);
+    atomic_store_explicit(&c->generation, now, memory_order_relaxed);
+    return true;
+}
+
 /* Empties the caller's own cache into the central pool (device lock held). */
 static void cache_drain(gs_pool_device_t *p, thread_cache_t *c)
 {
+    if (discard_stale(p, c))
+        return;
     for (int k = 0; k < CACHE_CLASSES; k++) {
         cache_queue_t *r = &c->queues[k];
         for (gs_pool_block_t *b = r->head, *next; b; b = next) {
@@ -143,6 +161,7 @@ static inline bool fits(const gs_pool_block_t *b, uint64_t size)
 static gs_pool_block_t *cache_take(gs_pool_device_t *p, thread_cache_t *c, int device,
                                    uint64_t size)
 {
+    discard_stale(p, c);
     if (__builtin_expect(atomic_load_explicit(&c->drain_requested, memory_order_relaxed), 0)) {
         atomic_store(&c->drain_requested, false);
         pthread_mutex_lock(&p->lock);
@@ -190,6 +209,7 @@ miss:
 
 static bool cache_put(const gs_pool_device_t *p, thread_cache_t *c, gs_pool_block_t *b)
 {
+    discard_stale(p, c);
     if (b->size > CACHE_BYTES) {
         /* One large block beside the budget, so a loop that allocates one big buffer again and
          * again never reaches the central pool (under immediate reuse). */
@@ -422,9 +442,9 @@ static int pool_ipc_handle(CUipcMemHandle *handle, CUdeviceptr ptr, CUresult *re
 
 static uint64_t cached_bytes(int device)
 {
-    uint64_t bytes = 0;
+    uint64_t bytes = 0, generation = atomic_load(&gs_pools[device].generation);
     for (thread_cache_t *c = atomic_load(&gs_caches); c; c = c->next)
-        if (c->device == device)
+        if (c->device == device && atomic_load(&c->generation) == generation)
             bytes += atomic_load_explicit(&c->small_bytes, memory_order_relaxed) +
                      atomic_load_explicit(&c->large_bytes, memory_order_relaxed);
     return bytes;
@@ -526,6 +546,19 @@ static void pool_report(int device, gs_buf_t *out, bool json)
     gs_backend_managed.report(device, out, json); /* what spilled, if anything */
 }
 
+/* cudaDeviceReset: the driver freed every chunk (gs_ptrmap no longer lists their blocks). The
+ * pool starts again from nothing; thread caches drop their records at their next use. */
+static void pool_device_reset(int device)
+{
+    gs_pool_device_t *p = &gs_pools[device];
+    if (atomic_load(&p->ready)) {
+        pthread_mutex_lock(&p->lock);
+        gs_pool_forget_chunks(p);
+        pthread_mutex_unlock(&p->lock);
+    }
+    gs_backend_managed.device_reset(device); /* blocks spilled to managed memory */
+}
+
 /* Entries of the map that are not pool blocks (passed through, spilled) are live while they are
  * in the map; a pool block is live while handed out, with the size the program asked for. */
 static uint64_t pool_live_bytes(const gs_block_t *block)
@@ -588,6 +621,7 @@ const gs_backend_t gs_backend_pool = {
     .before_sync = gs_pool_before_sync,
     .after_sync = gs_pool_after_sync,
     .report = pool_report,
+    .device_reset = pool_device_reset,
     .live_bytes = pool_live_bytes,
     .forget = pool_forget,
 };

@@ -7,6 +7,7 @@
 
 #include <sched.h>
 #include <stdlib.h>
+#include <string.h>
 
 gs_pool_device_t gs_pools[GS_MAX_DEVICES];
 
@@ -407,6 +408,26 @@ static int release_free_chunks(gs_pool_device_t *p, int device)
         released++;
     }
     return released;
+}
+
+void gs_pool_forget_chunks(gs_pool_device_t *p)
+{
+    for (gs_pool_chunk_t *c = p->chunks, *next; c; c = next) {
+        next = c->next;
+        for (gs_pool_block_t *b = c->first, *after; b; b = after) {
+            after = b->next_addr;
+            recycle_block(p, b); /* stale frees and recent-table entries no longer match */
+        }
+        free(c);
+    }
+    p->chunks = NULL;
+    memset(p->free_lists, 0, sizeof p->free_lists);
+    memset(p->bitmap, 0, sizeof p->bitmap);
+    p->pending = NULL;
+    p->pending_bytes = p->free_bytes = p->reserved = p->chunk_count = 0;
+    p->event = NULL; /* it belonged to the context */
+    p->event_in_flight = p->event_broken = false;
+    atomic_fetch_add_explicit(&p->generation, 1, memory_order_release);
 }
 
 /* ---- per-device set-up and the slow path ----------------------------------------------- */

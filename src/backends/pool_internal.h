@@ -78,6 +78,9 @@ typedef struct gs_pool_device {
     uint64_t event_token;            /* frees stamped <= this are covered by the event */
     bool event_in_flight, event_broken;
     uint64_t event_recycles; /* events that completed and made pending blocks reusable */
+    /* Bumped when the device's context is reset: thread caches filled before then hold records
+     * of blocks that no longer exist, and drop them unread. */
+    _Atomic uint64_t generation;
 } gs_pool_device_t;
 
 extern gs_pool_device_t gs_pools[GS_MAX_DEVICES];
@@ -116,6 +119,8 @@ void gs_pool_device_init(gs_pool_device_t *p, int device); /* lock held */
 CUresult gs_pool_central_alloc(gs_pool_device_t *p, int device, uint64_t size,
                                gs_pool_block_t **out);
 void gs_pool_release(gs_pool_device_t *p, gs_pool_block_t *b); /* lock held */
+/* The device's context was reset and the driver freed every chunk: forget them (lock held). */
+void gs_pool_forget_chunks(gs_pool_device_t *p);
 bool gs_pool_sync_if_cheap(gs_pool_device_t *p, int device);
 uint64_t gs_pool_before_sync(int device);
 void gs_pool_after_sync(int device, uint64_t token);

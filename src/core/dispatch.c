@@ -351,3 +351,57 @@ CUresult gs_green_ctx_stream_create(CUstream *stream, CUgreenCtx green_ctx, unsi
     note_stream_flags(CU_STREAM_NON_BLOCKING); /* CUDA requires the flag for these */
     return RAW(green_ctx_stream_create, stream, green_ctx, flags, priority);
 }
+
+/* The device's primary context reset or destroyed: cudaDeviceReset (cuDevicePrimaryCtxReset), or
+ * the last cuDevicePrimaryCtxRelease, frees every allocation the context held. A pool that kept
+ * its chunks would hand out memory the driver freed (and may give to someone else), and the
+ * program's own allocations are gone too; so once the driver has done it, the shim forgets them:
+ * they count as freed, and the backend starts the device afresh. As with CUDA, the program must
+ * not use the device from another thread meanwhile. */
+typedef struct released {
+    const gs_backend_t *backend;
+    uint64_t count, bytes;
+} released_t;
+
+static void count_released(void *ctx, const gs_block_t *block)
+{
+    released_t *r = ctx;
+    uint64_t live = r->backend->live_bytes ? r->backend->live_bytes(block) : block->bytes;
+    if (live == 0)
+        return; /* a pool block not handed out */
+    r->count++;
+    r->bytes += live;
+    gs_stats_free(block->device, live);
+    if (__builtin_expect(gs_tracing, 0))
+        gs_trace_record(GS_TRACE_FREE, block->base, live, NULL);
+}
+
+static void forget_device(CUdevice device)
+{
+    released_t released = {.backend = gs_backend};
+    gs_ptrmap_drop_device(device, count_released, &released);
+    if (gs_backend->device_reset)
+        gs_backend->device_reset(device);
+    gs_stats_context_reset(device, released.count, released.bytes);
+}
+
+CUresult gs_primary_ctx_reset(CUdevice device, bool v2)
+{
+    CUresult rc = v2 ? RAW(primary_ctx_reset_v2, device) : RAW(primary_ctx_reset, device);
+    if (rc == CUDA_SUCCESS && gs_depth == 0 && (unsigned)device < GS_MAX_DEVICES)
+        forget_device(device);
+    return rc;
+}
+
+CUresult gs_primary_ctx_release(CUdevice device, bool v2)
+{
+    const gs_driver_t *drv = gs_driver();
+    CUresult rc = v2 ? RAW(primary_ctx_release_v2, device) : RAW(primary_ctx_release, device);
+    unsigned int flags = 0;
+    int active = 1;
+    if (rc == CUDA_SUCCESS && gs_depth == 0 && (unsigned)device < GS_MAX_DEVICES &&
+        drv->primary_ctx_get_state && drv->primary_ctx_get_state(device, &flags, &active) == 0 &&
+        !active)
+        forget_device(device); /* that was the last reference: the context is gone */
+    return rc;
+}

@@ -103,6 +103,21 @@ int gs_ptrmap_find(CUdeviceptr base, gs_block_t *out)
     return rc;
 }
 
+/* Empties slot i, pulling later entries of its cluster back into the hole (no tombstones). */
+static void remove_at(gs_ptrmap_shard_t *s, size_t i)
+{
+    size_t mask = s->capacity - 1;
+    s->count--;
+    for (size_t j = (i + 1) & mask; s->slots[j].base != 0; j = (j + 1) & mask) {
+        size_t home = (hash(s->slots[j].base) / GS_PTRMAP_SHARDS) & mask;
+        if (((j - home) & mask) >= ((j - i) & mask)) {
+            s->slots[i] = s->slots[j];
+            i = j;
+        }
+    }
+    memset(&s->slots[i], 0, sizeof s->slots[i]);
+}
+
 int gs_ptrmap_remove(CUdeviceptr base, gs_block_t *out)
 {
     uint64_t h = hash(base);
@@ -110,26 +125,33 @@ int gs_ptrmap_remove(CUdeviceptr base, gs_block_t *out)
     int rc = -ENOENT;
     pthread_mutex_lock(&s->lock);
     if (s->capacity && base != 0) {
-        size_t mask = s->capacity - 1;
         size_t i = probe(s, base, h);
         if (s->slots[i].base == base) {
             if (out)
                 *out = s->slots[i];
-            s->count--;
+            remove_at(s, i);
             rc = 0;
-            /* Backward-shift: pull later entries of the cluster into the hole. */
-            for (size_t j = (i + 1) & mask; s->slots[j].base != 0; j = (j + 1) & mask) {
-                size_t home = (hash(s->slots[j].base) / GS_PTRMAP_SHARDS) & mask;
-                if (((j - home) & mask) >= ((j - i) & mask)) {
-                    s->slots[i] = s->slots[j];
-                    i = j;
-                }
-            }
-            memset(&s->slots[i], 0, sizeof s->slots[i]);
         }
     }
     pthread_mutex_unlock(&s->lock);
     return rc;
+}
+
+void gs_ptrmap_drop_device(int device, void (*fn)(void *ctx, const gs_block_t *block), void *ctx)
+{
+    for (int k = 0; k < GS_PTRMAP_SHARDS; k++) {
+        gs_ptrmap_shard_t *s = &gs_ptrmap[k];
+        pthread_mutex_lock(&s->lock);
+        /* A removal only moves entries into the hole from later in the cluster, or from slots
+         * already passed (after a wrap): re-checking slot i sees every entry once. */
+        for (size_t i = 0; i < s->capacity; i++)
+            while (s->slots[i].base != 0 && s->slots[i].device == device) {
+                if (fn)
+                    fn(ctx, &s->slots[i]);
+                remove_at(s, i);
+            }
+        pthread_mutex_unlock(&s->lock);
+    }
 }
 
 size_t gs_ptrmap_count(void)

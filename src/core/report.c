@@ -106,6 +106,13 @@ static void render_text_device(int device, const gs_device_stats_t *s, const lea
                           i + 1 < leaks->count && i + 1 < LEAKS_SHOWN ? "," : "");
         gs_buf_printf(out, "%s\n", live > LEAKS_SHOWN ? ", ..." : "");
     }
+    if (s->resets > 0)
+        gs_buf_printf(out,
+                      "gpushim: device %d: its primary context was reset or destroyed %llu times "
+                      "(cudaDeviceReset); that released %llu allocations (%s) the program had not "
+                      "freed, counted as frees\n",
+                      device, (unsigned long long)s->resets, (unsigned long long)s->reset_released,
+                      gs_format_bytes(s->reset_released_bytes, size));
     if (oom_count > 0) {
         gs_buf_printf(out, "gpushim: device %d: out of memory, latest:", device);
         for (int i = 0; i < oom_count; i++)
@@ -129,13 +136,15 @@ static void render_json_device(int device, const gs_device_stats_t *s, const lea
         "      \"in_use_peak_at_s\": %.6f,\n      \"in_use_at_exit\": %lld,\n"
         "      \"live_at_exit\": %llu,\n      \"driver_calls\": %llu,\n"
         "      \"shim_ns_per_call\": %.1f,\n      \"timed_calls\": %llu,\n"
-        "      \"size_histogram\": [",
+        "      \"resets\": %llu,\n      \"released_by_reset\": %llu,\n"
+        "      \"released_by_reset_bytes\": %llu,\n      \"size_histogram\": [",
         device, (unsigned long long)s->allocations, (unsigned long long)s->frees,
         (unsigned long long)s->failures, (unsigned long long)s->foreign_frees,
         (unsigned long long)s->bytes_requested, (long long)s->peak,
         gs_ticks_to_seconds(s->peak_ticks, ticks_per_ns), (long long)s->in_use,
         (unsigned long long)(s->allocations - s->frees), (unsigned long long)s->driver_calls,
-        mean_ns, (unsigned long long)s->timed_calls);
+        mean_ns, (unsigned long long)s->timed_calls, (unsigned long long)s->resets,
+        (unsigned long long)s->reset_released, (unsigned long long)s->reset_released_bytes);
     const char *sep = "";
     for (int k = 0; k < GS_HISTOGRAM_BUCKETS; k++) {
         if (s->histogram[k] == 0)

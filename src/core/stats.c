@@ -43,6 +43,11 @@ static struct {
     unsigned count; /* ever recorded; events[count % GS_OOM_EVENTS] is the next slot */
 } gs_ooms[GS_MAX_DEVICES] = {[0 ... GS_MAX_DEVICES - 1] = {.lock = PTHREAD_MUTEX_INITIALIZER}};
 
+/* Context resets are rare: plain shared counters. */
+static struct {
+    _Atomic uint64_t resets, released, released_bytes;
+} gs_resets[GS_MAX_DEVICES];
+
 static gs_shard_t *_Atomic gs_shards;
 static pthread_mutex_t gs_shards_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_key_t gs_shard_key;
@@ -210,6 +215,15 @@ int gs_stats_oom_events(int device, gs_oom_event_t out[GS_OOM_EVENTS])
     return n;
 }
 
+void gs_stats_context_reset(int device, uint64_t count, uint64_t bytes)
+{
+    if ((unsigned)device >= GS_MAX_DEVICES)
+        return;
+    atomic_fetch_add(&gs_resets[device].resets, 1);
+    atomic_fetch_add(&gs_resets[device].released, count);
+    atomic_fetch_add(&gs_resets[device].released_bytes, bytes);
+}
+
 void gs_stats_time(int device, uint64_t shim_ticks)
 {
     gs_counters_t *c = counters(device);
@@ -240,6 +254,9 @@ void gs_stats_snapshot(int device, gs_device_stats_t *out)
         for (int k = 0; k < GS_HISTOGRAM_BUCKETS; k++)
             out->histogram[k] += LOAD(c->histogram[k]);
     }
+    out->resets = LOAD(gs_resets[device].resets);
+    out->reset_released = LOAD(gs_resets[device].released);
+    out->reset_released_bytes = LOAD(gs_resets[device].released_bytes);
     out->peak_ticks = LOAD(gs_global[device].peak_ticks);
     out->in_use = (int64_t)(out->bytes_requested - out->bytes_freed);
     out->peak = LOAD(gs_global[device].peak);
@@ -267,6 +284,7 @@ void gs_stats_reset(void)
         atomic_store(&s->owned, s == gs_my_shard);
     }
     memset(gs_global, 0, sizeof gs_global);
+    memset(gs_resets, 0, sizeof gs_resets);
     for (int d = 0; d < GS_MAX_DEVICES; d++) {
         pthread_mutex_init(&gs_ooms[d].lock, NULL);
         gs_ooms[d].count = 0;

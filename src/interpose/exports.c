@@ -7,11 +7,15 @@
 
 #include <string.h>
 
-#undef cuGetProcAddress /* cuda.h maps it to _v2; we define both */
+#undef cuGetProcAddress /* cuda.h maps these to _v2; we define both */
+#undef cuDevicePrimaryCtxReset
+#undef cuDevicePrimaryCtxRelease
 
 CUresult cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t bytes, CUstream stream);
 CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream stream);
 CUresult cuGetProcAddress(const char *symbol, void **pfn, int version, cuuint64_t flags);
+CUresult cuDevicePrimaryCtxReset(CUdevice device);
+CUresult cuDevicePrimaryCtxRelease(CUdevice device);
 
 GS_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytes)
 {
@@ -106,6 +110,26 @@ GS_EXPORT CUresult cuGreenCtxStreamCreate(CUstream *stream, CUgreenCtx green_ctx
     return gs_green_ctx_stream_create(stream, green_ctx, flags, priority);
 }
 
+GS_EXPORT CUresult cuDevicePrimaryCtxReset(CUdevice device)
+{
+    return gs_primary_ctx_reset(device, false);
+}
+
+GS_EXPORT CUresult cuDevicePrimaryCtxReset_v2(CUdevice device)
+{
+    return gs_primary_ctx_reset(device, true);
+}
+
+GS_EXPORT CUresult cuDevicePrimaryCtxRelease(CUdevice device)
+{
+    return gs_primary_ctx_release(device, false);
+}
+
+GS_EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice device)
+{
+    return gs_primary_ctx_release(device, true);
+}
+
 /* cuGetProcAddress: ask the driver, then hand out our wrapper for what it resolved. Where the
  * driver finds nothing we return its answer unchanged (never a NULL we made up). */
 GS_EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int version,
@@ -176,6 +200,14 @@ static const gs_intercept_t gs_intercepts[] = {
      (void *)cuStreamCreateWithPriority},
     {"cuGreenCtxStreamCreate", "cuGreenCtxStreamCreate", 12050, ANY_STREAM,
      (void *)cuGreenCtxStreamCreate},
+    {"cuDevicePrimaryCtxReset", "cuDevicePrimaryCtxReset", 7000, ANY_STREAM,
+     (void *)cuDevicePrimaryCtxReset},
+    {"cuDevicePrimaryCtxReset", "cuDevicePrimaryCtxReset_v2", 11000, ANY_STREAM,
+     (void *)cuDevicePrimaryCtxReset_v2},
+    {"cuDevicePrimaryCtxRelease", "cuDevicePrimaryCtxRelease", 7000, ANY_STREAM,
+     (void *)cuDevicePrimaryCtxRelease},
+    {"cuDevicePrimaryCtxRelease", "cuDevicePrimaryCtxRelease_v2", 11000, ANY_STREAM,
+     (void *)cuDevicePrimaryCtxRelease_v2},
     {"cuGetProcAddress", "cuGetProcAddress", 11030, ANY_STREAM, (void *)cuGetProcAddress},
     {"cuGetProcAddress", "cuGetProcAddress_v2", 12000, ANY_STREAM, (void *)cuGetProcAddress_v2},
 };

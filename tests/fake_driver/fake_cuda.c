@@ -10,6 +10,9 @@
  *                               NAME:N+ (the Nth and every later call), optional =CODE (default
  *                               CUDA_ERROR_OUT_OF_MEMORY)
  *   FAKECUDA_STATS=stderr|PATH  at exit, one line per entry point called: "fakecuda: calls NAME N"
+ * A primary context reset (or its last release) forgets every allocation of the device, as the
+ * driver frees them; their host memory is kept (never reused), and copies and memsets check that
+ * they touch a live allocation, so a program handed stale memory fails as on a GPU.
  *   FAKECUDA_EVENT_QUERIES=N    an event answers CUDA_ERROR_NOT_READY to its first N queries (as
  *                               if its stream were busy), unless a cuCtxSynchronize came since
  * Managed memory is host memory with no device limit: oversubscription works, as on a real GPU.
@@ -52,22 +55,23 @@ static __thread int current_device = -1; /* -1: no context */
 
 /* ---- call counting and fault injection ---- */
 
+/* Grouped by hand: clang-format would make a staircase of it. */
+/* clang-format off */
 #define FAKE_FUNCS(X)                                                                              \
-    X(cuInit)                                                                                      \
-    X(cuDriverGetVersion) X(cuDeviceGetCount) X(cuDeviceGet) X(cuDeviceTotalMem_v2)                \
-        X(cuDeviceGetAttribute) X(cuDevicePrimaryCtxRetain) X(cuCtxSetCurrent) X(cuCtxGetCurrent)  \
-            X(cuCtxGetDevice) X(cuCtxGetDevice_v2) X(cuCtxSynchronize) X(cuCtxSynchronize_v2)      \
-                X(cuMemAlloc_v2) X(cuMemAllocPitch_v2) X(cuMemFree_v2) X(cuMemAllocManaged)        \
-                    X(cuMemAllocAsync) X(cuMemAllocAsync_ptsz) X(cuMemFreeAsync)                   \
-                        X(cuMemFreeAsync_ptsz) X(cuMemAllocFromPoolAsync) X(cuMemGetInfo_v2)       \
-                            X(cuMemGetAddressRange_v2) X(cuPointerGetAttribute)                    \
-                                X(cuPointerGetAttributes) X(cuIpcGetMemHandle) X(cuMemcpyHtoD_v2)  \
-                                    X(cuMemcpyDtoH_v2) X(cuMemsetD8_v2) X(cuGetProcAddress)        \
-                                        X(cuGetProcAddress_v2) X(cuMemPrefetchAsync_v2)            \
-                                            X(cuMemAdvise_v2) X(cuEventCreate) X(cuEventRecord)    \
-                                                X(cuEventQuery) X(cuEventDestroy_v2)               \
-                                                    X(cuStreamCreate)                              \
-                                                        X(cuStreamCreateWithPriority)
+    X(cuInit) X(cuDriverGetVersion) X(cuDeviceGetCount) X(cuDeviceGet) X(cuDeviceTotalMem_v2)     \
+    X(cuDeviceGetAttribute) X(cuDevicePrimaryCtxRetain) X(cuDevicePrimaryCtxReset_v2)              \
+    X(cuDevicePrimaryCtxRelease_v2) X(cuDevicePrimaryCtxGetState)                                  \
+    X(cuCtxSetCurrent) X(cuCtxGetCurrent) X(cuCtxGetDevice) X(cuCtxGetDevice_v2)                   \
+    X(cuCtxSynchronize) X(cuCtxSynchronize_v2)                                                     \
+    X(cuMemAlloc_v2) X(cuMemAllocPitch_v2) X(cuMemFree_v2) X(cuMemAllocManaged)                    \
+    X(cuMemAllocAsync) X(cuMemAllocAsync_ptsz) X(cuMemFreeAsync) X(cuMemFreeAsync_ptsz)            \
+    X(cuMemAllocFromPoolAsync) X(cuMemGetInfo_v2) X(cuMemGetAddressRange_v2)                       \
+    X(cuPointerGetAttribute) X(cuPointerGetAttributes) X(cuIpcGetMemHandle)                        \
+    X(cuMemcpyHtoD_v2) X(cuMemcpyDtoH_v2) X(cuMemsetD8_v2) X(cuGetProcAddress)                     \
+    X(cuGetProcAddress_v2) X(cuMemPrefetchAsync_v2) X(cuMemAdvise_v2)                              \
+    X(cuEventCreate) X(cuEventRecord) X(cuEventQuery) X(cuEventDestroy_v2)                         \
+    X(cuStreamCreate) X(cuStreamCreateWithPriority)
+/* clang-format on */
 
 enum {
 #define FAKE_ENUM(name) ID_##name,
@@ -303,13 +307,63 @@ FAKE_EXPORT CUresult cuDeviceGetAttribute(int *value, CUdevice_attribute attr, C
     }
 }
 
+static int retained[MAX_DEVICES];
+
 /* A context handle is the device ordinal + 1. */
 FAKE_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *ctx, CUdevice device)
 {
     ENTER(cuDevicePrimaryCtxRetain);
     if (device < 0 || device >= device_count)
         return CUDA_ERROR_INVALID_DEVICE;
+    pthread_mutex_lock(&lock);
+    retained[device]++;
+    pthread_mutex_unlock(&lock);
     *ctx = (CUcontext)(uintptr_t)(device + 1);
+    return CUDA_SUCCESS;
+}
+
+/* Every allocation of the device is gone; the host memory stays allocated (lock held). */
+static void forget_device_memory(CUdevice device)
+{
+    for (size_t i = 0; i < high_water; i++)
+        if (blocks[i].base && blocks[i].device == device)
+            memset(&blocks[i], 0, sizeof blocks[i]);
+    used[device] = 0;
+}
+
+FAKE_EXPORT CUresult cuDevicePrimaryCtxReset_v2(CUdevice device)
+{
+    ENTER(cuDevicePrimaryCtxReset_v2);
+    if (device < 0 || device >= device_count)
+        return CUDA_ERROR_INVALID_DEVICE;
+    pthread_mutex_lock(&lock);
+    forget_device_memory(device);
+    pthread_mutex_unlock(&lock);
+    return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice device)
+{
+    ENTER(cuDevicePrimaryCtxRelease_v2);
+    if (device < 0 || device >= device_count)
+        return CUDA_ERROR_INVALID_DEVICE;
+    pthread_mutex_lock(&lock);
+    CUresult rc = retained[device] > 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT;
+    if (rc == CUDA_SUCCESS && --retained[device] == 0)
+        forget_device_memory(device);
+    pthread_mutex_unlock(&lock);
+    return rc;
+}
+
+FAKE_EXPORT CUresult cuDevicePrimaryCtxGetState(CUdevice device, unsigned int *flags, int *active)
+{
+    ENTER(cuDevicePrimaryCtxGetState);
+    if (device < 0 || device >= device_count)
+        return CUDA_ERROR_INVALID_DEVICE;
+    pthread_mutex_lock(&lock);
+    *flags = 0;
+    *active = retained[device] > 0;
+    pthread_mutex_unlock(&lock);
     return CUDA_SUCCESS;
 }
 
@@ -616,9 +670,21 @@ FAKE_EXPORT CUresult cuIpcGetMemHandle(CUipcMemHandle *handle, CUdeviceptr ptr)
     return CUDA_SUCCESS;
 }
 
+/* Whether [p, p + bytes) lies in one live allocation (what a GPU would not fault on). */
+static bool live_range(CUdeviceptr p, size_t bytes)
+{
+    pthread_mutex_lock(&lock);
+    block_t *b = find_containing((uintptr_t)p);
+    bool ok = b && (uintptr_t)p + bytes <= b->base + b->size;
+    pthread_mutex_unlock(&lock);
+    return ok;
+}
+
 FAKE_EXPORT CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void *src, size_t bytes)
 {
     ENTER(cuMemcpyHtoD_v2);
+    if (!live_range(dst, bytes))
+        return CUDA_ERROR_ILLEGAL_ADDRESS;
     memcpy((void *)(uintptr_t)dst, src, bytes);
     return CUDA_SUCCESS;
 }
@@ -626,6 +692,8 @@ FAKE_EXPORT CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void *src, size_t by
 FAKE_EXPORT CUresult cuMemcpyDtoH_v2(void *dst, CUdeviceptr src, size_t bytes)
 {
     ENTER(cuMemcpyDtoH_v2);
+    if (!live_range(src, bytes))
+        return CUDA_ERROR_ILLEGAL_ADDRESS;
     memcpy(dst, (const void *)(uintptr_t)src, bytes);
     return CUDA_SUCCESS;
 }
@@ -633,6 +701,8 @@ FAKE_EXPORT CUresult cuMemcpyDtoH_v2(void *dst, CUdeviceptr src, size_t bytes)
 FAKE_EXPORT CUresult cuMemsetD8_v2(CUdeviceptr dst, unsigned char value, size_t count)
 {
     ENTER(cuMemsetD8_v2);
+    if (!live_range(dst, count))
+        return CUDA_ERROR_ILLEGAL_ADDRESS;
     memset((void *)(uintptr_t)dst, value, count);
     return CUDA_SUCCESS;
 }
@@ -665,6 +735,9 @@ static const proc_t procs[] = {
     {"cuDeviceTotalMem", 3020, ANY, (void *)cuDeviceTotalMem_v2},
     {"cuDeviceGetAttribute", 2000, ANY, (void *)cuDeviceGetAttribute},
     {"cuDevicePrimaryCtxRetain", 7000, ANY, (void *)cuDevicePrimaryCtxRetain},
+    {"cuDevicePrimaryCtxReset", 11000, ANY, (void *)cuDevicePrimaryCtxReset_v2},
+    {"cuDevicePrimaryCtxRelease", 11000, ANY, (void *)cuDevicePrimaryCtxRelease_v2},
+    {"cuDevicePrimaryCtxGetState", 7000, ANY, (void *)cuDevicePrimaryCtxGetState},
     {"cuCtxSetCurrent", 4000, ANY, (void *)cuCtxSetCurrent},
     {"cuCtxGetCurrent", 4000, ANY, (void *)cuCtxGetCurrent},
     {"cuCtxGetDevice", 2000, ANY, (void *)cuCtxGetDevice},

@@ -429,6 +429,31 @@ static void pool_events_follow_the_streams_the_program_makes(void **state)
     }
 }
 
+/* cudaDeviceReset (or the last release of the primary context) frees every allocation: in every
+ * mode the program then gets memory the driver gave after it (the fake refuses writes to freed
+ * memory), a free of an old pointer gets the driver's error, and the report says what the reset
+ * released. */
+static void a_device_reset_leaves_no_stale_memory(void **state)
+{
+    (void)state;
+    static const char *const modes[] = {"GPUSHIM_MODE=off", "GPUSHIM_MODE=pool",
+                                        "GPUSHIM_MODE=managed"};
+    static const char *const ways[] = {"reset", "release"};
+    for (size_t m = 0; m < 3; m++)
+        for (size_t w = 0; w < 2; w++) {
+            run_result_t r = run_shim(ENV(modes[m], "GPUSHIM_POOL_REUSE=immediate"),
+                                      ARGV(path_of("GS_RUNTIME_LIKE"), "reset", ways[w]));
+            EXPECT_STATUS(r, 0);
+            EXPECT_IN(r, out, "stale free rc 1\n"); /* CUDA_ERROR_INVALID_VALUE */
+            EXPECT_IN(r, out, "ok reset\n");
+            EXPECT_IN(r, err,
+                      "its primary context was reset or destroyed 1 times "
+                      "(cudaDeviceReset); that released 1 allocations (4 KiB)");
+            EXPECT_IN(r, err, "1 frees of pointers not allocated through the shim");
+            run_free(&r);
+        }
+}
+
 static void managed_cap_is_cudas_out_of_memory(void **state)
 {
     (void)state;
@@ -500,7 +525,9 @@ static void exports_are_exactly_the_intercepted_symbols(void **state)
 {
     (void)state;
     static const char expected[] =
-        "cuCtxSynchronize\ncuCtxSynchronize_v2\ncuGetProcAddress\ncuGetProcAddress_v2\n"
+        "cuCtxSynchronize\ncuCtxSynchronize_v2\ncuDevicePrimaryCtxRelease\n"
+        "cuDevicePrimaryCtxRelease_v2\ncuDevicePrimaryCtxReset\ncuDevicePrimaryCtxReset_v2\n"
+        "cuGetProcAddress\ncuGetProcAddress_v2\n"
         "cuGreenCtxStreamCreate\ncuIpcGetMemHandle\ncuMemAllocAsync\ncuMemAllocAsync_ptsz\n"
         "cuMemAllocManaged\ncuMemAllocPitch_v2\ncuMemAlloc_v2\ncuMemFreeAsync\n"
         "cuMemFreeAsync_ptsz\ncuMemFree_v2\ncuMemGetAddressRange_v2\ncuMemGetInfo_v2\n"
@@ -766,6 +793,7 @@ int main(void)
         cmocka_unit_test(managed_mode_oversubscribes_the_device),
         cmocka_unit_test(managed_mode_asks_xla_for_managed_memory),
         cmocka_unit_test(pool_events_follow_the_streams_the_program_makes),
+        cmocka_unit_test(a_device_reset_leaves_no_stale_memory),
         cmocka_unit_test(managed_cap_is_cudas_out_of_memory),
         cmocka_unit_test(managed_stream_ordered_free_waits_for_the_stream),
         cmocka_unit_test(pool_spills_to_managed_memory_on_demand),

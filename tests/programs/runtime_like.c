@@ -48,6 +48,9 @@ static struct {
     CUresult (*memcpy_dtoh)(void *, CUdeviceptr, size_t);
     CUresult (*stream_create)(CUstream *, unsigned int);
     CUresult (*stream_create_with_priority)(CUstream *, unsigned int, int);
+    CUresult (*memset_d8)(CUdeviceptr, unsigned char, size_t);
+    CUresult (*primary_ctx_reset)(CUdevice);
+    CUresult (*primary_ctx_release)(CUdevice);
 } cu;
 
 static void *proc(const char *name, int version, cuuint64_t flags)
@@ -99,6 +102,9 @@ static void load(void)
     cu.memcpy_dtoh = proc("cuMemcpyDtoH", v, 0);
     cu.stream_create = proc("cuStreamCreate", v, 0);
     cu.stream_create_with_priority = proc("cuStreamCreateWithPriority", v, 0);
+    cu.memset_d8 = proc("cuMemsetD8", v, 0);
+    cu.primary_ctx_reset = proc("cuDevicePrimaryCtxReset", v, 0);
+    cu.primary_ctx_release = proc("cuDevicePrimaryCtxRelease", v, 0);
 }
 
 static void use_device(int ordinal)
@@ -415,6 +421,39 @@ static int scenario_managed_async(const char *how)
     return 0;
 }
 
+/* cudaDeviceReset's way ("reset", cuDevicePrimaryCtxReset) or the last release of the primary
+ * context ("release"): blocks held, freed and cached before it; after it the same sizes again,
+ * each written whole (the fake driver refuses writes to memory the reset freed), and a free of a
+ * pointer from before, which the driver refuses. */
+static int scenario_reset(const char *how)
+{
+    static const size_t sizes[] = {4096, 1 << 20, 48u << 20};
+    CUdeviceptr held, freed[3], again[3];
+    CHECK(cu.mem_alloc(&held, 4096) == CUDA_SUCCESS);
+    for (int i = 0; i < 3; i++) {
+        CHECK(cu.mem_alloc(&freed[i], sizes[i]) == CUDA_SUCCESS);
+        CHECK(cu.memset_d8(freed[i], 1, sizes[i]) == CUDA_SUCCESS);
+    }
+    for (int i = 0; i < 3; i++)
+        CHECK(cu.mem_free(freed[i]) == CUDA_SUCCESS);
+    CUdevice dev;
+    CHECK(cu.device_get(&dev, 0) == CUDA_SUCCESS);
+    if (how && strcmp(how, "release") == 0)
+        CHECK(cu.primary_ctx_release(dev) == CUDA_SUCCESS); /* start() retained it once */
+    else
+        CHECK(cu.primary_ctx_reset(dev) == CUDA_SUCCESS);
+    use_device(0); /* the runtime makes the context current again */
+    for (int i = 0; i < 3; i++) {
+        CHECK(cu.mem_alloc(&again[i], sizes[i]) == CUDA_SUCCESS);
+        CHECK(cu.memset_d8(again[i], 2, sizes[i]) == CUDA_SUCCESS);
+    }
+    printf("stale free rc %d\n", cu.mem_free(held));
+    for (int i = 0; i < 3; i++)
+        CHECK(cu.mem_free(again[i]) == CUDA_SUCCESS);
+    printf("ok reset\n");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *scenario = argc > 1 ? argv[1] : "basic";
@@ -452,6 +491,8 @@ int main(int argc, char **argv)
         return scenario_streams(argc > 2 ? argv[2] : NULL, argc > 3 ? b : 20);
     if (strcmp(scenario, "managed-async") == 0)
         return scenario_managed_async(argc > 2 ? argv[2] : NULL);
+    if (strcmp(scenario, "reset") == 0)
+        return scenario_reset(argc > 2 ? argv[2] : NULL);
     fprintf(stderr, "runtime_like: unknown scenario %s\n", scenario);
     return 64;
 }

@@ -187,6 +187,34 @@ static CUresult fake_stream_create(CUstream *stream, unsigned int flags)
     return CUDA_SUCCESS;
 }
 
+/* Like the driver: every allocation of the context is gone. Addresses are never handed out
+ * again (next_address only grows), so a stale pointer cannot pass for a new block. */
+static CUresult fake_primary_reset_unlocked(CUdevice d)
+{
+    (void)d;
+    fake.resets++;
+    memset(slots, 0, sizeof slots);
+    fake.used = 0;
+    return CUDA_SUCCESS;
+}
+
+static CUresult fake_primary_release_unlocked(CUdevice d)
+{
+    if (fake.retained == 0)
+        return CUDA_ERROR_INVALID_CONTEXT;
+    if (--fake.retained == 0)
+        return fake_primary_reset_unlocked(d);
+    return CUDA_SUCCESS;
+}
+
+static CUresult fake_primary_state(CUdevice d, unsigned int *flags, int *active)
+{
+    (void)d;
+    *flags = 0;
+    *active = fake.retained > 0;
+    return CUDA_SUCCESS;
+}
+
 #define LOCKED(name, params, args)                                                                 \
     static CUresult name params                                                                    \
     {                                                                                              \
@@ -200,6 +228,8 @@ LOCKED(fake_free, (CUdeviceptr p), (p))
 LOCKED(fake_info, (size_t * free_bytes, size_t *total), (free_bytes, total))
 LOCKED(fake_sync, (void), ())
 LOCKED(fake_range, (CUdeviceptr * base, size_t *size, CUdeviceptr p), (base, size, p))
+LOCKED(fake_primary_reset, (CUdevice d), (d))
+LOCKED(fake_primary_release, (CUdevice d), (d))
 
 static const gs_driver_t fake_table = {
     .mem_alloc = fake_alloc,
@@ -222,6 +252,9 @@ static const gs_driver_t fake_table = {
     .event_query = fake_event_query,
     .event_destroy = fake_event_destroy,
     .stream_create = fake_stream_create,
+    .primary_ctx_reset_v2 = fake_primary_reset,
+    .primary_ctx_release_v2 = fake_primary_release,
+    .primary_ctx_get_state = fake_primary_state,
 };
 
 void fake_upstream_install(uint64_t limit)

@@ -18,6 +18,9 @@ typedef struct fake_upstream {
      * record is numbered; last_completed_record is the newest one a query saw complete. */
     bool events, events_busy;
     int event_records, last_completed_record, streams_created;
+    /* The primary context: a reset frees every allocation; a release makes it inactive (and
+     * frees them) when retained is 0 afterwards. */
+    int resets, retained;
 } fake_upstream_t;
 
 extern fake_upstream_t fake;

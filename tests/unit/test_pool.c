@@ -465,6 +465,81 @@ static void random_pattern_once(const char *policy)
     assert_true(ratio <= (strcmp(policy, "safe") == 0 ? 1.45 : 1.25));
 }
 
+/* cudaDeviceReset frees every allocation of the device: the pool must forget its chunks and
+ * its thread cache, never hand out their memory again, count what the program still held as
+ * freed, and serve new allocations from new chunks. A pointer from before the reset is the
+ * driver's business (CUDA answers CUDA_ERROR_INVALID_VALUE). */
+static void a_device_reset_forgets_every_block(void **state)
+{
+    (void)state;
+    CUdeviceptr live_small, live_large, cached, pending, fresh[3];
+    assert_int_equal(gs_mem_alloc(&live_small, 4096), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_alloc(&live_large, 64 * MiB), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_alloc(&cached, 1 * MiB), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_alloc(&pending, 40 * MiB), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_free(cached), CUDA_SUCCESS); /* into this thread's cache */
+    assert_int_equal(gs_mem_free(pending), CUDA_SUCCESS);
+    CUdeviceptr first_new_address = fake.next_address;
+
+    assert_int_equal(gs_primary_ctx_reset(0, true), CUDA_SUCCESS);
+    assert_int_equal(fake.resets, 1);
+    gs_device_stats_t s;
+    gs_stats_snapshot(0, &s);
+    assert_int_equal(s.resets, 1);
+    assert_int_equal(s.reset_released, 2);
+    assert_int_equal(s.reset_released_bytes, 4096 + 64 * MiB);
+    assert_int_equal(s.in_use, 0);
+    gs_buf_t *buf = calloc(1, sizeof *buf);
+    gs_opts.mode = GS_MODE_POOL;
+    gs_report_render(buf);
+    assert_non_null(strstr(buf->data, "pool reserved 0 B now"));
+    size_t free_bytes, total;
+    assert_int_equal(gs_mem_get_info(&free_bytes, &total), CUDA_SUCCESS);
+    assert_int_equal(free_bytes, total); /* no stale cached bytes counted as free */
+
+    /* Same sizes again: every block comes from memory the driver gave after the reset. */
+    assert_int_equal(gs_mem_alloc(&fresh[0], 1 * MiB), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_alloc(&fresh[1], 40 * MiB), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_alloc(&fresh[2], 4096), CUDA_SUCCESS);
+    for (int i = 0; i < 3; i++)
+        assert_true(fresh[i] >= first_new_address);
+    assert_int_equal(gs_mem_free(live_small), CUDA_ERROR_INVALID_VALUE);
+    assert_int_equal(gs_mem_free(cached), CUDA_ERROR_INVALID_VALUE);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(gs_mem_free(fresh[i]), CUDA_SUCCESS);
+    gs_stats_snapshot(0, &s);
+    assert_int_equal(s.in_use, 0);
+    assert_int_equal(s.foreign_frees, 2);
+
+    buf->len = 0;
+    gs_report_render(buf);
+    assert_non_null(strstr(buf->data, "its primary context was reset or destroyed 1 times "
+                                      "(cudaDeviceReset); that released 2 allocations"));
+    free(buf);
+}
+
+/* The last cuDevicePrimaryCtxRelease destroys the context as a reset does; earlier ones do not. */
+static void the_last_primary_context_release_forgets_blocks(void **state)
+{
+    (void)state;
+    CUdeviceptr live, cached, b;
+    fake.retained = 2;
+    assert_int_equal(gs_mem_alloc(&live, 4096), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_alloc(&cached, 4096), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_free(cached), CUDA_SUCCESS);
+    assert_int_equal(gs_primary_ctx_release(0, true), CUDA_SUCCESS);
+    gs_device_stats_t s;
+    gs_stats_snapshot(0, &s);
+    assert_int_equal(s.resets, 0);
+    assert_int_equal(gs_primary_ctx_release(0, true), CUDA_SUCCESS);
+    gs_stats_snapshot(0, &s);
+    assert_int_equal(s.resets, 1);
+    assert_int_equal(s.reset_released, 1);
+    assert_int_equal(gs_mem_alloc(&b, 4096), CUDA_SUCCESS);
+    assert_true(b != cached && b != live);
+    assert_int_equal(gs_mem_free(b), CUDA_SUCCESS);
+}
+
 static void report_tells_reserved_hits_and_pending(void **state)
 {
     (void)state;
@@ -510,6 +585,9 @@ int main(void)
         cmocka_unit_test_setup(blocks_go_back_to_their_own_device, immediate),
         cmocka_unit_test_setup(async_and_managed_pass_through, safe),
         cmocka_unit_test_setup(report_tells_reserved_hits_and_pending, immediate),
+        cmocka_unit_test_setup(a_device_reset_forgets_every_block, safe),
+        cmocka_unit_test_setup(a_device_reset_forgets_every_block, immediate),
+        cmocka_unit_test_setup(the_last_primary_context_release_forgets_blocks, immediate),
         cmocka_unit_test_setup(random_pattern_fragmentation, immediate),
         cmocka_unit_test(many_threads),
     };

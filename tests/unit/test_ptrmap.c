@@ -52,11 +52,39 @@ static void many_entries_survive_growth_and_removal(void **state)
     gs_ptrmap_clear();
 }
 
+static void count_dropped(void *ctx, const gs_block_t *block)
+{
+    uint64_t *seen = ctx;
+    assert_int_equal(block->device, 1);
+    seen[block->base / 512]++;
+}
+
+/* A device's context reset drops its entries, each seen once; other devices' stay findable. */
+static void dropping_a_device_keeps_the_others(void **state)
+{
+    (void)state;
+    gs_ptrmap_clear();
+    enum { N = 20000 };
+    static uint64_t seen[N + 1];
+    for (uint64_t i = 1; i <= N; i++) {
+        gs_block_t b = {.base = i * 512, .bytes = i, .device = i % 3 == 0 ? 1 : 0};
+        assert_int_equal(gs_ptrmap_insert(&b), 0);
+    }
+    gs_ptrmap_drop_device(1, count_dropped, seen);
+    for (uint64_t i = 1; i <= N; i++) {
+        assert_int_equal(seen[i], i % 3 == 0 ? 1 : 0);
+        assert_int_equal(gs_ptrmap_find(i * 512, NULL), i % 3 == 0 ? -ENOENT : 0);
+    }
+    assert_int_equal(gs_ptrmap_count(), N - N / 3);
+    gs_ptrmap_clear();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(insert_find_remove),
         cmocka_unit_test(many_entries_survive_growth_and_removal),
+        cmocka_unit_test(dropping_a_device_keeps_the_others),
     };
     return cmocka_run_group_tests_name("ptrmap", tests, NULL, NULL);
 }

@@ -1,0 +1,66 @@
+// device_reset.cu: cudaDeviceReset in the middle of a program. Buffers are held, written and
+// freed (so a pool caches them); the device is reset, which frees every allocation; then the same
+// sizes are allocated again, written by a kernel and read back. A shim that handed out memory
+// from before the reset makes the kernel fault (an illegal address) or read back wrong values.
+// A free of a pointer from before the reset gets CUDA's own answer, printed for comparison.
+// Prints one line: PASS ... memory device|managed, or FAIL ...
+#include "cuda_check.h"
+
+#include <cstdint>
+#include <cstdio>
+#include <vector>
+
+__global__ void fill(uint32_t *p, size_t n, uint32_t value)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        p[i] = value + (uint32_t)i;
+}
+
+static const size_t sizes[] = {4096, 1 << 20, 48u << 20};
+
+static int write_and_check(void *buffer, size_t bytes, uint32_t value)
+{
+    size_t n = bytes / sizeof(uint32_t);
+    fill<<<256, 256>>>((uint32_t *)buffer, n, value);
+    CHECK(cudaGetLastError());
+    CHECK(cudaDeviceSynchronize());
+    std::vector<uint32_t> back(n);
+    CHECK(cudaMemcpy(back.data(), buffer, bytes, cudaMemcpyDeviceToHost));
+    for (size_t i = 0; i < n; i++)
+        if (back[i] != value + (uint32_t)i) {
+            std::printf("FAIL device_reset: wrong value at %zu of a %zu-byte buffer\n", i, bytes);
+            return 1;
+        }
+    return 0;
+}
+
+int main()
+{
+    void *held, *before[3], *after[3];
+    CHECK(cudaMalloc(&held, 4096));
+    for (int i = 0; i < 3; i++) {
+        CHECK(cudaMalloc(&before[i], sizes[i]));
+        if (write_and_check(before[i], sizes[i], 1))
+            return 1;
+    }
+    for (int i = 0; i < 3; i++)
+        CHECK(cudaFree(before[i]));
+    CHECK(cudaDeviceReset());
+    for (int i = 0; i < 3; i++) {
+        CHECK(cudaMalloc(&after[i], sizes[i]));
+        if (write_and_check(after[i], sizes[i], 7))
+            return 1;
+    }
+    cudaError_t stale = cudaFree(held);
+    cudaGetLastError(); // the stale free's error is not sticky; clear it anyway
+    cudaPointerAttributes attrs;
+    CHECK(cudaPointerGetAttributes(&attrs, after[2]));
+    for (int i = 0; i < 3; i++)
+        CHECK(cudaFree(after[i]));
+    std::printf("PASS device_reset: buffers after cudaDeviceReset written and read back; free of "
+                "a pointer from before the reset: %s; memory %s\n",
+                cudaGetErrorName(stale),
+                attrs.type == cudaMemoryTypeManaged ? "managed" : "device");
+    return 0;
+}
