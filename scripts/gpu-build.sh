@@ -18,3 +18,4 @@ flags=(-O2 -std=c++17 -arch=sm_90)
 "$nvcc" "${flags[@]}" bench/bench_alloc.cu -o "$build/bench_alloc"
 "$nvcc" "${flags[@]}" tests/gpu/two_devices.cu -o "$build/two_devices"
 "$nvcc" "${flags[@]}" tests/gpu/device_reset.cu -o "$build/device_reset"
+"$nvcc" "${flags[@]}" tests/gpu/graph_capture.cu -o "$build/graph_capture"

@@ -152,6 +152,20 @@ uint64_t gs_ticks_to_epoch_ns(uint64_t ticks, double ticks_per_ns);
     X(primary_ctx_release_v2, "cuDevicePrimaryCtxRelease_v2", CUresult (*)(CUdevice))              \
     X(primary_ctx_get_state, "cuDevicePrimaryCtxGetState",                                         \
       CUresult (*)(CUdevice, unsigned int *, int *))                                               \
+    X(stream_begin_capture, "cuStreamBeginCapture", CUresult (*)(CUstream))                        \
+    X(stream_begin_capture_ptsz, "cuStreamBeginCapture_ptsz", CUresult (*)(CUstream))              \
+    X(stream_begin_capture_v2, "cuStreamBeginCapture_v2",                                          \
+      CUresult (*)(CUstream, CUstreamCaptureMode))                                                 \
+    X(stream_begin_capture_v2_ptsz, "cuStreamBeginCapture_v2_ptsz",                                \
+      CUresult (*)(CUstream, CUstreamCaptureMode))                                                 \
+    X(stream_begin_capture_to_graph, "cuStreamBeginCaptureToGraph",                                \
+      CUresult (*)(CUstream, CUgraph, const CUgraphNode *, const CUgraphEdgeData *, size_t,         \
+                   CUstreamCaptureMode))                                                           \
+    X(stream_begin_capture_to_graph_ptsz, "cuStreamBeginCaptureToGraph_ptsz",                      \
+      CUresult (*)(CUstream, CUgraph, const CUgraphNode *, const CUgraphEdgeData *, size_t,         \
+                   CUstreamCaptureMode))                                                           \
+    X(stream_end_capture, "cuStreamEndCapture", CUresult (*)(CUstream, CUgraph *))                 \
+    X(stream_end_capture_ptsz, "cuStreamEndCapture_ptsz", CUresult (*)(CUstream, CUgraph *))       \
     X(get_proc_address, "cuGetProcAddress", CUresult (*)(const char *, void **, int, cuuint64_t))  \
     X(get_proc_address_v2, "cuGetProcAddress_v2",                                                  \
       CUresult (*)(const char *, void **, int, cuuint64_t, CUdriverProcAddressQueryResult *))
@@ -350,6 +364,18 @@ CUresult gs_green_ctx_stream_create(CUstream *stream, CUgreenCtx green_ctx, unsi
 bool gs_nonblocking_streams(void);
 void gs_streams_forget(void); /* fork child (the parent's streams are not the child's), tests */
 CUresult gs_ctx_synchronize_v2(CUcontext ctx);
+/* Stream capture (CUDA graphs). While any stream of the process is capturing, a device
+ * synchronization, a legacy-stream event or a cuMemFree from the shim would invalidate the
+ * capture (or fail), so the backends make none: gs_capturing() says so. variant: 1 for
+ * cuStreamBeginCapture (CUDA 10.0, no mode), 2 for _v2; per_thread: the _ptsz entry point. */
+CUresult gs_stream_begin_capture(CUstream stream, CUstreamCaptureMode mode, int variant,
+                                 bool per_thread);
+CUresult gs_stream_begin_capture_to_graph(CUstream stream, CUgraph graph,
+                                          const CUgraphNode *dependencies,
+                                          const CUgraphEdgeData *edge_data, size_t count,
+                                          CUstreamCaptureMode mode, bool per_thread);
+CUresult gs_stream_end_capture(CUstream stream, CUgraph *graph, bool per_thread);
+bool gs_capturing(void);
 /* cuDevicePrimaryCtxReset (cudaDeviceReset) and cuDevicePrimaryCtxRelease: once the driver has
  * destroyed the context, the shim forgets every allocation it held. */
 CUresult gs_primary_ctx_reset(CUdevice device, bool v2);

@@ -61,8 +61,8 @@ static void account(int device, int64_t delta)
 /* Releases the deferred frees whose stream work is done. */
 static void reap(void)
 {
-    if (atomic_load_explicit(&gs_deferred_count, memory_order_relaxed) == 0)
-        return;
+    if (atomic_load_explicit(&gs_deferred_count, memory_order_relaxed) == 0 || gs_capturing())
+        return; /* cuMemFree waits for the device: not while a stream is capturing */
     const gs_driver_t *drv = gs_driver();
     pthread_mutex_lock(&gs_deferred_lock);
     for (deferred_free_t **link = &gs_deferred; *link;) {
@@ -120,7 +120,9 @@ static CUresult managed_alloc(const gs_alloc_req_t *req, CUdeviceptr *ptr, size_
                                                    ? CU_MEM_ADVISE_SET_PREFERRED_LOCATION
                                                    : CU_MEM_ADVISE_SET_ACCESSED_BY,
                                                here));
-    if (gs_opts.managed_prefetch && drv->mem_prefetch_async) {
+    /* Not while a stream is capturing: on the legacy stream the prefetch would invalidate the
+     * capture, on the program's stream it would become part of the graph. */
+    if (gs_opts.managed_prefetch && drv->mem_prefetch_async && !gs_capturing()) {
         CUstream stream =
             req->kind == GS_KIND_ASYNC ? stream_of(req->stream, req->per_thread_stream) : NULL;
         if (GS_DRIVER_CALL(device, drv->mem_prefetch_async(*ptr, bytes, here, 0, stream)) ==

@@ -203,6 +203,8 @@ void gs_pool_after_sync(int device, uint64_t token)
 static uint64_t shim_sync(gs_pool_device_t *p, int device)
 {
     const gs_driver_t *drv = gs_driver();
+    if (gs_capturing())
+        return 0; /* it would invalidate the program's stream capture: grow instead */
     uint64_t start = gs_now_ns();
     uint64_t token = gs_pool_before_sync(device);
     CUresult rc = drv->ctx_synchronize ? GS_DRIVER_CALL(device, drv->ctx_synchronize())
@@ -252,7 +254,7 @@ const char *gs_pool_events_off_reason(const gs_pool_device_t *p)
 /* If the event in flight has completed, completed covers what it marked. */
 static void poll_event(gs_pool_device_t *p)
 {
-    if (!p->event_in_flight)
+    if (!p->event_in_flight || gs_capturing())
         return;
     CUresult rc = gs_driver()->event_query(p->event);
     if (rc == CUDA_ERROR_NOT_READY)
@@ -271,8 +273,8 @@ static void poll_event(gs_pool_device_t *p)
 static void record_event(gs_pool_device_t *p, int device)
 {
     const gs_driver_t *drv = gs_driver();
-    if (p->event_in_flight)
-        return;
+    if (p->event_in_flight || gs_capturing())
+        return; /* legacy-stream work would invalidate a capture on a blocking stream */
     if (p->event == NULL &&
         GS_DRIVER_CALL(device, drv->event_create(&p->event, CU_EVENT_DISABLE_TIMING)) !=
             CUDA_SUCCESS) {
@@ -303,7 +305,7 @@ static void sync_and_recycle(gs_pool_device_t *p, int device)
  * synchronizing, waiting for it is as good. Returns whether a synchronization completed. */
 bool gs_pool_sync_if_cheap(gs_pool_device_t *p, int device)
 {
-    if (gs_opts.pool_reuse != GS_REUSE_SAFE)
+    if (gs_opts.pool_reuse != GS_REUSE_SAFE || gs_capturing())
         return false;
     uint64_t until = atomic_load_explicit(&p->no_cheap_until, memory_order_relaxed);
     if (until && gs_now_ns() < until)
@@ -384,6 +386,8 @@ static int release_free_chunks(gs_pool_device_t *p, int device)
 {
     const gs_driver_t *drv = gs_driver();
     int released = 0;
+    if (gs_capturing())
+        return 0; /* cuMemFree waits for the device: not while a stream is capturing */
     for (gs_pool_chunk_t **link = &p->chunks; *link;) {
         gs_pool_chunk_t *c = *link;
         gs_pool_block_t *b = c->first;

@@ -10,11 +10,22 @@
 #undef cuGetProcAddress /* cuda.h maps these to _v2; we define both */
 #undef cuDevicePrimaryCtxReset
 #undef cuDevicePrimaryCtxRelease
+#undef cuStreamBeginCapture
+#undef cuStreamBeginCaptureToGraph
+#undef cuStreamEndCapture
 
 CUresult cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t bytes, CUstream stream);
 CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream stream);
 CUresult cuGetProcAddress(const char *symbol, void **pfn, int version, cuuint64_t flags);
 CUresult cuDevicePrimaryCtxReset(CUdevice device);
+CUresult cuStreamBeginCapture(CUstream stream);
+CUresult cuStreamBeginCapture_ptsz(CUstream stream);
+CUresult cuStreamBeginCapture_v2_ptsz(CUstream stream, CUstreamCaptureMode mode);
+CUresult cuStreamBeginCaptureToGraph_ptsz(CUstream stream, CUgraph graph,
+                                          const CUgraphNode *dependencies,
+                                          const CUgraphEdgeData *edge_data, size_t count,
+                                          CUstreamCaptureMode mode);
+CUresult cuStreamEndCapture_ptsz(CUstream stream, CUgraph *graph);
 CUresult cuDevicePrimaryCtxRelease(CUdevice device);
 
 GS_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytes)
@@ -130,6 +141,54 @@ GS_EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice device)
     return gs_primary_ctx_release(device, true);
 }
 
+GS_EXPORT CUresult cuStreamBeginCapture(CUstream stream)
+{
+    return gs_stream_begin_capture(stream, CU_STREAM_CAPTURE_MODE_GLOBAL, 1, false);
+}
+
+GS_EXPORT CUresult cuStreamBeginCapture_ptsz(CUstream stream)
+{
+    return gs_stream_begin_capture(stream, CU_STREAM_CAPTURE_MODE_GLOBAL, 1, true);
+}
+
+GS_EXPORT CUresult cuStreamBeginCapture_v2(CUstream stream, CUstreamCaptureMode mode)
+{
+    return gs_stream_begin_capture(stream, mode, 2, false);
+}
+
+GS_EXPORT CUresult cuStreamBeginCapture_v2_ptsz(CUstream stream, CUstreamCaptureMode mode)
+{
+    return gs_stream_begin_capture(stream, mode, 2, true);
+}
+
+GS_EXPORT CUresult cuStreamBeginCaptureToGraph(CUstream stream, CUgraph graph,
+                                               const CUgraphNode *dependencies,
+                                               const CUgraphEdgeData *edge_data, size_t count,
+                                               CUstreamCaptureMode mode)
+{
+    return gs_stream_begin_capture_to_graph(stream, graph, dependencies, edge_data, count, mode,
+                                            false);
+}
+
+GS_EXPORT CUresult cuStreamBeginCaptureToGraph_ptsz(CUstream stream, CUgraph graph,
+                                                    const CUgraphNode *dependencies,
+                                                    const CUgraphEdgeData *edge_data, size_t count,
+                                                    CUstreamCaptureMode mode)
+{
+    return gs_stream_begin_capture_to_graph(stream, graph, dependencies, edge_data, count, mode,
+                                            true);
+}
+
+GS_EXPORT CUresult cuStreamEndCapture(CUstream stream, CUgraph *graph)
+{
+    return gs_stream_end_capture(stream, graph, false);
+}
+
+GS_EXPORT CUresult cuStreamEndCapture_ptsz(CUstream stream, CUgraph *graph)
+{
+    return gs_stream_end_capture(stream, graph, true);
+}
+
 /* cuGetProcAddress: ask the driver, then hand out our wrapper for what it resolved. Where the
  * driver finds nothing we return its answer unchanged (never a NULL we made up). */
 GS_EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int version,
@@ -208,6 +267,22 @@ static const gs_intercept_t gs_intercepts[] = {
      (void *)cuDevicePrimaryCtxRelease},
     {"cuDevicePrimaryCtxRelease", "cuDevicePrimaryCtxRelease_v2", 11000, ANY_STREAM,
      (void *)cuDevicePrimaryCtxRelease_v2},
+    {"cuStreamBeginCapture", "cuStreamBeginCapture", 10000, LEGACY_STREAM,
+     (void *)cuStreamBeginCapture},
+    {"cuStreamBeginCapture", "cuStreamBeginCapture_ptsz", 10000, PER_THREAD_STREAM,
+     (void *)cuStreamBeginCapture_ptsz},
+    {"cuStreamBeginCapture", "cuStreamBeginCapture_v2", 10010, LEGACY_STREAM,
+     (void *)cuStreamBeginCapture_v2},
+    {"cuStreamBeginCapture", "cuStreamBeginCapture_v2_ptsz", 10010, PER_THREAD_STREAM,
+     (void *)cuStreamBeginCapture_v2_ptsz},
+    {"cuStreamBeginCaptureToGraph", "cuStreamBeginCaptureToGraph", 12030, LEGACY_STREAM,
+     (void *)cuStreamBeginCaptureToGraph},
+    {"cuStreamBeginCaptureToGraph", "cuStreamBeginCaptureToGraph_ptsz", 12030, PER_THREAD_STREAM,
+     (void *)cuStreamBeginCaptureToGraph_ptsz},
+    {"cuStreamEndCapture", "cuStreamEndCapture", 10000, LEGACY_STREAM,
+     (void *)cuStreamEndCapture},
+    {"cuStreamEndCapture", "cuStreamEndCapture_ptsz", 10000, PER_THREAD_STREAM,
+     (void *)cuStreamEndCapture_ptsz},
     {"cuGetProcAddress", "cuGetProcAddress", 11030, ANY_STREAM, (void *)cuGetProcAddress},
     {"cuGetProcAddress", "cuGetProcAddress_v2", 12000, ANY_STREAM, (void *)cuGetProcAddress_v2},
 };

@@ -10,6 +10,10 @@
  *                               NAME:N+ (the Nth and every later call), optional =CODE (default
  *                               CUDA_ERROR_OUT_OF_MEMORY)
  *   FAKECUDA_STATS=stderr|PATH  at exit, one line per entry point called: "fakecuda: calls NAME N"
+ * While a stream captures, what would break a real capture (a context synchronization, an event
+ * query, a cuMemFree, an event record or prefetch on the legacy stream) fails with
+ * CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and invalidates it: cuStreamEndCapture then answers
+ * CUDA_ERROR_STREAM_CAPTURE_INVALIDATED.
  * A primary context reset (or its last release) forgets every allocation of the device, as the
  * driver frees them; their host memory is kept (never reused), and copies and memsets check that
  * they touch a live allocation, so a program handed stale memory fails as on a GPU.
@@ -70,7 +74,8 @@ static __thread int current_device = -1; /* -1: no context */
     X(cuMemcpyHtoD_v2) X(cuMemcpyDtoH_v2) X(cuMemsetD8_v2) X(cuGetProcAddress)                     \
     X(cuGetProcAddress_v2) X(cuMemPrefetchAsync_v2) X(cuMemAdvise_v2)                              \
     X(cuEventCreate) X(cuEventRecord) X(cuEventQuery) X(cuEventDestroy_v2)                         \
-    X(cuStreamCreate) X(cuStreamCreateWithPriority)
+    X(cuStreamCreate) X(cuStreamCreateWithPriority) X(cuStreamBeginCapture_v2)                     \
+    X(cuStreamEndCapture)
 /* clang-format on */
 
 enum {
@@ -115,6 +120,25 @@ static CUresult enter(int id)
         if (injected_ != CUDA_SUCCESS)                                                             \
             return injected_;                                                                      \
     } while (0)
+
+/* ---- stream capture ---- */
+
+static atomic_int capturing;
+static atomic_bool capture_invalidated;
+
+/* A call that a real capture forbids: invalidates the capture in progress. */
+#define FORBIDDEN_WHILE_CAPTURING(condition)                                                      \
+    do {                                                                                           \
+        if (atomic_load(&capturing) > 0 && (condition)) {                                          \
+            atomic_store(&capture_invalidated, true);                                              \
+            return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;                                          \
+        }                                                                                          \
+    } while (0)
+
+static bool legacy_stream(CUstream stream)
+{
+    return stream == NULL || stream == CU_STREAM_LEGACY;
+}
 
 static void parse_faults(const char *spec)
 {
@@ -403,6 +427,7 @@ FAKE_EXPORT CUresult cuCtxGetDevice_v2(CUdevice *device, CUcontext ctx)
 FAKE_EXPORT CUresult cuCtxSynchronize(void)
 {
     ENTER(cuCtxSynchronize);
+    FORBIDDEN_WHILE_CAPTURING(true);
     int d;
     atomic_fetch_add(&sync_generation, 1);
     return context_device(&d);
@@ -411,6 +436,7 @@ FAKE_EXPORT CUresult cuCtxSynchronize(void)
 FAKE_EXPORT CUresult cuCtxSynchronize_v2(CUcontext ctx)
 {
     ENTER(cuCtxSynchronize_v2);
+    FORBIDDEN_WHILE_CAPTURING(true);
     (void)ctx;
     atomic_fetch_add(&sync_generation, 1);
     return atomic_load(&initialized) ? CUDA_SUCCESS : CUDA_ERROR_NOT_INITIALIZED;
@@ -431,6 +457,7 @@ FAKE_EXPORT CUresult cuMemPrefetchAsync_v2(CUdeviceptr ptr, size_t count, CUmemL
                                            unsigned int flags, CUstream stream)
 {
     ENTER(cuMemPrefetchAsync_v2);
+    FORBIDDEN_WHILE_CAPTURING(legacy_stream(stream));
     (void)count, (void)location, (void)flags, (void)stream;
     return is_managed(ptr) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
@@ -462,7 +489,7 @@ FAKE_EXPORT CUresult cuEventCreate(CUevent *event, unsigned int flags)
 FAKE_EXPORT CUresult cuEventRecord(CUevent event, CUstream stream)
 {
     ENTER(cuEventRecord);
-    (void)stream;
+    FORBIDDEN_WHILE_CAPTURING(legacy_stream(stream));
     fake_event_t *e = (fake_event_t *)event;
     e->queries_left = event_queries;
     e->generation = atomic_load(&sync_generation);
@@ -472,6 +499,7 @@ FAKE_EXPORT CUresult cuEventRecord(CUevent event, CUstream stream)
 FAKE_EXPORT CUresult cuEventQuery(CUevent event)
 {
     ENTER(cuEventQuery);
+    FORBIDDEN_WHILE_CAPTURING(true);
     fake_event_t *e = (fake_event_t *)event;
     if (e->generation != atomic_load(&sync_generation) || e->queries_left <= 0)
         return CUDA_SUCCESS;
@@ -504,6 +532,28 @@ FAKE_EXPORT CUresult cuEventDestroy_v2(CUevent event)
     return CUDA_SUCCESS;
 }
 
+FAKE_EXPORT CUresult cuStreamBeginCapture_v2(CUstream stream, CUstreamCaptureMode mode)
+{
+    ENTER(cuStreamBeginCapture_v2);
+    (void)mode;
+    if (legacy_stream(stream))
+        return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED; /* as the driver: not the legacy stream */
+    atomic_fetch_add(&capturing, 1);
+    return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuStreamEndCapture(CUstream stream, CUgraph *graph)
+{
+    ENTER(cuStreamEndCapture);
+    (void)stream;
+    if (atomic_load(&capturing) == 0)
+        return CUDA_ERROR_ILLEGAL_STATE;
+    atomic_fetch_sub(&capturing, 1);
+    bool invalidated = atomic_exchange(&capture_invalidated, false);
+    *graph = invalidated ? NULL : (CUgraph)(uintptr_t)0x6000;
+    return invalidated ? CUDA_ERROR_STREAM_CAPTURE_INVALIDATED : CUDA_SUCCESS;
+}
+
 FAKE_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t size)
 {
     ENTER(cuMemAlloc_v2);
@@ -527,6 +577,7 @@ FAKE_EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pitch, size_t
 FAKE_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr)
 {
     ENTER(cuMemFree_v2);
+    FORBIDDEN_WHILE_CAPTURING(true);
     return fake_free(dptr);
 }
 
@@ -769,6 +820,8 @@ static const proc_t procs[] = {
     {"cuEventDestroy", 4000, ANY, (void *)cuEventDestroy_v2},
     {"cuStreamCreate", 2000, ANY, (void *)cuStreamCreate},
     {"cuStreamCreateWithPriority", 5050, ANY, (void *)cuStreamCreateWithPriority},
+    {"cuStreamBeginCapture", 10010, LEGACY, (void *)cuStreamBeginCapture_v2},
+    {"cuStreamEndCapture", 10000, LEGACY, (void *)cuStreamEndCapture},
     {"cuGetProcAddress", 11030, ANY, (void *)fake_get_proc_v1},
     {"cuGetProcAddress", 12000, ANY, (void *)cuGetProcAddress_v2},
 };

@@ -454,6 +454,26 @@ static void a_device_reset_leaves_no_stale_memory(void **state)
         }
 }
 
+/* CUDA graphs: while a stream captures, the shim makes no synchronization, legacy-stream event,
+ * cuMemFree or prefetch (the fake driver invalidates the capture on any of them, as a GPU does):
+ * allocations during the capture leave it valid in every mode and with either kind of stream. */
+static void allocations_during_stream_capture_leave_it_valid(void **state)
+{
+    (void)state;
+    static const char *const modes[] = {"GPUSHIM_MODE=off", "GPUSHIM_MODE=pool",
+                                        "GPUSHIM_MODE=managed"};
+    static const char *const streams[] = {"blocking", "nonblocking"};
+    for (size_t m = 0; m < 3; m++)
+        for (size_t k = 0; k < 2; k++) {
+            run_result_t r = run_shim(ENV(modes[m], "FAKECUDA_EVENT_QUERIES=1000000"),
+                                      ARGV(path_of("GS_RUNTIME_LIKE"), "capture", streams[k]));
+            EXPECT_STATUS(r, 0);
+            EXPECT_IN(r, out, "end capture rc 0\n");
+            EXPECT_IN(r, out, "ok capture\n");
+            run_free(&r);
+        }
+}
+
 static void managed_cap_is_cudas_out_of_memory(void **state)
 {
     (void)state;
@@ -531,8 +551,11 @@ static void exports_are_exactly_the_intercepted_symbols(void **state)
         "cuGreenCtxStreamCreate\ncuIpcGetMemHandle\ncuMemAllocAsync\ncuMemAllocAsync_ptsz\n"
         "cuMemAllocManaged\ncuMemAllocPitch_v2\ncuMemAlloc_v2\ncuMemFreeAsync\n"
         "cuMemFreeAsync_ptsz\ncuMemFree_v2\ncuMemGetAddressRange_v2\ncuMemGetInfo_v2\n"
-        "cuPointerGetAttribute\ncuPointerGetAttributes\ncuStreamCreate\n"
-        "cuStreamCreateWithPriority\ndlsym\n";
+        "cuPointerGetAttribute\ncuPointerGetAttributes\ncuStreamBeginCapture\n"
+        "cuStreamBeginCaptureToGraph\ncuStreamBeginCaptureToGraph_ptsz\n"
+        "cuStreamBeginCapture_ptsz\ncuStreamBeginCapture_v2\ncuStreamBeginCapture_v2_ptsz\n"
+        "cuStreamCreate\ncuStreamCreateWithPriority\ncuStreamEndCapture\n"
+        "cuStreamEndCapture_ptsz\ndlsym\n";
     char command[4096];
     snprintf(command, sizeof command,
              "nm -D --defined-only %s | awk '{print $3}' | LC_ALL=C sort", path_of("GS_SHIM"));
@@ -794,6 +817,7 @@ int main(void)
         cmocka_unit_test(managed_mode_asks_xla_for_managed_memory),
         cmocka_unit_test(pool_events_follow_the_streams_the_program_makes),
         cmocka_unit_test(a_device_reset_leaves_no_stale_memory),
+        cmocka_unit_test(allocations_during_stream_capture_leave_it_valid),
         cmocka_unit_test(managed_cap_is_cudas_out_of_memory),
         cmocka_unit_test(managed_stream_ordered_free_waits_for_the_stream),
         cmocka_unit_test(pool_spills_to_managed_memory_on_demand),

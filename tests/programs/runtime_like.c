@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #undef cuGetProcAddress
@@ -51,6 +52,8 @@ static struct {
     CUresult (*memset_d8)(CUdeviceptr, unsigned char, size_t);
     CUresult (*primary_ctx_reset)(CUdevice);
     CUresult (*primary_ctx_release)(CUdevice);
+    CUresult (*stream_begin_capture)(CUstream, CUstreamCaptureMode);
+    CUresult (*stream_end_capture)(CUstream, CUgraph *);
 } cu;
 
 static void *proc(const char *name, int version, cuuint64_t flags)
@@ -105,6 +108,8 @@ static void load(void)
     cu.memset_d8 = proc("cuMemsetD8", v, 0);
     cu.primary_ctx_reset = proc("cuDevicePrimaryCtxReset", v, 0);
     cu.primary_ctx_release = proc("cuDevicePrimaryCtxRelease", v, 0);
+    cu.stream_begin_capture = proc("cuStreamBeginCapture", v, CU_GET_PROC_ADDRESS_LEGACY_STREAM);
+    cu.stream_end_capture = proc("cuStreamEndCapture", v, CU_GET_PROC_ADDRESS_LEGACY_STREAM);
 }
 
 static void use_device(int ordinal)
@@ -245,15 +250,53 @@ static void *thread_main(void *arg)
     return NULL;
 }
 
+static int compare_doubles(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* The benchmark's loop on the CPU (for profiling; no test asserts a time): batches of 20
+ * alloc+free pairs of one size; prints the median and the mean ns a pair. */
+static int scenario_pairs(int batches, int bytes)
+{
+    double *per_pair = calloc((size_t)batches, sizeof *per_pair);
+    struct timespec start, t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (int b = 0; b < batches; b++) {
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        for (int i = 0; i < 20; i++) {
+            CUdeviceptr p;
+            CHECK(cu.mem_alloc(&p, (size_t)bytes) == CUDA_SUCCESS);
+            CHECK(cu.mem_free(p) == CUDA_SUCCESS);
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        per_pair[b] =
+            ((double)(t1.tv_sec - t0.tv_sec) * 1e9 + (double)(t1.tv_nsec - t0.tv_nsec)) / 20;
+    }
+    double total = (double)(t1.tv_sec - start.tv_sec) * 1e9 + (double)(t1.tv_nsec - start.tv_nsec);
+    qsort(per_pair, (size_t)batches, sizeof *per_pair, compare_doubles);
+    printf("ok pairs: %d B, median %.1f ns, mean %.1f ns a pair\n", bytes, per_pair[batches / 2],
+           total / ((double)batches * 20));
+    free(per_pair);
+    return 0;
+}
+
+/* Prints the pairs' wall time too (for profiling on the CPU; no test asserts a time). */
 static int scenario_threads(int threads, int pairs)
 {
     pthread_t tid[64];
     pairs_per_thread = pairs;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     for (int i = 0; i < threads; i++)
         pthread_create(&tid[i], NULL, thread_main, NULL);
     for (int i = 0; i < threads; i++)
         pthread_join(tid[i], NULL);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double ns = (double)(t1.tv_sec - t0.tv_sec) * 1e9 + (double)(t1.tv_nsec - t0.tv_nsec);
     printf("ok threads %d x %d\n", threads, pairs);
+    printf("pairs took %.1f ns each (wall time / pairs per thread)\n", ns / pairs);
     return 0;
 }
 
@@ -454,6 +497,32 @@ static int scenario_reset(const char *how)
     return 0;
 }
 
+/* A CUDA graph captured on a stream ("blocking" or "nonblocking") while the program allocates, as
+ * PyTorch's allocator does under capture: blocks freed before (pending under safe reuse), then
+ * allocations during the capture. Whatever the shim does to serve them must not invalidate it. */
+static int scenario_capture(const char *kind)
+{
+    CUstream stream;
+    bool nonblocking = kind && strcmp(kind, "nonblocking") == 0;
+    CHECK(cu.stream_create(&stream, nonblocking ? CU_STREAM_NON_BLOCKING : CU_STREAM_DEFAULT) ==
+          CUDA_SUCCESS);
+    for (int i = 0; i < 20; i++) {
+        CUdeviceptr p;
+        CHECK(cu.mem_alloc(&p, 48u << 20) == CUDA_SUCCESS);
+        CHECK(cu.mem_free(p) == CUDA_SUCCESS);
+    }
+    CHECK(cu.stream_begin_capture(stream, CU_STREAM_CAPTURE_MODE_RELAXED) == CUDA_SUCCESS);
+    CUdeviceptr held[8];
+    for (int i = 0; i < 8; i++)
+        CHECK(cu.mem_alloc(&held[i], 48u << 20) == CUDA_SUCCESS);
+    CUgraph graph = NULL;
+    printf("end capture rc %d\n", cu.stream_end_capture(stream, &graph));
+    for (int i = 0; i < 8; i++)
+        CHECK(cu.mem_free(held[i]) == CUDA_SUCCESS);
+    printf("ok capture\n");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *scenario = argc > 1 ? argv[1] : "basic";
@@ -491,6 +560,10 @@ int main(int argc, char **argv)
         return scenario_streams(argc > 2 ? argv[2] : NULL, argc > 3 ? b : 20);
     if (strcmp(scenario, "managed-async") == 0)
         return scenario_managed_async(argc > 2 ? argv[2] : NULL);
+    if (strcmp(scenario, "capture") == 0)
+        return scenario_capture(argc > 2 ? argv[2] : NULL);
+    if (strcmp(scenario, "pairs") == 0)
+        return scenario_pairs(a, b);
     if (strcmp(scenario, "reset") == 0)
         return scenario_reset(argc > 2 ? argv[2] : NULL);
     fprintf(stderr, "runtime_like: unknown scenario %s\n", scenario);
