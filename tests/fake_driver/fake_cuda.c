@@ -10,10 +10,11 @@
  *                               NAME:N+ (the Nth and every later call), optional =CODE (default
  *                               CUDA_ERROR_OUT_OF_MEMORY)
  *   FAKECUDA_STATS=stderr|PATH  at exit, one line per entry point called: "fakecuda: calls NAME N"
- * While a stream captures, what would break a real capture (a context synchronization, an event
- * query, a cuMemFree, an event record or prefetch on the legacy stream) fails with
- * CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and invalidates it: cuStreamEndCapture then answers
- * CUDA_ERROR_STREAM_CAPTURE_INVALIDATED.
+ * While a stream captures, what breaks a real capture fails with
+ * CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and invalidates it (cuStreamEndCapture then answers
+ * CUDA_ERROR_STREAM_CAPTURE_INVALIDATED): a context synchronization, an event record or prefetch
+ * on the legacy stream, and, as from a thread in global capture mode, an event query or a
+ * cuMemFree (measured on an H200, driver 580: in relaxed mode those two pass, the others fail).
  * A primary context reset (or its last release) forgets every allocation of the device, as the
  * driver frees them; their host memory is kept (never reused), and copies and memsets check that
  * they touch a live allocation, so a program handed stale memory fails as on a GPU.
