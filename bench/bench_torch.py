@@ -1,7 +1,9 @@
 """PyTorch anchors. 'alloc': the caching allocator's raw_alloc/raw_delete per size, timed in C++
 (a small extension built on the spot) so Python's call overhead is not counted: ns per pair,
 median of batches. 'mlp': ms per training step of the brief's MLP (batch 512, 1024-4096-4096-10,
-AdamW), with PyTorch's peak reserved/allocated. Lines starting with RESULT are machine-readable."""
+AdamW), with PyTorch's peak reserved/allocated; 'mlp sidestream': the same, and each step also
+copies a slice of the input on a side stream (PyTorch creates its non-blocking stream pool).
+Lines starting with RESULT are machine-readable."""
 import sys
 import time
 import torch
@@ -41,7 +43,14 @@ elif what == "mlp":
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randn(512, 1024, device="cuda")
     y = torch.randint(0, 10, (512,), device="cuda")
+    side = torch.cuda.Stream() if sys.argv[2:] == ["sidestream"] else None
+    staged = torch.empty(64, 1024, device="cuda")
     def step():
+        if side is not None:
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                staged.copy_(x[:64])
+            torch.cuda.current_stream().wait_stream(side)
         opt.zero_grad(set_to_none=True)
         loss = torch.nn.functional.cross_entropy(model(x), y)
         loss.backward()

@@ -59,11 +59,14 @@ echo "no shim:        $("$build/reuse_safety")"
 for reuse in safe immediate; do
   echo "pool $reuse: $(LD_PRELOAD="$shim" GPUSHIM_MODE=pool GPUSHIM_POOL_REUSE=$reuse GPUSHIM_REPORT=off "$build/reuse_safety")"
 done
-echo "--- the same with blocking streams and 400 ms of allocations after the free (the pool's events)"
-echo "no shim:    $("$build/reuse_safety" blocking)"
-for reuse in safe immediate; do
-  echo "pool $reuse: $(LD_PRELOAD="$shim" GPUSHIM_MODE=pool GPUSHIM_POOL_REUSE=$reuse GPUSHIM_REPORT="$work/rs-$reuse.txt" "$build/reuse_safety" blocking)"
-  grep -E "synchronizations made|reuse by events" "$work/rs-$reuse.txt"
+echo "--- the same with 400 ms of allocations after the free (the pool's events decide), with"
+echo "    blocking streams, non-blocking ones, and the reader's stream destroyed before the free"
+for kind in blocking nonblocking destroyed; do
+  echo "no shim:    $("$build/reuse_safety" $kind)"
+  for reuse in safe immediate; do
+    echo "pool $reuse: $(LD_PRELOAD="$shim" GPUSHIM_MODE=pool GPUSHIM_POOL_REUSE=$reuse GPUSHIM_REPORT="$work/rs-$kind-$reuse.txt" "$build/reuse_safety" $kind)"
+    grep -E "synchronizations made|reuse by events" "$work/rs-$kind-$reuse.txt"
+  done
 done
 echo "--- one pool per device (needs two GPUs)"
 for mode in off pool; do

@@ -98,7 +98,7 @@ int gs_write_all(int fd, const char *data, size_t len);
 /* clock.c: cheap tick counter for the per-call timing (rdtsc on x86-64)                      */
 
 uint64_t gs_ticks(void);
-uint64_t gs_now_ns(void); /* CLOCK_MONOTONIC */
+uint64_t gs_now_ns(void);     /* CLOCK_MONOTONIC */
 double gs_ticks_per_ns(void); /* calibrated against CLOCK_MONOTONIC; no CUDA call */
 void gs_clock_start(void);
 /* Seconds from gs_clock_start to a tick count, given a calibration from gs_ticks_per_ns. */
@@ -131,12 +131,14 @@ uint64_t gs_ticks_to_epoch_ns(uint64_t ticks, double ticks_per_ns);
     X(ctx_synchronize_v2, "cuCtxSynchronize_v2", CUresult (*)(CUcontext))                          \
     X(ctx_get_device, "cuCtxGetDevice", CUresult (*)(CUdevice *))                                  \
     X(ctx_get_device_v2, "cuCtxGetDevice_v2", CUresult (*)(CUdevice *, CUcontext))                 \
-    X(device_get_attribute, "cuDeviceGetAttribute", CUresult (*)(int *, CUdevice_attribute, CUdevice)) \
+    X(device_get_attribute, "cuDeviceGetAttribute",                                                \
+      CUresult (*)(int *, CUdevice_attribute, CUdevice))                                           \
     X(device_total_mem, "cuDeviceTotalMem_v2", CUresult (*)(size_t *, CUdevice))                   \
     X(device_get_count, "cuDeviceGetCount", CUresult (*)(int *))                                   \
     X(mem_prefetch_async, "cuMemPrefetchAsync_v2",                                                 \
       CUresult (*)(CUdeviceptr, size_t, CUmemLocation, unsigned int, CUstream))                    \
-    X(mem_advise, "cuMemAdvise_v2", CUresult (*)(CUdeviceptr, size_t, CUmem_advise, CUmemLocation)) \
+    X(mem_advise, "cuMemAdvise_v2",                                                                \
+      CUresult (*)(CUdeviceptr, size_t, CUmem_advise, CUmemLocation))                              \
     X(event_create, "cuEventCreate", CUresult (*)(CUevent *, unsigned int))                        \
     X(event_record, "cuEventRecord", CUresult (*)(CUevent, CUstream))                              \
     X(event_query, "cuEventQuery", CUresult (*)(CUevent))                                          \
@@ -152,6 +154,9 @@ uint64_t gs_ticks_to_epoch_ns(uint64_t ticks, double ticks_per_ns);
     X(primary_ctx_release_v2, "cuDevicePrimaryCtxRelease_v2", CUresult (*)(CUdevice))              \
     X(primary_ctx_get_state, "cuDevicePrimaryCtxGetState",                                         \
       CUresult (*)(CUdevice, unsigned int *, int *))                                               \
+    X(stream_query, "cuStreamQuery", CUresult (*)(CUstream))                                       \
+    X(stream_destroy, "cuStreamDestroy", CUresult (*)(CUstream))                                   \
+    X(stream_destroy_v2, "cuStreamDestroy_v2", CUresult (*)(CUstream))                             \
     X(stream_begin_capture, "cuStreamBeginCapture", CUresult (*)(CUstream))                        \
     X(stream_begin_capture_ptsz, "cuStreamBeginCapture_ptsz", CUresult (*)(CUstream))              \
     X(stream_begin_capture_v2, "cuStreamBeginCapture_v2",                                          \
@@ -159,10 +164,10 @@ uint64_t gs_ticks_to_epoch_ns(uint64_t ticks, double ticks_per_ns);
     X(stream_begin_capture_v2_ptsz, "cuStreamBeginCapture_v2_ptsz",                                \
       CUresult (*)(CUstream, CUstreamCaptureMode))                                                 \
     X(stream_begin_capture_to_graph, "cuStreamBeginCaptureToGraph",                                \
-      CUresult (*)(CUstream, CUgraph, const CUgraphNode *, const CUgraphEdgeData *, size_t,         \
+      CUresult (*)(CUstream, CUgraph, const CUgraphNode *, const CUgraphEdgeData *, size_t,        \
                    CUstreamCaptureMode))                                                           \
     X(stream_begin_capture_to_graph_ptsz, "cuStreamBeginCaptureToGraph_ptsz",                      \
-      CUresult (*)(CUstream, CUgraph, const CUgraphNode *, const CUgraphEdgeData *, size_t,         \
+      CUresult (*)(CUstream, CUgraph, const CUgraphNode *, const CUgraphEdgeData *, size_t,        \
                    CUstreamCaptureMode))                                                           \
     X(stream_end_capture, "cuStreamEndCapture", CUresult (*)(CUstream, CUgraph *))                 \
     X(stream_end_capture_ptsz, "cuStreamEndCapture_ptsz", CUresult (*)(CUstream, CUgraph *))       \
@@ -176,7 +181,7 @@ typedef struct gs_driver {
 #undef GS_DRIVER_FIELD
 } gs_driver_t;
 
-/* The real driver; loads libcuda.so.1 on first use. Never NULL; a field the driver lacks is NULL. */
+/* The real driver; loads libcuda.so.1 on first use. Never NULL; a missing entry point is NULL. */
 const gs_driver_t *gs_driver(void);
 /* Unit tests install a fake upstream here. */
 void gs_driver_override(const gs_driver_t *fake);
@@ -239,9 +244,9 @@ typedef struct gs_block {
     void *owner; /* the backend's own record of the block (pool), or NULL */
 } gs_block_t;
 
-int gs_ptrmap_insert(const gs_block_t *block);                   /* 0, -ENOMEM, -EEXIST */
-int gs_ptrmap_find(CUdeviceptr base, gs_block_t *out);           /* 0 or -ENOENT */
-int gs_ptrmap_remove(CUdeviceptr base, gs_block_t *out);         /* 0 or -ENOENT */
+int gs_ptrmap_insert(const gs_block_t *block);           /* 0, -ENOMEM, -EEXIST */
+int gs_ptrmap_find(CUdeviceptr base, gs_block_t *out);   /* 0 or -ENOENT */
+int gs_ptrmap_remove(CUdeviceptr base, gs_block_t *out); /* 0 or -ENOENT */
 size_t gs_ptrmap_count(void);
 /* Calls fn for every entry (shard by shard, each under its lock; fn must not use the map). */
 void gs_ptrmap_each(void (*fn)(void *ctx, const gs_block_t *block), void *ctx);
@@ -255,7 +260,7 @@ void gs_ptrmap_clear(void);
 typedef struct gs_alloc_req {
     gs_alloc_kind_t kind;
     int device;
-    size_t bytes; /* DEVICE, MANAGED, ASYNC */
+    size_t bytes;         /* DEVICE, MANAGED, ASYNC */
     size_t width, height; /* PITCH */
     unsigned int element_size;
     unsigned int managed_flags; /* MANAGED */
@@ -276,14 +281,17 @@ typedef struct gs_backend {
     /* Called once from the first intercepted call (driver loaded, CUDA in use). May be NULL. */
     void (*start)(void);
     /* Serves req. On success sets *ptr, *pitch (PITCH only) and *block (what the program got). */
-    CUresult (*alloc)(const gs_alloc_req_t *req, CUdeviceptr *ptr, size_t *pitch, gs_block_t *block);
+    CUresult (*alloc)(const gs_alloc_req_t *req, CUdeviceptr *ptr, size_t *pitch,
+                      gs_block_t *block);
     /* Frees a block it handed out: 0 with *result set and *block filled (block->base == 0: nothing
      * to count), or GS_NOT_OURS, and the core sends the call to the driver. */
     int (*free)(CUdeviceptr ptr, const gs_free_req_t *req, CUresult *result, gs_block_t *block);
-    /* Optional answers for pointers of its own; NULL or GS_NOT_OURS sends the call to the driver. */
+    /* Optional answers for pointers of its own; NULL or GS_NOT_OURS sends the call to the driver.
+     */
     int (*mem_get_info)(size_t *free_bytes, size_t *total_bytes, CUresult *result);
     int (*address_range)(CUdeviceptr ptr, CUdeviceptr *base, size_t *size, CUresult *result);
-    int (*pointer_attribute)(void *data, CUpointer_attribute attr, CUdeviceptr ptr, CUresult *result);
+    int (*pointer_attribute)(void *data, CUpointer_attribute attr, CUdeviceptr ptr,
+                             CUresult *result);
     int (*ipc_handle)(CUipcMemHandle *handle, CUdeviceptr ptr, CUresult *result);
     /* Around the program's own device synchronization: before_sync returns a token that
      * after_sync receives once the synchronization succeeded. Both may be NULL. */
@@ -299,6 +307,10 @@ typedef struct gs_backend {
      * every allocation on it, and gs_ptrmap no longer lists them. Forget them, so that nothing
      * freed is handed out again. May be NULL. */
     void (*device_reset)(int device);
+    /* A marked non-blocking stream of the device (see gs_streams_each) is about to be destroyed;
+     * slot holds the backend's event for it. Called under the stream registry's lock: take no
+     * lock that is held while calling gs_streams_each. May be NULL. */
+    void (*stream_destroying)(int device, CUstream stream, void **slot);
     /* After fork, in the child: forget the parent's device memory. May be NULL. */
     void (*forget)(void);
 } gs_backend_t;
@@ -307,7 +319,8 @@ extern const gs_backend_t gs_backend_passthrough;
 extern const gs_backend_t gs_backend_pool;
 extern const gs_backend_t gs_backend_managed;
 /* Pool mode, GPUSHIM_ON_OOM=managed: serves what the pool could not, counted as spilled. */
-CUresult gs_managed_spill(const gs_alloc_req_t *req, CUdeviceptr *ptr, size_t *pitch, gs_block_t *block);
+CUresult gs_managed_spill(const gs_alloc_req_t *req, CUdeviceptr *ptr, size_t *pitch,
+                          gs_block_t *block);
 /* The owner tag of managed blocks in gs_ptrmap, so the pool can route their frees. */
 extern const char gs_managed_owner[];
 void gs_pool_destroy(void); /* tests: forget and free every host record */
@@ -323,6 +336,10 @@ const gs_backend_t *gs_backend_for_mode(gs_mode_t mode);
 extern GS_TLS int gs_depth;
 /* Ticks this thread spent inside the driver during the current call (subtracted from shim time). */
 extern GS_TLS uint64_t gs_driver_ticks;
+
+/* Calls the real driver's entry point, or answers CUDA_ERROR_NOT_SUPPORTED if it lacks one. */
+#define GS_RAW(field, ...)                                                                         \
+    (gs_driver()->field ? gs_driver()->field(__VA_ARGS__) : CUDA_ERROR_NOT_SUPPORTED)
 
 /* Runs a driver call, counting it and its time for the device. */
 #define GS_DRIVER_CALL(device, call)                                                               \
@@ -359,15 +376,20 @@ CUresult gs_stream_create(CUstream *stream, unsigned int flags);
 CUresult gs_stream_create_with_priority(CUstream *stream, unsigned int flags, int priority);
 CUresult gs_green_ctx_stream_create(CUstream *stream, CUgreenCtx green_ctx, unsigned int flags,
                                     int priority);
-/* Whether the process has asked for a stream that does not synchronize with the legacy default
- * stream (CU_STREAM_NON_BLOCKING, green-context streams). Once true, true for good. */
-bool gs_nonblocking_streams(void);
-void gs_streams_forget(void); /* fork child (the parent's streams are not the child's), tests */
 CUresult gs_ctx_synchronize_v2(CUcontext ctx);
+/* streams.c. Non-blocking streams, for the pool's safe reuse by events: whether one exists that
+ * cannot be marked (true for good once it is); and the marked ones of a device, each with a slot
+ * for the backend's event (fn runs under the registry's lock; a nonzero return stops the walk and
+ * is returned). */
+bool gs_streams_unmarkable(void);
+int gs_streams_each(int device, int (*fn)(void *ctx, CUstream stream, void **slot), void *ctx);
+CUresult gs_stream_destroy(CUstream stream, bool v2);
+void gs_streams_forget_device(int device); /* its context is gone */
+void gs_streams_forget(void); /* fork child (the parent's streams are not the child's), tests */
 /* Stream capture (CUDA graphs). While any stream of the process is capturing, a device
- * synchronization, a legacy-stream event or a cuMemFree from the shim would invalidate the
- * capture (or fail), so the backends make none: gs_capturing() says so. variant: 1 for
- * cuStreamBeginCapture (CUDA 10.0, no mode), 2 for _v2; per_thread: the _ptsz entry point. */
+ * synchronization or work on the legacy stream from the shim would invalidate the capture, so
+ * the backends make none: gs_capturing() says so. variant: 1 for cuStreamBeginCapture (CUDA
+ * 10.0, no mode), 2 for _v2; per_thread: the _ptsz entry point. */
 CUresult gs_stream_begin_capture(CUstream stream, CUstreamCaptureMode mode, int variant,
                                  bool per_thread);
 CUresult gs_stream_begin_capture_to_graph(CUstream stream, CUgraph graph,
@@ -388,7 +410,7 @@ CUresult gs_primary_ctx_release(CUdevice device, bool v2);
 enum { GS_TRACE_ALLOCATE, GS_TRACE_ALLOCATE_FAILURE, GS_TRACE_FREE };
 extern bool gs_tracing;
 void gs_trace_record(int action, CUdeviceptr ptr, uint64_t bytes, CUstream stream);
-void gs_trace_flush(void); /* at exit: every thread's buffer */
+void gs_trace_flush(void);  /* at exit: every thread's buffer */
 void gs_trace_forget(void); /* fork child */
 
 /* At load: read options (exit(1) on bad input), fork handlers. Touches no CUDA. */

@@ -535,12 +535,11 @@ static void pool_report(int device, gs_buf_t *out, bool json)
                       (unsigned long long)syncs, sync_mean_us, gs_format_bytes(cached, cached_text),
                       gs_format_bytes(largest, large));
         if (gs_opts.pool_reuse == GS_REUSE_SAFE)
-            gs_buf_printf(
-                out,
-                "gpushim: device %d: pool reuse by events on the legacy stream: %s%s; %llu "
-                "events made pending blocks reusable without a wait\n",
-                device, events_off ? "off, " : "on", events_off ? events_off : "",
-                (unsigned long long)p->event_recycles);
+            gs_buf_printf(out,
+                          "gpushim: device %d: pool reuse by events: %s%s; %llu "
+                          "events made pending blocks reusable without a wait\n",
+                          device, events_off ? "off, " : "on", events_off ? events_off : "",
+                          (unsigned long long)p->event_recycles);
     }
     pthread_mutex_unlock(&p->lock);
     gs_backend_managed.report(device, out, json); /* what spilled, if anything */
@@ -555,6 +554,7 @@ static void pool_device_reset(int device)
         pthread_mutex_lock(&p->lock);
         gs_pool_forget_chunks(p);
         pthread_mutex_unlock(&p->lock);
+        gs_pool_forget_streams(device);
     }
     gs_backend_managed.device_reset(device); /* blocks spilled to managed memory */
 }
@@ -574,8 +574,10 @@ static uint64_t pool_live_bytes(const gs_block_t *block)
 static void pool_forget(void)
 {
     memset(gs_pools, 0, sizeof gs_pools);
-    for (int d = 0; d < GS_MAX_DEVICES; d++)
+    for (int d = 0; d < GS_MAX_DEVICES; d++) {
         pthread_mutex_init(&gs_pools[d].lock, NULL);
+        pthread_mutex_init(&gs_pools[d].departed_lock, NULL);
+    }
     atomic_store(&gs_caches, NULL);
     pthread_mutex_init(&gs_caches_lock, NULL);
     memset(gs_my_caches, 0, sizeof gs_my_caches);
@@ -601,6 +603,12 @@ void gs_pool_destroy(void)
         }
         if (gs_pools[d].event && gs_driver()->event_destroy)
             gs_driver()->event_destroy(gs_pools[d].event);
+        for (gs_pool_departed_t *x = gs_pools[d].departed, *after; x; x = after) {
+            after = x->next;
+            if (gs_driver()->event_destroy)
+                gs_driver()->event_destroy(x->event);
+            free(x);
+        }
     }
     for (thread_cache_t *c = atomic_load(&gs_caches), *next; c; c = next) {
         next = c->next;
@@ -622,6 +630,7 @@ const gs_backend_t gs_backend_pool = {
     .after_sync = gs_pool_after_sync,
     .report = pool_report,
     .device_reset = pool_device_reset,
+    .stream_destroying = gs_pool_stream_destroying,
     .live_bytes = pool_live_bytes,
     .forget = pool_forget,
 };

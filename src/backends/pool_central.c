@@ -232,10 +232,13 @@ static uint64_t shim_sync(gs_pool_device_t *p, int device)
 /* ---- asynchronous safe reuse by events (GPUSHIM_POOL_EVENTS=auto) ------------------------
  * Every stream that is not non-blocking waits for the legacy default stream, and the legacy
  * stream waits for them: an event recorded there completes only after all work issued before it
- * on every such stream. So while the process has created no non-blocking stream, pending blocks
- * stamped before the event are safe once it completes, and no thread has to wait for the device.
- * Recorded from an allocating thread, whose current context is the device's; any error turns
- * the events off for the device and the synchronizations take over. Device lock held. */
+ * on every such stream. A mark is that event plus one on each non-blocking stream the program
+ * created (streams.c keeps the list), plus a last event on each such stream it destroyed since
+ * (work may still be queued there): once all have completed, every block freed before the mark
+ * was recorded is safe, and no thread had to wait for the device. Recorded from an allocating
+ * thread, whose current context is the device's; any error, or a non-blocking stream that cannot
+ * be marked, turns the events off for the device and the synchronizations take over. Device lock
+ * held, except where said. */
 
 const char *gs_pool_events_off_reason(const gs_pool_device_t *p)
 {
@@ -243,29 +246,115 @@ const char *gs_pool_events_off_reason(const gs_pool_device_t *p)
         return "immediate reuse";
     if (gs_opts.pool_events == GS_EVENTS_OFF)
         return "GPUSHIM_POOL_EVENTS=off";
-    if (gs_nonblocking_streams())
-        return "the program created a non-blocking stream";
+    if (gs_streams_unmarkable())
+        return "the program created a non-blocking stream the shim cannot mark (more than 64, or "
+               "a green context's)";
     const gs_driver_t *drv = gs_driver();
-    if (p->event_broken || !drv->event_create || !drv->event_record || !drv->event_query)
+    if (p->event_broken || atomic_load_explicit(&p->departure_failed, memory_order_relaxed) ||
+        !drv->event_create || !drv->event_record || !drv->event_query || !drv->event_destroy ||
+        !drv->stream_query)
         return "the driver refused an event";
     return NULL;
 }
 
-/* If the event in flight has completed, completed covers what it marked. */
-static void poll_event(gs_pool_device_t *p)
+/* What the pool keeps per marked stream (its registry slot): an event, armed when the last
+ * mark found work queued on the stream and recorded it there. */
+typedef struct stream_mark {
+    CUevent event;
+    bool armed;
+} stream_mark_t;
+
+static int query_stream_event(void *ctx, CUstream stream, void **slot)
+{
+    (void)ctx, (void)stream;
+    stream_mark_t *m = *slot;
+    if (m == NULL || !m->armed)
+        return 0;
+    CUresult rc = gs_driver()->event_query(m->event);
+    if (rc == CUDA_SUCCESS)
+        m->armed = false;
+    return rc == CUDA_SUCCESS ? 0 : rc == CUDA_ERROR_NOT_READY ? 1 : 2;
+}
+
+/* The device's context was reset: the stream's event went with it. */
+static int drop_stream_mark(void *ctx, CUstream stream, void **slot)
+{
+    (void)ctx, (void)stream;
+    free(*slot);
+    *slot = NULL;
+    return 0;
+}
+
+/* Events of destroyed streams: drops the completed ones; returns 0 when none is left, 1 while
+ * some are still queued, 2 on an error. Takes only the departed list's own lock. */
+static int reap_departed(gs_pool_device_t *p)
+{
+    const gs_driver_t *drv = gs_driver();
+    int rc = 0;
+    pthread_mutex_lock(&p->departed_lock);
+    for (gs_pool_departed_t **link = &p->departed; *link;) {
+        gs_pool_departed_t *d = *link;
+        CUresult q = drv->event_query(d->event);
+        if (q == CUDA_ERROR_NOT_READY) {
+            rc = rc ? rc : 1;
+            link = &d->next;
+            continue;
+        }
+        if (q != CUDA_SUCCESS)
+            rc = 2;
+        drv->event_destroy(d->event);
+        *link = d->next;
+        free(d);
+    }
+    pthread_mutex_unlock(&p->departed_lock);
+    return rc;
+}
+
+/* If the mark in flight has completed, completed covers what it marked. */
+static void poll_event(gs_pool_device_t *p, int device)
 {
     if (!p->event_in_flight || gs_capturing())
         return;
     CUresult rc = gs_driver()->event_query(p->event);
-    if (rc == CUDA_ERROR_NOT_READY)
+    int streams = rc == CUDA_SUCCESS ? gs_streams_each(device, query_stream_event, NULL) : 0;
+    int departed = rc == CUDA_SUCCESS && streams == 0 ? reap_departed(p) : 0;
+    if (rc == CUDA_ERROR_NOT_READY || streams == 1 || departed == 1)
         return;
     p->event_in_flight = false;
-    if (rc != CUDA_SUCCESS) {
+    if (rc != CUDA_SUCCESS || streams || departed) {
         p->event_broken = true;
         return;
     }
     mark_completed(p, p->event_token);
     p->event_recycles++;
+}
+
+/* An idle stream needs no event: all work issued to it so far is done. */
+static int record_stream_event(void *ctx, CUstream stream, void **slot)
+{
+    const gs_driver_t *drv = gs_driver();
+    int device = *(const int *)ctx;
+    stream_mark_t *m = *slot;
+    CUresult idle = GS_DRIVER_CALL(device, drv->stream_query(stream));
+    if (idle == CUDA_SUCCESS) {
+        if (m)
+            m->armed = false;
+        return 0;
+    }
+    if (idle != CUDA_ERROR_NOT_READY)
+        return 1;
+    if (m == NULL) {
+        if ((m = calloc(1, sizeof *m)) == NULL)
+            return 1;
+        if (GS_DRIVER_CALL(device, drv->event_create(&m->event, CU_EVENT_DISABLE_TIMING)) !=
+            CUDA_SUCCESS) {
+            free(m);
+            return 1;
+        }
+        *slot = m;
+    }
+    m->armed = GS_DRIVER_CALL(device, drv->event_record(m->event, stream)) == CUDA_SUCCESS;
+    return !m->armed;
 }
 
 /* Marks the work issued so far, if no mark is in flight. Also when the pool's pending list is
@@ -283,12 +372,50 @@ static void record_event(gs_pool_device_t *p, int device)
         return;
     }
     uint64_t token = gs_pool_before_sync(device);
-    if (GS_DRIVER_CALL(device, drv->event_record(p->event, CU_STREAM_LEGACY)) != CUDA_SUCCESS) {
+    if (GS_DRIVER_CALL(device, drv->event_record(p->event, CU_STREAM_LEGACY)) != CUDA_SUCCESS ||
+        gs_streams_each(device, record_stream_event, &device) != 0) {
         p->event_broken = true;
         return;
     }
     p->event_token = token;
     p->event_in_flight = true;
+}
+
+/* A marked stream is about to be destroyed (registry lock held, device lock not): if work is
+ * still queued on it, a last event joins the departed list, and no mark completes before it
+ * does. Any failure turns the events off, since that work could not be seen otherwise. */
+void gs_pool_stream_destroying(int device, CUstream stream, void **slot)
+{
+    gs_pool_device_t *p = &gs_pools[device];
+    const gs_driver_t *drv = gs_driver();
+    stream_mark_t *m = *slot;
+    CUevent event = m ? m->event : NULL;
+    *slot = NULL;
+    free(m);
+    CUresult idle = CUDA_SUCCESS;
+    if (atomic_load_explicit(&p->ready, memory_order_acquire) &&
+        gs_pool_events_off_reason(p) == NULL)
+        idle = drv->stream_query(stream);
+    if (idle == CUDA_SUCCESS) { /* nothing queued, or nobody needs to know */
+        if (event)
+            drv->event_destroy(event);
+        return;
+    }
+    gs_pool_departed_t *d = calloc(1, sizeof *d);
+    if (idle != CUDA_ERROR_NOT_READY || d == NULL ||
+        (event == NULL && drv->event_create(&event, CU_EVENT_DISABLE_TIMING) != CUDA_SUCCESS) ||
+        drv->event_record(event, stream) != CUDA_SUCCESS) {
+        if (event)
+            drv->event_destroy(event);
+        free(d);
+        atomic_store(&p->departure_failed, true);
+        return;
+    }
+    d->event = event;
+    pthread_mutex_lock(&p->departed_lock);
+    d->next = p->departed;
+    p->departed = d;
+    pthread_mutex_unlock(&p->departed_lock);
 }
 
 /* Device lock held: only when pending bytes are needed. */
@@ -414,6 +541,11 @@ static int release_free_chunks(gs_pool_device_t *p, int device)
     return released;
 }
 
+void gs_pool_forget_streams(int device)
+{
+    gs_streams_each(device, drop_stream_mark, NULL);
+}
+
 void gs_pool_forget_chunks(gs_pool_device_t *p)
 {
     for (gs_pool_chunk_t *c = p->chunks, *next; c; c = next) {
@@ -429,8 +561,15 @@ void gs_pool_forget_chunks(gs_pool_device_t *p)
     memset(p->bitmap, 0, sizeof p->bitmap);
     p->pending = NULL;
     p->pending_bytes = p->free_bytes = p->reserved = p->chunk_count = 0;
-    p->event = NULL; /* it belonged to the context */
+    p->event = NULL; /* it belonged to the context, as did the departed streams' events */
     p->event_in_flight = p->event_broken = false;
+    pthread_mutex_lock(&p->departed_lock);
+    for (gs_pool_departed_t *d = p->departed, *next; d; d = next) {
+        next = d->next;
+        free(d);
+    }
+    p->departed = NULL;
+    pthread_mutex_unlock(&p->departed_lock);
     atomic_fetch_add_explicit(&p->generation, 1, memory_order_release);
 }
 
@@ -476,7 +615,7 @@ CUresult gs_pool_central_alloc(gs_pool_device_t *p, int device, uint64_t size,
     pthread_mutex_lock(&p->lock);
     bool events = gs_pool_events_off_reason(p) == NULL;
     if (events)
-        poll_event(p);
+        poll_event(p, device);
     /* Pending blocks that a completed event or another thread's synchronization covers go back
      * to the free lists before the search, where they can coalesce with their neighbours. */
     if (p->pending && p->recycled_upto < atomic_load_explicit(&p->completed, memory_order_acquire))

@@ -53,6 +53,12 @@ struct gs_pool_chunk {
     gs_pool_chunk_t *next;
 };
 
+/* The last event recorded on a marked stream the program destroyed. */
+typedef struct gs_pool_departed {
+    CUevent event;
+    struct gs_pool_departed *next;
+} gs_pool_departed_t;
+
 typedef struct gs_pool_device {
     pthread_mutex_t lock;
     atomic_bool ready;
@@ -75,6 +81,9 @@ typedef struct gs_pool_device {
     _Atomic uint64_t no_cheap_until; /* CLOCK_MONOTONIC ns: back-off after a slow one */
     _Atomic uint64_t backoff_ns;     /* the next back-off */
     CUevent event;                   /* on the legacy default stream (GPUSHIM_POOL_EVENTS) */
+    pthread_mutex_t departed_lock;   /* a leaf lock: taken under the stream registry's */
+    gs_pool_departed_t *departed;    /* events of destroyed marked streams, still queued */
+    atomic_bool departure_failed;    /* a destroyed stream could not be marked: events off */
     uint64_t event_token;            /* frees stamped <= this are covered by the event */
     bool event_in_flight, event_broken;
     uint64_t event_recycles; /* events that completed and made pending blocks reusable */
@@ -121,11 +130,13 @@ CUresult gs_pool_central_alloc(gs_pool_device_t *p, int device, uint64_t size,
 void gs_pool_release(gs_pool_device_t *p, gs_pool_block_t *b); /* lock held */
 /* The device's context was reset and the driver freed every chunk: forget them (lock held). */
 void gs_pool_forget_chunks(gs_pool_device_t *p);
+void gs_pool_forget_streams(int device); /* the same, for its marked streams' state; no lock */
 bool gs_pool_sync_if_cheap(gs_pool_device_t *p, int device);
 uint64_t gs_pool_before_sync(int device);
 void gs_pool_after_sync(int device, uint64_t token);
 /* Why asynchronous reuse by events is off on this device, or NULL if it is on (safe reuse). */
 const char *gs_pool_events_off_reason(const gs_pool_device_t *p);
+void gs_pool_stream_destroying(int device, CUstream stream, void **slot);
 /* pool.c: under memory pressure (lock held), every thread cache of the device is emptied. */
 void gs_pool_drain_caches(gs_pool_device_t *p, int device);
 

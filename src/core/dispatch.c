@@ -125,8 +125,7 @@ static CUresult allocate(gs_alloc_req_t *req, CUdeviceptr *dptr, size_t *pitch)
     return rc;
 }
 
-#define RAW(field, ...)                                                                            \
-    (gs_driver()->field ? gs_driver()->field(__VA_ARGS__) : CUDA_ERROR_NOT_SUPPORTED)
+#define RAW GS_RAW
 
 CUresult gs_mem_alloc(CUdeviceptr *dptr, size_t bytes)
 {
@@ -312,48 +311,6 @@ CUresult gs_ctx_synchronize_v2(CUcontext ctx)
     return synchronize(device, sync_context, ctx);
 }
 
-/* Stream creation passes through; we only note streams that do not wait for the legacy default
- * stream, because the pool's asynchronous safe reuse (an event on that stream) cannot see their
- * work. Noted before the stream exists, so no allocation can rely on the old answer after. */
-static atomic_bool gs_nonblocking_seen;
-static atomic_int gs_captures; /* streams capturing now (see gs_stream_begin_capture) */
-
-void gs_streams_forget(void)
-{
-    atomic_store(&gs_nonblocking_seen, false);
-    atomic_store(&gs_captures, 0);
-}
-
-bool gs_nonblocking_streams(void)
-{
-    return atomic_load_explicit(&gs_nonblocking_seen, memory_order_acquire);
-}
-
-static void note_stream_flags(unsigned int flags)
-{
-    if (flags & CU_STREAM_NON_BLOCKING)
-        atomic_store_explicit(&gs_nonblocking_seen, true, memory_order_seq_cst);
-}
-
-CUresult gs_stream_create(CUstream *stream, unsigned int flags)
-{
-    note_stream_flags(flags);
-    return RAW(stream_create, stream, flags);
-}
-
-CUresult gs_stream_create_with_priority(CUstream *stream, unsigned int flags, int priority)
-{
-    note_stream_flags(flags);
-    return RAW(stream_create_with_priority, stream, flags, priority);
-}
-
-CUresult gs_green_ctx_stream_create(CUstream *stream, CUgreenCtx green_ctx, unsigned int flags,
-                                    int priority)
-{
-    note_stream_flags(CU_STREAM_NON_BLOCKING); /* CUDA requires the flag for these */
-    return RAW(green_ctx_stream_create, stream, green_ctx, flags, priority);
-}
-
 /* The device's primary context reset or destroyed: cudaDeviceReset (cuDevicePrimaryCtxReset), or
  * the last cuDevicePrimaryCtxRelease, frees every allocation the context held. A pool that kept
  * its chunks would hand out memory the driver freed (and may give to someone else), and the
@@ -383,7 +340,8 @@ static void forget_device(CUdevice device)
     released_t released = {.backend = gs_backend};
     gs_ptrmap_drop_device(device, count_released, &released);
     if (gs_backend->device_reset)
-        gs_backend->device_reset(device);
+        gs_backend->device_reset(device); /* before the streams go: it may drop their slots */
+    gs_streams_forget_device(device);
     gs_stats_context_reset(device, released.count, released.bytes);
 }
 
@@ -405,59 +363,5 @@ CUresult gs_primary_ctx_release(CUdevice device, bool v2)
         drv->primary_ctx_get_state && drv->primary_ctx_get_state(device, &flags, &active) == 0 &&
         !active)
         forget_device(device); /* that was the last reference: the context is gone */
-    return rc;
-}
-
-/* Stream capture: counted from just before a capture begins (so no synchronization of ours can
- * slip in between) until the driver says it ended (also when it ended invalidated). A capture the
- * shim did not see begin is not counted below zero. */
-bool gs_capturing(void)
-{
-    return atomic_load_explicit(&gs_captures, memory_order_acquire) > 0;
-}
-
-static void capture_done(void)
-{
-    int n = atomic_load(&gs_captures);
-    while (n > 0 && !atomic_compare_exchange_weak(&gs_captures, &n, n - 1)) {
-    }
-}
-
-static CUresult capture_begun(CUresult rc)
-{
-    if (rc != CUDA_SUCCESS)
-        capture_done();
-    return rc;
-}
-
-CUresult gs_stream_begin_capture(CUstream stream, CUstreamCaptureMode mode, int variant,
-                                 bool per_thread)
-{
-    atomic_fetch_add(&gs_captures, 1);
-    if (variant == 1)
-        return capture_begun(per_thread ? RAW(stream_begin_capture_ptsz, stream)
-                                        : RAW(stream_begin_capture, stream));
-    return capture_begun(per_thread ? RAW(stream_begin_capture_v2_ptsz, stream, mode)
-                                    : RAW(stream_begin_capture_v2, stream, mode));
-}
-
-CUresult gs_stream_begin_capture_to_graph(CUstream stream, CUgraph graph,
-                                          const CUgraphNode *dependencies,
-                                          const CUgraphEdgeData *edge_data, size_t count,
-                                          CUstreamCaptureMode mode, bool per_thread)
-{
-    atomic_fetch_add(&gs_captures, 1);
-    return capture_begun(per_thread ? RAW(stream_begin_capture_to_graph_ptsz, stream, graph,
-                                          dependencies, edge_data, count, mode)
-                                    : RAW(stream_begin_capture_to_graph, stream, graph,
-                                          dependencies, edge_data, count, mode));
-}
-
-CUresult gs_stream_end_capture(CUstream stream, CUgraph *graph, bool per_thread)
-{
-    CUresult rc = per_thread ? RAW(stream_end_capture_ptsz, stream, graph)
-                             : RAW(stream_end_capture, stream, graph);
-    if (rc == CUDA_SUCCESS || rc == CUDA_ERROR_STREAM_CAPTURE_INVALIDATED)
-        capture_done(); /* other errors (wrong thread, not capturing) end no capture */
     return rc;
 }

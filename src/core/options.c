@@ -138,10 +138,11 @@ static const gs_option_t gs_option_table[] = {
      "semantics: only for programs that order their streams themselves).",
      parse_choice, GS_FIELD(pool_reuse), reuse_choices},
     {"GPUSHIM_POOL_EVENTS", "auto, off", "auto",
-     "Pool mode, safe reuse: while the process has created no non-blocking stream, every stream "
-     "it uses waits for the legacy default stream, so an event recorded there marks when the work "
-     "before a free is done: auto recycles pending blocks by such events, without a device-wide "
-     "wait; off uses device synchronizations only.",
+     "Pool mode, safe reuse: auto marks when the work before a free is done with an event on the "
+     "legacy default stream (which every other blocking stream waits for) and one on each "
+     "non-blocking stream the program created that has work queued (up to 64 streams), and "
+     "recycles pending blocks when they complete, without a device-wide wait; off uses device "
+     "synchronizations only.",
      parse_choice, GS_FIELD(pool_events), events_choices},
     {"GPUSHIM_POOL_PENDING_MAX", SIZE_ACCEPTED, "256M",
      "Pool mode, safe reuse: freed bytes waiting for a synchronization in the pool; past this "

@@ -11,6 +11,7 @@
 #undef cuDevicePrimaryCtxReset
 #undef cuDevicePrimaryCtxRelease
 #undef cuStreamBeginCapture
+#undef cuStreamDestroy
 #undef cuStreamBeginCaptureToGraph
 #undef cuStreamEndCapture
 
@@ -18,6 +19,7 @@ CUresult cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t bytes, CUstream stream);
 CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream stream);
 CUresult cuGetProcAddress(const char *symbol, void **pfn, int version, cuuint64_t flags);
 CUresult cuDevicePrimaryCtxReset(CUdevice device);
+CUresult cuStreamDestroy(CUstream stream);
 CUresult cuStreamBeginCapture(CUstream stream);
 CUresult cuStreamBeginCapture_ptsz(CUstream stream);
 CUresult cuStreamBeginCapture_v2_ptsz(CUstream stream, CUstreamCaptureMode mode);
@@ -139,6 +141,16 @@ GS_EXPORT CUresult cuDevicePrimaryCtxRelease(CUdevice device)
 GS_EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice device)
 {
     return gs_primary_ctx_release(device, true);
+}
+
+GS_EXPORT CUresult cuStreamDestroy(CUstream stream)
+{
+    return gs_stream_destroy(stream, false);
+}
+
+GS_EXPORT CUresult cuStreamDestroy_v2(CUstream stream)
+{
+    return gs_stream_destroy(stream, true);
 }
 
 GS_EXPORT CUresult cuStreamBeginCapture(CUstream stream)
@@ -267,6 +279,8 @@ static const gs_intercept_t gs_intercepts[] = {
      (void *)cuDevicePrimaryCtxRelease},
     {"cuDevicePrimaryCtxRelease", "cuDevicePrimaryCtxRelease_v2", 11000, ANY_STREAM,
      (void *)cuDevicePrimaryCtxRelease_v2},
+    {"cuStreamDestroy", "cuStreamDestroy", 2000, ANY_STREAM, (void *)cuStreamDestroy},
+    {"cuStreamDestroy", "cuStreamDestroy_v2", 4000, ANY_STREAM, (void *)cuStreamDestroy_v2},
     {"cuStreamBeginCapture", "cuStreamBeginCapture", 10000, LEGACY_STREAM,
      (void *)cuStreamBeginCapture},
     {"cuStreamBeginCapture", "cuStreamBeginCapture_ptsz", 10000, PER_THREAD_STREAM,
@@ -279,8 +293,7 @@ static const gs_intercept_t gs_intercepts[] = {
      (void *)cuStreamBeginCaptureToGraph},
     {"cuStreamBeginCaptureToGraph", "cuStreamBeginCaptureToGraph_ptsz", 12030, PER_THREAD_STREAM,
      (void *)cuStreamBeginCaptureToGraph_ptsz},
-    {"cuStreamEndCapture", "cuStreamEndCapture", 10000, LEGACY_STREAM,
-     (void *)cuStreamEndCapture},
+    {"cuStreamEndCapture", "cuStreamEndCapture", 10000, LEGACY_STREAM, (void *)cuStreamEndCapture},
     {"cuStreamEndCapture", "cuStreamEndCapture_ptsz", 10000, PER_THREAD_STREAM,
      (void *)cuStreamEndCapture_ptsz},
     {"cuGetProcAddress", "cuGetProcAddress", 11030, ANY_STREAM, (void *)cuGetProcAddress},

@@ -75,8 +75,8 @@ static __thread int current_device = -1; /* -1: no context */
     X(cuMemcpyHtoD_v2) X(cuMemcpyDtoH_v2) X(cuMemsetD8_v2) X(cuGetProcAddress)                     \
     X(cuGetProcAddress_v2) X(cuMemPrefetchAsync_v2) X(cuMemAdvise_v2)                              \
     X(cuEventCreate) X(cuEventRecord) X(cuEventQuery) X(cuEventDestroy_v2)                         \
-    X(cuStreamCreate) X(cuStreamCreateWithPriority) X(cuStreamBeginCapture_v2)                     \
-    X(cuStreamEndCapture)
+    X(cuStreamCreate) X(cuStreamCreateWithPriority) X(cuStreamQuery) X(cuStreamDestroy_v2)        \
+    X(cuStreamBeginCapture_v2) X(cuStreamEndCapture)
 /* clang-format on */
 
 enum {
@@ -128,7 +128,7 @@ static atomic_int capturing;
 static atomic_bool capture_invalidated;
 
 /* A call that a real capture forbids: invalidates the capture in progress. */
-#define FORBIDDEN_WHILE_CAPTURING(condition)                                                      \
+#define FORBIDDEN_WHILE_CAPTURING(condition)                                                       \
     do {                                                                                           \
         if (atomic_load(&capturing) > 0 && (condition)) {                                          \
             atomic_store(&capture_invalidated, true);                                              \
@@ -533,6 +533,21 @@ FAKE_EXPORT CUresult cuEventDestroy_v2(CUevent event)
     return CUDA_SUCCESS;
 }
 
+/* Work completes at once here: every stream is idle. */
+FAKE_EXPORT CUresult cuStreamQuery(CUstream stream)
+{
+    ENTER(cuStreamQuery);
+    (void)stream;
+    return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuStreamDestroy_v2(CUstream stream)
+{
+    ENTER(cuStreamDestroy_v2);
+    (void)stream;
+    return CUDA_SUCCESS;
+}
+
 FAKE_EXPORT CUresult cuStreamBeginCapture_v2(CUstream stream, CUstreamCaptureMode mode)
 {
     ENTER(cuStreamBeginCapture_v2);
@@ -821,6 +836,8 @@ static const proc_t procs[] = {
     {"cuEventDestroy", 4000, ANY, (void *)cuEventDestroy_v2},
     {"cuStreamCreate", 2000, ANY, (void *)cuStreamCreate},
     {"cuStreamCreateWithPriority", 5050, ANY, (void *)cuStreamCreateWithPriority},
+    {"cuStreamQuery", 2000, LEGACY, (void *)cuStreamQuery},
+    {"cuStreamDestroy", 4000, ANY, (void *)cuStreamDestroy_v2},
     {"cuStreamBeginCapture", 10010, LEGACY, (void *)cuStreamBeginCapture_v2},
     {"cuStreamEndCapture", 10000, LEGACY, (void *)cuStreamEndCapture},
     {"cuGetProcAddress", 11030, ANY, (void *)fake_get_proc_v1},

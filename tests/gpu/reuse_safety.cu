@@ -2,11 +2,14 @@
 // A, allocates B of the same size (a pool may hand back A's memory) and overwrites B from another
 // stream. cudaFree's contract: the reader sees only A's original data. Prints how many reads saw
 // something else, and how long cudaFree blocked.
-//   reuse_safety            as above (non-blocking streams: the pool must synchronize)
-//   reuse_safety blocking   blocking streams, and for 400 ms after the free the host allocates,
-//                           overwrites and frees blocks of A's size again and again (the pool's
-//                           events on the legacy stream decide when A may come back); prints how
-//                           often A's memory came back, and when.
+//   reuse_safety              as above (non-blocking streams)
+//   reuse_safety blocking     blocking streams, and for 400 ms after the free the host allocates,
+//                             overwrites and frees blocks of A's size again and again (the pool's
+//                             events decide when A may come back); prints how often A's memory
+//                             came back, and when
+//   reuse_safety nonblocking  the same with non-blocking streams (each marked by its own event)
+//   reuse_safety destroyed    the same, and the reader's stream is destroyed right after the
+//                             launch, before the free (its work is still queued)
 #include <chrono>
 #include <cstdio>
 #include <string>
@@ -35,7 +38,9 @@ __global__ void set7(int *a, size_t n)
 
 int main(int argc, char **argv)
 {
-    const bool blocking = argc > 1 && std::string(argv[1]) == "blocking";
+    const std::string mode = argc > 1 ? argv[1] : "";
+    const bool blocking = mode == "blocking";
+    const bool loop = blocking || mode == "nonblocking" || mode == "destroyed";
     const size_t n = 1 << 20;
     int *a, *b;
     unsigned long long *wrong;
@@ -51,10 +56,12 @@ int main(int argc, char **argv)
     int rate_khz = 0;
     CHECK(cudaDeviceGetAttribute(&rate_khz, cudaDevAttrClockRate, 0));
     reader<<<1, 1024, 0, s1>>>(a, n, (long long)rate_khz * 200, wrong); // about 200 ms
+    if (mode == "destroyed")
+        CHECK(cudaStreamDestroy(s1)); // returns at once; the reader keeps running
     auto t0 = std::chrono::steady_clock::now();
     CHECK(cudaFree(a));
     auto t1 = std::chrono::steady_clock::now();
-    if (blocking) {
+    if (loop) {
         long reuses = 0, pairs = 0;
         double first_reuse_ms = -1;
         while (std::chrono::steady_clock::now() - t1 < std::chrono::milliseconds(400)) {
@@ -74,10 +81,10 @@ int main(int argc, char **argv)
         CHECK(cudaDeviceSynchronize());
         unsigned long long host_wrong = 0;
         CHECK(cudaMemcpy(&host_wrong, wrong, sizeof host_wrong, cudaMemcpyDeviceToHost));
-        std::printf("reuse_safety blocking: %ld pairs in 400 ms after the free; A's memory came back "
+        std::printf("reuse_safety %s: %ld pairs in 400 ms after the free; A's memory came back "
                     "%ld times, first %.1f ms after the free (the reader ran about 200 ms); reader "
                     "saw %llu wrong values\n",
-                    pairs, reuses, first_reuse_ms, host_wrong);
+                    mode.c_str(), pairs, reuses, first_reuse_ms, host_wrong);
         CHECK(cudaFree(wrong));
         return 0;
     }

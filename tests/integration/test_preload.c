@@ -402,18 +402,19 @@ static void managed_mode_asks_xla_for_managed_memory(void **state)
     run_free(&r);
 }
 
-/* Safe reuse by events: on while every stream waits for the legacy one; a non-blocking stream,
- * created by cuStreamCreate or cuStreamCreateWithPriority (resolved the runtime's way), turns it
- * off; GPUSHIM_POOL_EVENTS=off too. */
+/* Safe reuse by events: on with blocking streams and with the non-blocking ones the shim marks
+ * (created by cuStreamCreate or cuStreamCreateWithPriority, resolved the runtime's way); off
+ * past 16 non-blocking streams, and with GPUSHIM_POOL_EVENTS=off. */
 static void pool_events_follow_the_streams_the_program_makes(void **state)
 {
     (void)state;
     static const struct {
         const char *stream, *events_option, *expected;
     } cases[] = {
-        {"blocking", NULL, "reuse by events on the legacy stream: on; "},
-        {"nonblocking", NULL, "off, the program created a non-blocking stream; 0 events"},
-        {"priority", NULL, "off, the program created a non-blocking stream; 0 events"},
+        {"blocking", NULL, "reuse by events: on; "},
+        {"nonblocking", NULL, "reuse by events: on; "},
+        {"priority", NULL, "reuse by events: on; "},
+        {"many", NULL, "off, the program created a non-blocking stream the shim cannot mark"},
         {"blocking", "GPUSHIM_POOL_EVENTS=off", "off, GPUSHIM_POOL_EVENTS=off; 0 events"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -554,7 +555,8 @@ static void exports_are_exactly_the_intercepted_symbols(void **state)
         "cuPointerGetAttribute\ncuPointerGetAttributes\ncuStreamBeginCapture\n"
         "cuStreamBeginCaptureToGraph\ncuStreamBeginCaptureToGraph_ptsz\n"
         "cuStreamBeginCapture_ptsz\ncuStreamBeginCapture_v2\ncuStreamBeginCapture_v2_ptsz\n"
-        "cuStreamCreate\ncuStreamCreateWithPriority\ncuStreamEndCapture\n"
+        "cuStreamCreate\ncuStreamCreateWithPriority\ncuStreamDestroy\ncuStreamDestroy_v2\n"
+        "cuStreamEndCapture\n"
         "cuStreamEndCapture_ptsz\ndlsym\n";
     char command[4096];
     snprintf(command, sizeof command,

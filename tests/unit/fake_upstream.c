@@ -145,6 +145,7 @@ static CUresult fake_ipc(CUipcMemHandle *h, CUdeviceptr p)
 
 typedef struct fake_event {
     int record;
+    CUstream stream;
 } fake_event_t;
 
 static CUresult fake_event_create(CUevent *event, unsigned int flags)
@@ -158,14 +159,15 @@ static CUresult fake_event_create(CUevent *event, unsigned int flags)
 
 static CUresult fake_event_record(CUevent event, CUstream stream)
 {
-    (void)stream;
     ((fake_event_t *)event)->record = ++fake.event_records;
+    ((fake_event_t *)event)->stream = stream;
     return CUDA_SUCCESS;
 }
 
 static CUresult fake_event_query(CUevent event)
 {
-    if (fake.events_busy)
+    if (fake.events_busy ||
+        (fake.busy_stream && ((fake_event_t *)event)->stream == fake.busy_stream))
         return CUDA_ERROR_NOT_READY;
     int record = ((fake_event_t *)event)->record;
     if (record > fake.last_completed_record)
@@ -215,6 +217,26 @@ static CUresult fake_primary_state(CUdevice d, unsigned int *flags, int *active)
     return CUDA_SUCCESS;
 }
 
+static CUresult fake_stream_create_with_priority(CUstream *stream, unsigned int flags, int priority)
+{
+    (void)priority;
+    return fake_stream_create(stream, flags);
+}
+
+static CUresult fake_stream_query(CUstream stream)
+{
+    return fake.events_busy || (fake.busy_stream && stream == fake.busy_stream)
+               ? CUDA_ERROR_NOT_READY
+               : CUDA_SUCCESS;
+}
+
+static CUresult fake_stream_destroy(CUstream stream)
+{
+    (void)stream;
+    fake.streams_destroyed++;
+    return CUDA_SUCCESS;
+}
+
 #define LOCKED(name, params, args)                                                                 \
     static CUresult name params                                                                    \
     {                                                                                              \
@@ -252,6 +274,9 @@ static const gs_driver_t fake_table = {
     .event_query = fake_event_query,
     .event_destroy = fake_event_destroy,
     .stream_create = fake_stream_create,
+    .stream_create_with_priority = fake_stream_create_with_priority,
+    .stream_destroy_v2 = fake_stream_destroy,
+    .stream_query = fake_stream_query,
     .primary_ctx_reset_v2 = fake_primary_reset,
     .primary_ctx_release_v2 = fake_primary_release,
     .primary_ctx_get_state = fake_primary_state,

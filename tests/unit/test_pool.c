@@ -169,7 +169,7 @@ static void events_recycle_pending_blocks_without_a_wait(void **state)
     gs_buf_t report = {.len = 0};
     gs_backend_pool.report(0, &report, false);
     report.data[report.len] = '\0';
-    assert_non_null(strstr(report.data, "reuse by events on the legacy stream: on; "));
+    assert_non_null(strstr(report.data, "reuse by events: on; "));
     fake.sync_ns = 0;
 }
 
@@ -190,26 +190,104 @@ static void busy_events_leave_the_bound_to_synchronizations(void **state)
     fake.sync_ns = 0;
 }
 
-/* A non-blocking stream does not wait for the legacy stream: from then on, no events. */
-static void a_nonblocking_stream_turns_events_off(void **state)
+/* Allocation-free pairs that count the reuses no synchronization explains: while a marked
+ * stream is busy, no mark can complete, so every reuse must follow a synchronization. */
+static int reuses_without_a_sync(int pairs, size_t bytes)
+{
+    enum { TRACKED = 512 };
+    CUdeviceptr seen[TRACKED];
+    int syncs_at_free[TRACKED], tracked = 0, unexplained = 0;
+    for (int i = 0; i < pairs; i++) {
+        CUdeviceptr p;
+        assert_int_equal(gs_mem_alloc(&p, bytes), CUDA_SUCCESS);
+        int k = 0;
+        while (k < tracked && seen[k] != p)
+            k++;
+        if (k < tracked)
+            unexplained += fake.syncs == syncs_at_free[k];
+        else
+            seen[tracked++] = p;
+        assert_true(tracked < TRACKED);
+        assert_int_equal(gs_mem_free(p), CUDA_SUCCESS);
+        syncs_at_free[k] = fake.syncs;
+    }
+    return unexplained;
+}
+
+static const char *pool_report_text(void)
+{
+    static gs_buf_t report;
+    report.len = 0;
+    gs_backend_pool.report(0, &report, false);
+    report.data[report.len] = '\0';
+    return report.data;
+}
+
+/* A non-blocking stream does not wait for the legacy stream, so each one gets an event of its
+ * own in every mark: while its work runs, no block comes back by events (only after a
+ * synchronization); once it is idle, events recycle blocks again. */
+static void events_mark_each_nonblocking_stream(void **state)
+{
+    (void)state;
+    fake.events = true;
+    fake.sync_ns = 200000; /* slow synchronizations back off: events do the recycling */
+    CUstream blocking, stream;
+    assert_int_equal(gs_stream_create(&blocking, CU_STREAM_DEFAULT), CUDA_SUCCESS);
+    assert_int_equal(gs_stream_create(&stream, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+    assert_false(gs_streams_unmarkable());
+    fake.busy_stream = stream;
+    assert_int_equal(reuses_without_a_sync(300, 48 * MiB), 0);
+    fake.busy_stream = NULL;
+    int reused = tight_loop_keeping_the_guarantee(300, 48 * MiB);
+    assert_true(reused >= 250);
+    assert_non_null(strstr(pool_report_text(), "reuse by events: on; "));
+    assert_int_equal(gs_stream_destroy(stream, true), CUDA_SUCCESS); /* idle: no last event */
+    gs_streams_forget();
+    fake.sync_ns = 0;
+}
+
+/* A marked stream destroyed while its work runs: that work may still touch blocks freed before
+ * (and, since the stream is gone, after) the destroy; none comes back by events until a last
+ * event recorded on it before the destroy has completed. */
+static void a_destroyed_stream_holds_blocks_until_its_work_is_done(void **state)
+{
+    (void)state;
+    fake.events = true;
+    fake.sync_ns = 200000;
+    CUstream stream;
+    assert_int_equal(gs_stream_create(&stream, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+    assert_true(tight_loop_keeping_the_guarantee(50, 48 * MiB) > 0); /* marks on it too */
+    fake.busy_stream = stream;
+    assert_int_equal(gs_stream_destroy(stream, true), CUDA_SUCCESS);
+    assert_int_equal(fake.streams_destroyed, 1);
+    assert_int_equal(reuses_without_a_sync(300, 48 * MiB), 0);
+    fake.busy_stream = NULL;
+    assert_true(tight_loop_keeping_the_guarantee(300, 48 * MiB) >= 250);
+    gs_streams_forget();
+    fake.sync_ns = 0;
+}
+
+/* Up to 64 non-blocking streams are marked; the 65th turns events off for good, and then the
+ * synchronizations keep the guarantee. */
+static void too_many_nonblocking_streams_turn_events_off(void **state)
 {
     (void)state;
     fake.events = true;
     CUstream stream;
-    assert_int_equal(gs_stream_create(&stream, CU_STREAM_DEFAULT), CUDA_SUCCESS);
-    assert_false(gs_nonblocking_streams());
-    assert_int_equal(gs_stream_create(&stream, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
-    assert_true(gs_nonblocking_streams());
-    assert_int_equal(fake.streams_created, 2);
+    for (int i = 0; i < 64; i++)
+        assert_int_equal(gs_stream_create(&stream, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+    assert_false(gs_streams_unmarkable());
+    assert_int_equal(gs_stream_create_with_priority(&stream, CU_STREAM_NON_BLOCKING, -1),
+                     CUDA_SUCCESS);
+    assert_true(gs_streams_unmarkable());
     fake.sync_ns = 200000;
     int reused = tight_loop_keeping_the_guarantee(100, 48 * MiB);
     assert_true(reused > 0);
     assert_int_equal(fake.event_records, 0);
-    gs_buf_t report = {.len = 0};
-    gs_backend_pool.report(0, &report, false);
-    report.data[report.len] = '\0';
-    assert_non_null(strstr(report.data, "reuse by events on the legacy stream: off, the program "
-                                        "created a non-blocking stream; 0 events"));
+    assert_non_null(strstr(pool_report_text(),
+                           "reuse by events: off, the program created a "
+                           "non-blocking stream the shim cannot mark (more than 64, or a green "
+                           "context's); 0 events"));
     gs_streams_forget();
     fake.sync_ns = 0;
 }
@@ -572,7 +650,9 @@ int main(void)
         cmocka_unit_test_setup(slow_synchronizations_back_off, safe),
         cmocka_unit_test_setup(events_recycle_pending_blocks_without_a_wait, safe),
         cmocka_unit_test_setup(busy_events_leave_the_bound_to_synchronizations, safe),
-        cmocka_unit_test_setup(a_nonblocking_stream_turns_events_off, safe),
+        cmocka_unit_test_setup(events_mark_each_nonblocking_stream, safe),
+        cmocka_unit_test_setup(a_destroyed_stream_holds_blocks_until_its_work_is_done, safe),
+        cmocka_unit_test_setup(too_many_nonblocking_streams_turn_events_off, safe),
         cmocka_unit_test_setup(coalesces_neighbours_back_into_one_block, immediate),
         cmocka_unit_test_setup(grows_in_chunks_and_serves_large_requests_whole, immediate),
         cmocka_unit_test_setup(gives_free_chunks_back_before_failing, immediate),
