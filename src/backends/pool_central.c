@@ -247,7 +247,7 @@ const char *gs_pool_events_off_reason(const gs_pool_device_t *p)
     if (gs_opts.pool_events == GS_EVENTS_OFF)
         return "GPUSHIM_POOL_EVENTS=off";
     if (gs_streams_unmarkable())
-        return "the program created a non-blocking stream the shim cannot mark (more than 64, or "
+        return "the program created a non-blocking stream the shim cannot mark (more than 16, or "
                "a green context's)";
     const gs_driver_t *drv = gs_driver();
     if (p->event_broken || atomic_load_explicit(&p->departure_failed, memory_order_relaxed) ||

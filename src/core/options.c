@@ -140,7 +140,7 @@ static const gs_option_t gs_option_table[] = {
     {"GPUSHIM_POOL_EVENTS", "auto, off", "auto",
      "Pool mode, safe reuse: auto marks when the work before a free is done with an event on the "
      "legacy default stream (which every other blocking stream waits for) and one on each "
-     "non-blocking stream the program created that has work queued (up to 64 streams), and "
+     "non-blocking stream the program created that has work queued (up to 16 streams), and "
      "recycles pending blocks when they complete, without a device-wide wait; off uses device "
      "synchronizations only.",
      parse_choice, GS_FIELD(pool_events), events_choices},

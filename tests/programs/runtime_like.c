@@ -433,14 +433,14 @@ static int scenario_managed(int n)
 
 /* Pairs of 48 MiB (past the thread cache, so freed blocks wait in the pool) after creating a
  * stream: "blocking", "nonblocking" (cuStreamCreate), "priority" (non-blocking, with a
- * priority) or "many" (65 non-blocking ones). */
+ * priority) or "many" (17 non-blocking ones). */
 static int scenario_streams(const char *kind, int pairs)
 {
     CUstream stream;
     if (kind && strcmp(kind, "nonblocking") == 0)
         CHECK(cu.stream_create(&stream, CU_STREAM_NON_BLOCKING) == CUDA_SUCCESS);
     else if (kind && strcmp(kind, "many") == 0)
-        for (int i = 0; i < 65; i++)
+        for (int i = 0; i < 17; i++)
             CHECK(cu.stream_create(&stream, CU_STREAM_NON_BLOCKING) == CUDA_SUCCESS);
     else if (kind && strcmp(kind, "priority") == 0)
         CHECK(cu.stream_create_with_priority(&stream, CU_STREAM_NON_BLOCKING, -1) == CUDA_SUCCESS);

@@ -267,14 +267,14 @@ static void a_destroyed_stream_holds_blocks_until_its_work_is_done(void **state)
     fake.sync_ns = 0;
 }
 
-/* Up to 64 non-blocking streams are marked; the 65th turns events off for good, and then the
+/* Up to 16 non-blocking streams are marked; the 17th turns events off for good, and then the
  * synchronizations keep the guarantee. */
 static void too_many_nonblocking_streams_turn_events_off(void **state)
 {
     (void)state;
     fake.events = true;
     CUstream stream;
-    for (int i = 0; i < 64; i++)
+    for (int i = 0; i < 16; i++)
         assert_int_equal(gs_stream_create(&stream, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
     assert_false(gs_streams_unmarkable());
     assert_int_equal(gs_stream_create_with_priority(&stream, CU_STREAM_NON_BLOCKING, -1),
@@ -286,7 +286,7 @@ static void too_many_nonblocking_streams_turn_events_off(void **state)
     assert_int_equal(fake.event_records, 0);
     assert_non_null(strstr(pool_report_text(),
                            "reuse by events: off, the program created a "
-                           "non-blocking stream the shim cannot mark (more than 64, or a green "
+                           "non-blocking stream the shim cannot mark (more than 16, or a green "
                            "context's); 0 events"));
     gs_streams_forget();
     fake.sync_ns = 0;
