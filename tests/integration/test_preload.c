@@ -434,15 +434,16 @@ static void pool_events_follow_the_streams_the_program_makes(void **state)
  * mode the program then gets memory the driver gave after it (the fake refuses writes to freed
  * memory), a free of an old pointer gets the driver's error, and the report says what the reset
  * released. */
+static const char *const every_mode[] = {"GPUSHIM_MODE=off", "GPUSHIM_MODE=pool",
+                                         "GPUSHIM_MODE=managed"};
+
 static void a_device_reset_leaves_no_stale_memory(void **state)
 {
     (void)state;
-    static const char *const modes[] = {"GPUSHIM_MODE=off", "GPUSHIM_MODE=pool",
-                                        "GPUSHIM_MODE=managed"};
     static const char *const ways[] = {"reset", "release"};
     for (size_t m = 0; m < 3; m++)
         for (size_t w = 0; w < 2; w++) {
-            run_result_t r = run_shim(ENV(modes[m], "GPUSHIM_POOL_REUSE=immediate"),
+            run_result_t r = run_shim(ENV(every_mode[m], "GPUSHIM_POOL_REUSE=immediate"),
                                       ARGV(path_of("GS_RUNTIME_LIKE"), "reset", ways[w]));
             EXPECT_STATUS(r, 0);
             EXPECT_IN(r, out, "stale free rc 1\n"); /* CUDA_ERROR_INVALID_VALUE */
@@ -461,12 +462,10 @@ static void a_device_reset_leaves_no_stale_memory(void **state)
 static void allocations_during_stream_capture_leave_it_valid(void **state)
 {
     (void)state;
-    static const char *const modes[] = {"GPUSHIM_MODE=off", "GPUSHIM_MODE=pool",
-                                        "GPUSHIM_MODE=managed"};
     static const char *const streams[] = {"blocking", "nonblocking"};
     for (size_t m = 0; m < 3; m++)
         for (size_t k = 0; k < 2; k++) {
-            run_result_t r = run_shim(ENV(modes[m], "FAKECUDA_EVENT_QUERIES=1000000"),
+            run_result_t r = run_shim(ENV(every_mode[m], "FAKECUDA_EVENT_QUERIES=1000000"),
                                       ARGV(path_of("GS_RUNTIME_LIKE"), "capture", streams[k]));
             EXPECT_STATUS(r, 0);
             EXPECT_IN(r, out, "end capture rc 0\n");

@@ -101,8 +101,9 @@ static void pending_bytes_are_bounded(void **state)
 
 /* cudaFree's guarantee, checked on every reuse: a block comes back only after a synchronization
  * that followed its free, or after an event recorded after its free has completed. Returns how
- * many allocations reused a block. */
-static int tight_loop_keeping_the_guarantee(int pairs, size_t bytes)
+ * many allocations reused a block; *by_events (if not NULL) counts those no synchronization
+ * explains. */
+static int pairs_checking_reuse(int pairs, size_t bytes, int *by_events)
 {
     enum { TRACKED = 512 };
     CUdeviceptr seen[TRACKED];
@@ -117,6 +118,8 @@ static int tight_loop_keeping_the_guarantee(int pairs, size_t bytes)
             assert_true(fake.syncs > syncs_at_free[k] ||
                         fake.last_completed_record > records_at_free[k]);
             reused++;
+            if (by_events && fake.syncs == syncs_at_free[k])
+                (*by_events)++;
         } else {
             assert_true(tracked < TRACKED);
             seen[tracked++] = p;
@@ -126,6 +129,20 @@ static int tight_loop_keeping_the_guarantee(int pairs, size_t bytes)
         records_at_free[k] = fake.event_records;
     }
     return reused;
+}
+
+static int tight_loop_keeping_the_guarantee(int pairs, size_t bytes)
+{
+    return pairs_checking_reuse(pairs, bytes, NULL);
+}
+
+/* While a marked stream is busy no mark can complete: every reuse must follow a
+ * synchronization. Returns how many did not. */
+static int reuses_without_a_sync(int pairs, size_t bytes)
+{
+    int by_events = 0;
+    pairs_checking_reuse(pairs, bytes, &by_events);
+    return by_events;
 }
 
 /* Tight loops under safe reuse: a thread's cache holds up to 256 pending blocks a class, and one
@@ -188,30 +205,6 @@ static void busy_events_leave_the_bound_to_synchronizations(void **state)
     assert_true(fake.syncs >= 1);
     assert_true(fake.used <= 128 * MiB + 4 * 48 * MiB); /* the bound, the caches, a block */
     fake.sync_ns = 0;
-}
-
-/* Allocation-free pairs that count the reuses no synchronization explains: while a marked
- * stream is busy, no mark can complete, so every reuse must follow a synchronization. */
-static int reuses_without_a_sync(int pairs, size_t bytes)
-{
-    enum { TRACKED = 512 };
-    CUdeviceptr seen[TRACKED];
-    int syncs_at_free[TRACKED], tracked = 0, unexplained = 0;
-    for (int i = 0; i < pairs; i++) {
-        CUdeviceptr p;
-        assert_int_equal(gs_mem_alloc(&p, bytes), CUDA_SUCCESS);
-        int k = 0;
-        while (k < tracked && seen[k] != p)
-            k++;
-        if (k < tracked)
-            unexplained += fake.syncs == syncs_at_free[k];
-        else
-            seen[tracked++] = p;
-        assert_true(tracked < TRACKED);
-        assert_int_equal(gs_mem_free(p), CUDA_SUCCESS);
-        syncs_at_free[k] = fake.syncs;
-    }
-    return unexplained;
 }
 
 static const char *pool_report_text(void)
