@@ -19,3 +19,4 @@ flags=(-O2 -std=c++17 -arch=sm_90)
 "$nvcc" "${flags[@]}" tests/gpu/two_devices.cu -o "$build/two_devices"
 "$nvcc" "${flags[@]}" tests/gpu/device_reset.cu -o "$build/device_reset"
 "$nvcc" "${flags[@]}" tests/gpu/graph_capture.cu -o "$build/graph_capture"
+"$nvcc" "${flags[@]}" tests/gpu/context_destroy.cu -lcuda -o "$build/context_destroy"

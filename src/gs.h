@@ -130,6 +130,9 @@ uint64_t gs_ticks_to_epoch_ns(uint64_t ticks, double ticks_per_ns);
     X(ctx_synchronize, "cuCtxSynchronize", CUresult (*)(void))                                     \
     X(ctx_synchronize_v2, "cuCtxSynchronize_v2", CUresult (*)(CUcontext))                          \
     X(ctx_get_device, "cuCtxGetDevice", CUresult (*)(CUdevice *))                                  \
+    X(ctx_get_current, "cuCtxGetCurrent", CUresult (*)(CUcontext *))                               \
+    X(ctx_destroy, "cuCtxDestroy", CUresult (*)(CUcontext))                                        \
+    X(ctx_destroy_v2, "cuCtxDestroy_v2", CUresult (*)(CUcontext))                                  \
     X(ctx_get_device_v2, "cuCtxGetDevice_v2", CUresult (*)(CUdevice *, CUcontext))                 \
     X(device_get_attribute, "cuDeviceGetAttribute",                                                \
       CUresult (*)(int *, CUdevice_attribute, CUdevice))                                           \
@@ -244,7 +247,11 @@ typedef struct gs_block {
     void *owner; /* the backend's own record of the block (pool), or NULL */
 } gs_block_t;
 
-int gs_ptrmap_insert(const gs_block_t *block);           /* 0, -ENOMEM, -EEXIST */
+int gs_ptrmap_insert(const gs_block_t *block); /* 0, -ENOMEM, -EEXIST */
+/* For a block the driver just handed out: an entry already at its address describes memory the
+ * driver freed without our knowing (its context was destroyed): that one is replaced, counted as
+ * freed, and returned in *stale (stale->base == 0 if there was none). 0 or -ENOMEM. */
+int gs_ptrmap_insert_fresh(const gs_block_t *block, gs_block_t *stale);
 int gs_ptrmap_find(CUdeviceptr base, gs_block_t *out);   /* 0 or -ENOENT */
 int gs_ptrmap_remove(CUdeviceptr base, gs_block_t *out); /* 0 or -ENOENT */
 size_t gs_ptrmap_count(void);
@@ -307,6 +314,9 @@ typedef struct gs_backend {
      * every allocation on it, and gs_ptrmap no longer lists them. Forget them, so that nothing
      * freed is handed out again. May be NULL. */
     void (*device_reset)(int device);
+    /* After cuCtxDestroy(ctx) succeeded: a device whose every allocation of this backend came
+     * from ctx (the core then forgets it, as after a reset), or -1. May be NULL. */
+    int (*context_destroyed)(CUcontext ctx);
     /* A marked non-blocking stream of the device (see gs_streams_each) is about to be destroyed;
      * slot holds the backend's event for it. Called under the stream registry's lock: take no
      * lock that is held while calling gs_streams_each. May be NULL. */
@@ -398,9 +408,10 @@ CUresult gs_stream_begin_capture_to_graph(CUstream stream, CUgraph graph,
                                           CUstreamCaptureMode mode, bool per_thread);
 CUresult gs_stream_end_capture(CUstream stream, CUgraph *graph, bool per_thread);
 bool gs_capturing(void);
-/* cuDevicePrimaryCtxReset (cudaDeviceReset) and cuDevicePrimaryCtxRelease: once the driver has
- * destroyed the context, the shim forgets every allocation it held. */
+/* cuDevicePrimaryCtxReset (cudaDeviceReset), cuDevicePrimaryCtxRelease and cuCtxDestroy: once
+ * the driver has destroyed the context, the shim forgets every allocation it held. */
 CUresult gs_primary_ctx_reset(CUdevice device, bool v2);
+CUresult gs_ctx_destroy(CUcontext ctx, bool v2);
 CUresult gs_primary_ctx_release(CUdevice device, bool v2);
 
 /* ------------------------------------------------------------------------------------------ */

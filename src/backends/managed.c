@@ -134,10 +134,13 @@ static CUresult managed_alloc(const gs_alloc_req_t *req, CUdeviceptr *ptr, size_
                           .device = device,
                           .kind = req->kind,
                           .owner = (void *)gs_managed_owner};
-    if (gs_ptrmap_insert(block) != 0)
+    gs_block_t stale;
+    if (gs_ptrmap_insert_fresh(block, &stale) != 0)
         gs_log_warning("lost track of a %llu-byte managed allocation; its free will count as "
                        "foreign",
                        (unsigned long long)bytes);
+    if (stale.base && stale.owner == gs_managed_owner)
+        account(stale.device, -(int64_t)stale.bytes); /* its context was destroyed */
     return CUDA_SUCCESS;
 }
 

@@ -559,6 +559,31 @@ static void pool_device_reset(int device)
     gs_backend_managed.device_reset(device); /* blocks spilled to managed memory */
 }
 
+/* cuCtxDestroy: if all of a device's chunks came from the destroyed context, the core forgets
+ * the device; if only some did, the pool cannot drop those alone (their blocks may sit in any
+ * thread's cache), so it says so once and keeps them: use GPUSHIM_MODE=off for such programs. */
+static int pool_context_destroyed(CUcontext ctx)
+{
+    static atomic_bool warned;
+    for (int d = 0; d < GS_MAX_DEVICES; d++) {
+        gs_pool_device_t *p = &gs_pools[d];
+        if (!atomic_load(&p->ready))
+            continue;
+        pthread_mutex_lock(&p->lock);
+        int mine = gs_pool_chunks_of_context(p, ctx);
+        pthread_mutex_unlock(&p->lock);
+        if (mine == 1)
+            return d;
+        if (mine < 0 && !atomic_exchange(&warned, true))
+            gs_log_warning("cuCtxDestroy freed pool memory on device %d that shares the pool with "
+                           "another context; the pool cannot tell it apart and may hand it out "
+                           "again: run programs that destroy one of several contexts with "
+                           "GPUSHIM_MODE=off",
+                           d);
+    }
+    return -1;
+}
+
 /* Entries of the map that are not pool blocks (passed through, spilled) are live while they are
  * in the map; a pool block is live while handed out, with the size the program asked for. */
 static uint64_t pool_live_bytes(const gs_block_t *block)
@@ -630,6 +655,7 @@ const gs_backend_t gs_backend_pool = {
     .after_sync = gs_pool_after_sync,
     .report = pool_report,
     .device_reset = pool_device_reset,
+    .context_destroyed = pool_context_destroyed,
     .stream_destroying = gs_pool_stream_destroying,
     .live_bytes = pool_live_bytes,
     .forget = pool_forget,

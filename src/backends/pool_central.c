@@ -10,6 +10,7 @@
 #include <string.h>
 
 gs_pool_device_t gs_pools[GS_MAX_DEVICES];
+uint64_t gs_pool_cheap_sync_ns = 50000;
 
 /* ---- central free lists (device lock held) ---------------------------------------------- */
 
@@ -218,7 +219,7 @@ static uint64_t shim_sync(gs_pool_device_t *p, int device)
     /* A slow one means queued GPU work: no cheap ones for a while (1 ms, twice as long after
      * each further slow one, at most 1 s); quick ones shorten the back-off again. */
     uint64_t backoff = atomic_load_explicit(&p->backoff_ns, memory_order_relaxed);
-    if (ns > CHEAP_SYNC_NS) {
+    if (ns > gs_pool_cheap_sync_ns) {
         backoff = backoff < BACKOFF_MIN_NS ? BACKOFF_MIN_NS
                                            : (backoff < BACKOFF_MAX_NS ? 2 * backoff : backoff);
         atomic_store_explicit(&p->no_cheap_until, gs_now_ns() + backoff, memory_order_relaxed);
@@ -492,6 +493,8 @@ static CUresult grow(gs_pool_device_t *p, int device, uint64_t need)
     }
     chunk->base = base;
     chunk->size = size;
+    if (drv->ctx_get_current == NULL || drv->ctx_get_current(&chunk->ctx) != CUDA_SUCCESS)
+        chunk->ctx = NULL;
     chunk->first = new_block(p, chunk, base, size, device);
     if (chunk->first == NULL) {
         GS_DRIVER_CALL(device, drv->mem_free(base));
@@ -539,6 +542,18 @@ static int release_free_chunks(gs_pool_device_t *p, int device)
         released++;
     }
     return released;
+}
+
+int gs_pool_chunks_of_context(const gs_pool_device_t *p, CUcontext ctx)
+{
+    int of_ctx = 0, others = 0;
+    for (const gs_pool_chunk_t *c = p->chunks; c; c = c->next) {
+        if (c->ctx == ctx)
+            of_ctx++;
+        else
+            others++;
+    }
+    return of_ctx == 0 ? 0 : others == 0 ? 1 : -1;
 }
 
 void gs_pool_forget_streams(int device)

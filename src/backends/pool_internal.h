@@ -21,7 +21,9 @@
 #define CACHE_BYTES (32ull << 20)          /* under safe reuse (at most GPUSHIM_POOL_PENDING_MAX) */
 #define CACHE_BYTES_IMMEDIATE (8ull << 20) /* no synchronization to amortize: less held idle */
 #define CACHE_CLASSES (((25 - MIN_FL) << SL_BITS) + 1) /* classes up to CACHE_BYTES (2^25) */
-#define CHEAP_SYNC_NS 50000ull       /* a synchronization this quick means an idle device */
+/* A synchronization this quick (ns) means an idle device: 50 us. A variable so that tests on a
+ * loaded machine, where a thread may be preempted mid-synchronization, can raise it. */
+extern uint64_t gs_pool_cheap_sync_ns;
 #define BACKOFF_MIN_NS 1000000ull    /* after a slow one, none for 1 ms, doubling ... */
 #define BACKOFF_MAX_NS 1000000000ull /* ... up to 1 s */
 #define RECENT_SLOTS 256             /* per-thread memory of recent allocations, for their frees */
@@ -49,6 +51,7 @@ typedef struct gs_pool_block {
 struct gs_pool_chunk {
     CUdeviceptr base;
     uint64_t size;
+    CUcontext ctx; /* current when the chunk was allocated: its memory goes with it */
     gs_pool_block_t *first;
     gs_pool_chunk_t *next;
 };
@@ -130,6 +133,8 @@ CUresult gs_pool_central_alloc(gs_pool_device_t *p, int device, uint64_t size,
 void gs_pool_release(gs_pool_device_t *p, gs_pool_block_t *b); /* lock held */
 /* The device's context was reset and the driver freed every chunk: forget them (lock held). */
 void gs_pool_forget_chunks(gs_pool_device_t *p);
+/* After cuCtxDestroy (lock held): 1 if every chunk came from ctx, -1 if some did, else 0. */
+int gs_pool_chunks_of_context(const gs_pool_device_t *p, CUcontext ctx);
 void gs_pool_forget_streams(int device); /* the same, for its marked streams' state; no lock */
 bool gs_pool_sync_if_cheap(gs_pool_device_t *p, int device);
 uint64_t gs_pool_before_sync(int device);

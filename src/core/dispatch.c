@@ -353,6 +353,18 @@ CUresult gs_primary_ctx_reset(CUdevice device, bool v2)
     return rc;
 }
 
+/* A context the program made itself: the backend knows whether all it holds on a device came
+ * from it (the pool records each chunk's context). */
+CUresult gs_ctx_destroy(CUcontext ctx, bool v2)
+{
+    CUresult rc = v2 ? RAW(ctx_destroy_v2, ctx) : RAW(ctx_destroy, ctx);
+    int device;
+    if (rc == CUDA_SUCCESS && gs_depth == 0 && gs_backend->context_destroyed &&
+        (device = gs_backend->context_destroyed(ctx)) >= 0 && device < GS_MAX_DEVICES)
+        forget_device(device);
+    return rc;
+}
+
 CUresult gs_primary_ctx_release(CUdevice device, bool v2)
 {
     const gs_driver_t *drv = gs_driver();

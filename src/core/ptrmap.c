@@ -85,6 +85,17 @@ int gs_ptrmap_insert(const gs_block_t *block)
     return rc;
 }
 
+int gs_ptrmap_insert_fresh(const gs_block_t *block, gs_block_t *stale)
+{
+    stale->base = 0;
+    int rc = gs_ptrmap_insert(block);
+    if (rc != -EEXIST)
+        return rc;
+    gs_ptrmap_remove(block->base, stale);
+    gs_stats_free(stale->device, stale->bytes);
+    return gs_ptrmap_insert(block);
+}
+
 int gs_ptrmap_find(CUdeviceptr base, gs_block_t *out)
 {
     uint64_t h = hash(base);

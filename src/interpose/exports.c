@@ -12,6 +12,7 @@
 #undef cuDevicePrimaryCtxRelease
 #undef cuStreamBeginCapture
 #undef cuStreamDestroy
+#undef cuCtxDestroy
 #undef cuStreamBeginCaptureToGraph
 #undef cuStreamEndCapture
 
@@ -20,6 +21,7 @@ CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream stream);
 CUresult cuGetProcAddress(const char *symbol, void **pfn, int version, cuuint64_t flags);
 CUresult cuDevicePrimaryCtxReset(CUdevice device);
 CUresult cuStreamDestroy(CUstream stream);
+CUresult cuCtxDestroy(CUcontext ctx);
 CUresult cuStreamBeginCapture(CUstream stream);
 CUresult cuStreamBeginCapture_ptsz(CUstream stream);
 CUresult cuStreamBeginCapture_v2_ptsz(CUstream stream, CUstreamCaptureMode mode);
@@ -141,6 +143,16 @@ GS_EXPORT CUresult cuDevicePrimaryCtxRelease(CUdevice device)
 GS_EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice device)
 {
     return gs_primary_ctx_release(device, true);
+}
+
+GS_EXPORT CUresult cuCtxDestroy(CUcontext ctx)
+{
+    return gs_ctx_destroy(ctx, false);
+}
+
+GS_EXPORT CUresult cuCtxDestroy_v2(CUcontext ctx)
+{
+    return gs_ctx_destroy(ctx, true);
 }
 
 GS_EXPORT CUresult cuStreamDestroy(CUstream stream)
@@ -279,6 +291,8 @@ static const gs_intercept_t gs_intercepts[] = {
      (void *)cuDevicePrimaryCtxRelease},
     {"cuDevicePrimaryCtxRelease", "cuDevicePrimaryCtxRelease_v2", 11000, ANY_STREAM,
      (void *)cuDevicePrimaryCtxRelease_v2},
+    {"cuCtxDestroy", "cuCtxDestroy", 2000, ANY_STREAM, (void *)cuCtxDestroy},
+    {"cuCtxDestroy", "cuCtxDestroy_v2", 4000, ANY_STREAM, (void *)cuCtxDestroy_v2},
     {"cuStreamDestroy", "cuStreamDestroy", 2000, ANY_STREAM, (void *)cuStreamDestroy},
     {"cuStreamDestroy", "cuStreamDestroy_v2", 4000, ANY_STREAM, (void *)cuStreamDestroy_v2},
     {"cuStreamBeginCapture", "cuStreamBeginCapture", 10000, LEGACY_STREAM,

@@ -45,6 +45,7 @@ typedef struct block {
     size_t size;
     int device;
     int kind;
+    uintptr_t ctx; /* the context current at the allocation */
 } block_t;
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -56,7 +57,11 @@ static int device_count = 1;
 static int event_queries; /* FAKECUDA_EVENT_QUERIES */
 static atomic_ulong sync_generation;
 static atomic_bool initialized;
+/* A context handle: the device ordinal + 1 for a primary context; 0x1000 + 16 n + the device
+ * for the n-th context made by cuCtxCreate. */
 static __thread int current_device = -1; /* -1: no context */
+static __thread uintptr_t current_ctx;
+static atomic_int contexts_made;
 
 /* ---- call counting and fault injection ---- */
 
@@ -67,6 +72,7 @@ static __thread int current_device = -1; /* -1: no context */
     X(cuDeviceGetAttribute) X(cuDevicePrimaryCtxRetain) X(cuDevicePrimaryCtxReset_v2)              \
     X(cuDevicePrimaryCtxRelease_v2) X(cuDevicePrimaryCtxGetState)                                  \
     X(cuCtxSetCurrent) X(cuCtxGetCurrent) X(cuCtxGetDevice) X(cuCtxGetDevice_v2)                   \
+    X(cuCtxCreate_v2) X(cuCtxDestroy_v2)                                                           \
     X(cuCtxSynchronize) X(cuCtxSynchronize_v2)                                                     \
     X(cuMemAlloc_v2) X(cuMemAllocPitch_v2) X(cuMemFree_v2) X(cuMemAllocManaged)                    \
     X(cuMemAllocAsync) X(cuMemAllocAsync_ptsz) X(cuMemFreeAsync) X(cuMemFreeAsync_ptsz)            \
@@ -241,7 +247,7 @@ static CUresult fake_alloc(CUdeviceptr *dptr, size_t size, int kind)
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     memset(mem, 0xA5, rounded); /* like real memory: not zeroed */
-    blocks[slot] = (block_t){(uintptr_t)mem, rounded, device, kind};
+    blocks[slot] = (block_t){(uintptr_t)mem, rounded, device, kind, current_ctx};
     if (kind == KIND_MANAGED)
         rounded = 0; /* host memory: no device budget */
     if (slot + 1 > high_water)
@@ -347,13 +353,20 @@ FAKE_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *ctx, CUdevice device)
     return CUDA_SUCCESS;
 }
 
-/* Every allocation of the device is gone; the host memory stays allocated (lock held). */
-static void forget_device_memory(CUdevice device)
+/* Every allocation of a context is gone; the host memory stays allocated (lock held). */
+static void forget_context_memory(uintptr_t ctx)
 {
     for (size_t i = 0; i < high_water; i++)
-        if (blocks[i].base && blocks[i].device == device)
-            memset(&blocks[i], 0, sizeof blocks[i]);
-    used[device] = 0;
+        if (blocks[i].base && blocks[i].ctx == ctx) {
+            if (blocks[i].kind != KIND_MANAGED)
+                used[blocks[i].device] -= blocks[i].size;
+            memset(&blocks[i], 0, sizeof blocks[i]); /* the memory stays: never handed out again */
+        }
+}
+
+static void forget_device_memory(CUdevice device)
+{
+    forget_context_memory((uintptr_t)device + 1); /* the primary context's */
 }
 
 FAKE_EXPORT CUresult cuDevicePrimaryCtxReset_v2(CUdevice device)
@@ -392,17 +405,51 @@ FAKE_EXPORT CUresult cuDevicePrimaryCtxGetState(CUdevice device, unsigned int *f
     return CUDA_SUCCESS;
 }
 
+static int device_of_context(CUcontext ctx)
+{
+    uintptr_t h = (uintptr_t)ctx;
+    return h < 0x1000 ? (int)h - 1 : (int)(h & 15);
+}
+
 FAKE_EXPORT CUresult cuCtxSetCurrent(CUcontext ctx)
 {
     ENTER(cuCtxSetCurrent);
-    current_device = ctx ? (int)(uintptr_t)ctx - 1 : -1;
+    current_ctx = (uintptr_t)ctx;
+    current_device = ctx ? device_of_context(ctx) : -1;
     return CUDA_SUCCESS;
 }
 
 FAKE_EXPORT CUresult cuCtxGetCurrent(CUcontext *ctx)
 {
     ENTER(cuCtxGetCurrent);
-    *ctx = current_device < 0 ? NULL : (CUcontext)(uintptr_t)(current_device + 1);
+    *ctx = (CUcontext)current_ctx;
+    return CUDA_SUCCESS;
+}
+
+/* A context of its own, current from now on; its allocations go when it is destroyed. */
+FAKE_EXPORT CUresult cuCtxCreate_v2(CUcontext *ctx, unsigned int flags, CUdevice device)
+{
+    ENTER(cuCtxCreate_v2);
+    (void)flags;
+    if (device < 0 || device >= device_count)
+        return CUDA_ERROR_INVALID_DEVICE;
+    *ctx = (CUcontext)(uintptr_t)(0x1000 + 16 * (uintptr_t)atomic_fetch_add(&contexts_made, 1) +
+                                  (uintptr_t)device);
+    return cuCtxSetCurrent(*ctx);
+}
+
+FAKE_EXPORT CUresult cuCtxDestroy_v2(CUcontext ctx)
+{
+    ENTER(cuCtxDestroy_v2);
+    if ((uintptr_t)ctx < 0x1000)
+        return CUDA_ERROR_INVALID_CONTEXT; /* a primary context is reset, not destroyed */
+    pthread_mutex_lock(&lock);
+    forget_context_memory((uintptr_t)ctx);
+    pthread_mutex_unlock(&lock);
+    if (current_ctx == (uintptr_t)ctx) {
+        current_ctx = 0;
+        current_device = -1;
+    }
     return CUDA_SUCCESS;
 }
 
@@ -421,7 +468,7 @@ FAKE_EXPORT CUresult cuCtxGetDevice_v2(CUdevice *device, CUcontext ctx)
     ENTER(cuCtxGetDevice_v2);
     if (ctx == NULL)
         return cuCtxGetDevice(device);
-    *device = (int)(uintptr_t)ctx - 1;
+    *device = device_of_context(ctx);
     return CUDA_SUCCESS;
 }
 
@@ -806,6 +853,8 @@ static const proc_t procs[] = {
     {"cuDevicePrimaryCtxRelease", 11000, ANY, (void *)cuDevicePrimaryCtxRelease_v2},
     {"cuDevicePrimaryCtxGetState", 7000, ANY, (void *)cuDevicePrimaryCtxGetState},
     {"cuCtxSetCurrent", 4000, ANY, (void *)cuCtxSetCurrent},
+    {"cuCtxCreate", 3020, ANY, (void *)cuCtxCreate_v2},
+    {"cuCtxDestroy", 4000, ANY, (void *)cuCtxDestroy_v2},
     {"cuCtxGetCurrent", 4000, ANY, (void *)cuCtxGetCurrent},
     {"cuCtxGetDevice", 2000, ANY, (void *)cuCtxGetDevice},
     {"cuCtxGetDevice", 13000, ANY, (void *)cuCtxGetDevice_v2},

@@ -456,6 +456,20 @@ static void a_device_reset_leaves_no_stale_memory(void **state)
         }
 }
 
+/* A context the program made and destroyed: in pool mode its chunks are forgotten with it, so
+ * the next context gets fresh memory (the fake refuses writes to the old). */
+static void a_destroyed_context_leaves_no_stale_memory(void **state)
+{
+    (void)state;
+    for (size_t m = 0; m < 3; m++) {
+        run_result_t r = run_shim(ENV(every_mode[m], "GPUSHIM_POOL_REUSE=immediate"),
+                                  ARGV(path_of("GS_RUNTIME_LIKE"), "context"));
+        EXPECT_STATUS(r, 0);
+        EXPECT_IN(r, out, "ok context\n");
+        run_free(&r);
+    }
+}
+
 /* CUDA graphs: while a stream captures, the shim makes no synchronization, legacy-stream event,
  * cuMemFree or prefetch (the fake driver invalidates the capture on any of them, as a GPU does):
  * allocations during the capture leave it valid in every mode and with either kind of stream. */
@@ -545,7 +559,8 @@ static void exports_are_exactly_the_intercepted_symbols(void **state)
 {
     (void)state;
     static const char expected[] =
-        "cuCtxSynchronize\ncuCtxSynchronize_v2\ncuDevicePrimaryCtxRelease\n"
+        "cuCtxDestroy\ncuCtxDestroy_v2\ncuCtxSynchronize\ncuCtxSynchronize_v2\n"
+        "cuDevicePrimaryCtxRelease\n"
         "cuDevicePrimaryCtxRelease_v2\ncuDevicePrimaryCtxReset\ncuDevicePrimaryCtxReset_v2\n"
         "cuGetProcAddress\ncuGetProcAddress_v2\n"
         "cuGreenCtxStreamCreate\ncuIpcGetMemHandle\ncuMemAllocAsync\ncuMemAllocAsync_ptsz\n"
@@ -819,6 +834,7 @@ int main(void)
         cmocka_unit_test(pool_events_follow_the_streams_the_program_makes),
         cmocka_unit_test(a_device_reset_leaves_no_stale_memory),
         cmocka_unit_test(allocations_during_stream_capture_leave_it_valid),
+        cmocka_unit_test(a_destroyed_context_leaves_no_stale_memory),
         cmocka_unit_test(managed_cap_is_cudas_out_of_memory),
         cmocka_unit_test(managed_stream_ordered_free_waits_for_the_stream),
         cmocka_unit_test(pool_spills_to_managed_memory_on_demand),

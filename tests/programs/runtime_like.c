@@ -52,6 +52,8 @@ static struct {
     CUresult (*memset_d8)(CUdeviceptr, unsigned char, size_t);
     CUresult (*primary_ctx_reset)(CUdevice);
     CUresult (*primary_ctx_release)(CUdevice);
+    CUresult (*ctx_create)(CUcontext *, unsigned int, CUdevice);
+    CUresult (*ctx_destroy)(CUcontext);
     CUresult (*stream_begin_capture)(CUstream, CUstreamCaptureMode);
     CUresult (*stream_end_capture)(CUstream, CUgraph *);
 } cu;
@@ -108,6 +110,8 @@ static void load(void)
     cu.memset_d8 = proc("cuMemsetD8", v, 0);
     cu.primary_ctx_reset = proc("cuDevicePrimaryCtxReset", v, 0);
     cu.primary_ctx_release = proc("cuDevicePrimaryCtxRelease", v, 0);
+    cu.ctx_create = proc("cuCtxCreate", 3020, 0); /* the (pctx, flags, dev) signature */
+    cu.ctx_destroy = proc("cuCtxDestroy", v, 0);
     cu.stream_begin_capture = proc("cuStreamBeginCapture", v, CU_GET_PROC_ADDRESS_LEGACY_STREAM);
     cu.stream_end_capture = proc("cuStreamEndCapture", v, CU_GET_PROC_ADDRESS_LEGACY_STREAM);
 }
@@ -500,6 +504,36 @@ static int scenario_reset(const char *how)
     return 0;
 }
 
+/* A driver-API program's own context: blocks held, freed and cached in it; cuCtxDestroy frees
+ * them all; in a new context the same sizes again, each written whole (the fake driver refuses
+ * writes to memory a destroyed context held). */
+static int scenario_context(void)
+{
+    static const size_t sizes[] = {4096, 1 << 20, 48u << 20};
+    CUdevice dev;
+    CUcontext ctx;
+    CUdeviceptr held, freed[3], again[3];
+    CHECK(cu.device_get(&dev, 0) == CUDA_SUCCESS);
+    CHECK(cu.ctx_create(&ctx, 0, dev) == CUDA_SUCCESS);
+    CHECK(cu.mem_alloc(&held, 4096) == CUDA_SUCCESS);
+    for (int i = 0; i < 3; i++) {
+        CHECK(cu.mem_alloc(&freed[i], sizes[i]) == CUDA_SUCCESS);
+        CHECK(cu.memset_d8(freed[i], 1, sizes[i]) == CUDA_SUCCESS);
+        CHECK(cu.mem_free(freed[i]) == CUDA_SUCCESS);
+    }
+    CHECK(cu.ctx_destroy(ctx) == CUDA_SUCCESS);
+    CHECK(cu.ctx_create(&ctx, 0, dev) == CUDA_SUCCESS);
+    for (int i = 0; i < 3; i++) {
+        CHECK(cu.mem_alloc(&again[i], sizes[i]) == CUDA_SUCCESS);
+        CHECK(cu.memset_d8(again[i], 2, sizes[i]) == CUDA_SUCCESS);
+    }
+    for (int i = 0; i < 3; i++)
+        CHECK(cu.mem_free(again[i]) == CUDA_SUCCESS);
+    CHECK(cu.ctx_destroy(ctx) == CUDA_SUCCESS);
+    printf("ok context\n");
+    return 0;
+}
+
 /* A CUDA graph captured on a stream ("blocking" or "nonblocking") while the program allocates, as
  * PyTorch's allocator does under capture: blocks freed before (pending under safe reuse), then
  * allocations during the capture. Whatever the shim does to serve them must not invalidate it. */
@@ -563,6 +597,8 @@ int main(int argc, char **argv)
         return scenario_streams(argc > 2 ? argv[2] : NULL, argc > 3 ? b : 20);
     if (strcmp(scenario, "managed-async") == 0)
         return scenario_managed_async(argc > 2 ? argv[2] : NULL);
+    if (strcmp(scenario, "context") == 0)
+        return scenario_context();
     if (strcmp(scenario, "capture") == 0)
         return scenario_capture(argc > 2 ? argv[2] : NULL);
     if (strcmp(scenario, "pairs") == 0)

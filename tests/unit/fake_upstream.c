@@ -13,6 +13,7 @@ static pthread_mutex_t fake_lock =
 static struct {
     CUdeviceptr base;
     uint64_t bytes;
+    uintptr_t ctx;
 } slots[FAKE_SLOTS];
 
 static CUresult fake_alloc_unlocked(CUdeviceptr *p, size_t bytes)
@@ -31,6 +32,7 @@ static CUresult fake_alloc_unlocked(CUdeviceptr *p, size_t bytes)
         if (slots[i].base == 0) {
             slots[i].base = fake.next_address;
             slots[i].bytes = rounded;
+            slots[i].ctx = fake.ctx;
             *p = fake.next_address;
             fake.next_address += rounded + 4096; /* gaps: chunks are never adjacent */
             fake.used += rounded;
@@ -237,6 +239,24 @@ static CUresult fake_stream_destroy(CUstream stream)
     return CUDA_SUCCESS;
 }
 
+static CUresult fake_ctx_get_current(CUcontext *ctx)
+{
+    *ctx = (CUcontext)fake.ctx;
+    return CUDA_SUCCESS;
+}
+
+/* Like the driver: the context's allocations are gone (addresses are never reused). */
+static CUresult fake_ctx_destroy_unlocked(CUcontext ctx)
+{
+    for (int i = 0; i < FAKE_SLOTS; i++)
+        if (slots[i].base && slots[i].ctx == (uintptr_t)ctx) {
+            fake.used -= slots[i].bytes;
+            slots[i].base = 0;
+            fake.destroyed_allocations++;
+        }
+    return CUDA_SUCCESS;
+}
+
 #define LOCKED(name, params, args)                                                                 \
     static CUresult name params                                                                    \
     {                                                                                              \
@@ -252,6 +272,7 @@ LOCKED(fake_sync, (void), ())
 LOCKED(fake_range, (CUdeviceptr * base, size_t *size, CUdeviceptr p), (base, size, p))
 LOCKED(fake_primary_reset, (CUdevice d), (d))
 LOCKED(fake_primary_release, (CUdevice d), (d))
+LOCKED(fake_ctx_destroy, (CUcontext ctx), (ctx))
 
 static const gs_driver_t fake_table = {
     .mem_alloc = fake_alloc,
@@ -280,6 +301,8 @@ static const gs_driver_t fake_table = {
     .primary_ctx_reset_v2 = fake_primary_reset,
     .primary_ctx_release_v2 = fake_primary_release,
     .primary_ctx_get_state = fake_primary_state,
+    .ctx_get_current = fake_ctx_get_current,
+    .ctx_destroy_v2 = fake_ctx_destroy,
 };
 
 void fake_upstream_install(uint64_t limit)

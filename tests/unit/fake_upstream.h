@@ -8,11 +8,11 @@
 
 typedef struct fake_upstream {
     int allocs, frees, syncs, infos, async_allocs, async_frees;
-    int fail_next_allocs;       /* the next N mem_alloc calls return OUT_OF_MEMORY */
+    int fail_next_allocs;        /* the next N mem_alloc calls return OUT_OF_MEMORY */
     uint64_t total, used, limit; /* limit: bytes the fake device has */
     uint64_t peak_used;
     uint64_t next_address;
-    int device; /* current device */
+    int device;       /* current device */
     uint64_t sync_ns; /* how long a synchronization takes (a busy device) */
     /* Events: refused unless events is set; while events_busy, queries answer NOT_READY. Each
      * record is numbered; last_completed_record is the newest one a query saw complete. */
@@ -23,6 +23,10 @@ typedef struct fake_upstream {
     /* The primary context: a reset frees every allocation; a release makes it inactive (and
      * frees them) when retained is 0 afterwards. */
     int resets, retained;
+    /* Contexts: the current one (a number), and what cuCtxDestroy freed. Every allocation
+     * records the context current at the time. */
+    uintptr_t ctx;
+    int destroyed_allocations;
 } fake_upstream_t;
 
 extern fake_upstream_t fake;

@@ -14,6 +14,8 @@
 
 #define MiB (1ull << 20)
 
+extern uint64_t gs_pool_cheap_sync_ns; /* pool_central.c: what counts as a quick synchronization */
+
 static int start(uint64_t limit, gs_reuse_t reuse)
 {
     fake_upstream_install(limit);
@@ -150,7 +152,10 @@ static int reuses_without_a_sync(int pairs, size_t bytes)
 static void safe_reuse_synchronizes_once_per_256_frees_when_cheap(void **state)
 {
     (void)state;
+    uint64_t cheap = gs_pool_cheap_sync_ns;
+    gs_pool_cheap_sync_ns = 1000000000; /* a preempted test thread must not look like a busy GPU */
     int reused = tight_loop_keeping_the_guarantee(5000, 4096);
+    gs_pool_cheap_sync_ns = cheap;
     assert_int_equal(reused, 5000 - 256); /* all but the first ring's worth */
     assert_in_range(fake.syncs, 5000 / 256 - 1, 5000 / 256 + 1);
     assert_true(fake.used <= 8 * MiB); /* one chunk */
@@ -611,6 +616,37 @@ static void the_last_primary_context_release_forgets_blocks(void **state)
     assert_int_equal(gs_mem_free(b), CUDA_SUCCESS);
 }
 
+/* cuCtxDestroy of the context all of a device's chunks came from frees them: the pool forgets
+ * the device as after a reset. If another context's chunks share the pool, it cannot, and says
+ * so. */
+static void destroying_the_pools_context_forgets_its_memory(void **state)
+{
+    (void)state;
+    CUdeviceptr a, b, c;
+    fake.ctx = 0x1010;
+    assert_int_equal(gs_mem_alloc(&a, MiB), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_free(a), CUDA_SUCCESS);         /* cached */
+    assert_int_equal(gs_mem_alloc(&b, 4096), CUDA_SUCCESS); /* held */
+    CUdeviceptr first_new_address = fake.next_address;
+    assert_int_equal(gs_ctx_destroy((CUcontext)0x1010, true), CUDA_SUCCESS);
+    assert_true(fake.destroyed_allocations > 0);
+    gs_device_stats_t s;
+    gs_stats_snapshot(0, &s);
+    assert_int_equal(s.resets, 1);
+    assert_int_equal(s.reset_released, 1);
+    fake.ctx = 0x1020;
+    assert_int_equal(gs_mem_alloc(&c, MiB), CUDA_SUCCESS);
+    assert_true(c >= first_new_address);
+    assert_int_equal(gs_mem_free(c), CUDA_SUCCESS);
+    /* Now a second context's chunk beside the first's: destroying one is not understood. */
+    fake.ctx = 0x1030;
+    assert_int_equal(gs_mem_alloc(&a, 64 * MiB), CUDA_SUCCESS); /* a chunk of its own */
+    assert_int_equal(gs_ctx_destroy((CUcontext)0x1030, true), CUDA_SUCCESS);
+    gs_stats_snapshot(0, &s);
+    assert_int_equal(s.resets, 1); /* not forgotten: the pool warned instead */
+    fake.ctx = 0;
+}
+
 static void report_tells_reserved_hits_and_pending(void **state)
 {
     (void)state;
@@ -661,6 +697,7 @@ int main(void)
         cmocka_unit_test_setup(a_device_reset_forgets_every_block, safe),
         cmocka_unit_test_setup(a_device_reset_forgets_every_block, immediate),
         cmocka_unit_test_setup(the_last_primary_context_release_forgets_blocks, immediate),
+        cmocka_unit_test_setup(destroying_the_pools_context_forgets_its_memory, safe),
         cmocka_unit_test_setup(random_pattern_fragmentation, immediate),
         cmocka_unit_test(many_threads),
     };

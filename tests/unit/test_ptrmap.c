@@ -79,12 +79,33 @@ static void dropping_a_device_keeps_the_others(void **state)
     gs_ptrmap_clear();
 }
 
+/* The driver handed out an address the map still lists: the old entry (whose context was
+ * destroyed) gives way and comes back to the caller. */
+static void a_fresh_block_replaces_a_stale_entry(void **state)
+{
+    (void)state;
+    gs_ptrmap_clear();
+    gs_block_t old = {.base = 0x20000, .bytes = 100}, fresh = {.base = 0x20000, .bytes = 200},
+               other = {.base = 0x30000, .bytes = 300}, stale, out;
+    assert_int_equal(gs_ptrmap_insert(&old), 0);
+    assert_int_equal(gs_ptrmap_insert_fresh(&other, &stale), 0);
+    assert_int_equal(stale.base, 0);
+    assert_int_equal(gs_ptrmap_insert_fresh(&fresh, &stale), 0);
+    assert_int_equal(stale.base, 0x20000);
+    assert_int_equal(stale.bytes, 100);
+    assert_int_equal(gs_ptrmap_find(0x20000, &out), 0);
+    assert_int_equal(out.bytes, 200);
+    assert_int_equal(gs_ptrmap_count(), 2);
+    gs_ptrmap_clear();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(insert_find_remove),
         cmocka_unit_test(many_entries_survive_growth_and_removal),
         cmocka_unit_test(dropping_a_device_keeps_the_others),
+        cmocka_unit_test(a_fresh_block_replaces_a_stale_entry),
     };
     return cmocka_run_group_tests_name("ptrmap", tests, NULL, NULL);
 }
