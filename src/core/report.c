@@ -108,9 +108,9 @@ static void render_text_device(int device, const gs_device_stats_t *s, const lea
     }
     if (s->resets > 0)
         gs_buf_printf(out,
-                      "gpushim: device %d: its primary context was reset or destroyed %llu times "
-                      "(cudaDeviceReset); that released %llu allocations (%s) the program had not "
-                      "freed, counted as frees\n",
+                      "gpushim: device %d: the context holding its memory was reset or destroyed "
+                      "%llu times (cudaDeviceReset, cuCtxDestroy); that released %llu allocations "
+                      "(%s) the program had not freed, counted as frees\n",
                       device, (unsigned long long)s->resets, (unsigned long long)s->reset_released,
                       gs_format_bytes(s->reset_released_bytes, size));
     if (oom_count > 0) {

@@ -449,8 +449,8 @@ static void a_device_reset_leaves_no_stale_memory(void **state)
             EXPECT_IN(r, out, "stale free rc 1\n"); /* CUDA_ERROR_INVALID_VALUE */
             EXPECT_IN(r, out, "ok reset\n");
             EXPECT_IN(r, err,
-                      "its primary context was reset or destroyed 1 times "
-                      "(cudaDeviceReset); that released 1 allocations (4 KiB)");
+                      "the context holding its memory was reset or destroyed 1 times "
+                      "(cudaDeviceReset, cuCtxDestroy); that released 1 allocations (4 KiB)");
             EXPECT_IN(r, err, "1 frees of pointers not allocated through the shim");
             run_free(&r);
         }
