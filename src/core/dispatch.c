@@ -125,12 +125,10 @@ static CUresult allocate(gs_alloc_req_t *req, CUdeviceptr *dptr, size_t *pitch)
     return rc;
 }
 
-#define RAW GS_RAW
-
 CUresult gs_mem_alloc(CUdeviceptr *dptr, size_t bytes)
 {
     if (gs_depth > 0 || dptr == NULL)
-        return RAW(mem_alloc, dptr, bytes);
+        return GS_RAW(mem_alloc, dptr, bytes);
     gs_alloc_req_t req = {.kind = GS_KIND_DEVICE, .bytes = bytes};
     return allocate(&req, dptr, NULL);
 }
@@ -139,7 +137,7 @@ CUresult gs_mem_alloc_pitch(CUdeviceptr *dptr, size_t *pitch, size_t width, size
                             unsigned int element_size)
 {
     if (gs_depth > 0 || dptr == NULL || pitch == NULL)
-        return RAW(mem_alloc_pitch, dptr, pitch, width, height, element_size);
+        return GS_RAW(mem_alloc_pitch, dptr, pitch, width, height, element_size);
     gs_alloc_req_t req = {
         .kind = GS_KIND_PITCH, .width = width, .height = height, .element_size = element_size};
     return allocate(&req, dptr, pitch);
@@ -148,7 +146,7 @@ CUresult gs_mem_alloc_pitch(CUdeviceptr *dptr, size_t *pitch, size_t width, size
 CUresult gs_mem_alloc_managed(CUdeviceptr *dptr, size_t bytes, unsigned int flags)
 {
     if (gs_depth > 0 || dptr == NULL)
-        return RAW(mem_alloc_managed, dptr, bytes, flags);
+        return GS_RAW(mem_alloc_managed, dptr, bytes, flags);
     gs_alloc_req_t req = {.kind = GS_KIND_MANAGED, .bytes = bytes, .managed_flags = flags};
     return allocate(&req, dptr, NULL);
 }
@@ -156,8 +154,8 @@ CUresult gs_mem_alloc_managed(CUdeviceptr *dptr, size_t bytes, unsigned int flag
 CUresult gs_mem_alloc_async(CUdeviceptr *dptr, size_t bytes, CUstream stream, bool per_thread)
 {
     if (gs_depth > 0 || dptr == NULL)
-        return per_thread ? RAW(mem_alloc_async_ptsz, dptr, bytes, stream)
-                          : RAW(mem_alloc_async, dptr, bytes, stream);
+        return per_thread ? GS_RAW(mem_alloc_async_ptsz, dptr, bytes, stream)
+                          : GS_RAW(mem_alloc_async, dptr, bytes, stream);
     gs_alloc_req_t req = {
         .kind = GS_KIND_ASYNC, .bytes = bytes, .stream = stream, .per_thread_stream = per_thread};
     return allocate(&req, dptr, NULL);
@@ -166,9 +164,9 @@ CUresult gs_mem_alloc_async(CUdeviceptr *dptr, size_t bytes, CUstream stream, bo
 static CUresult driver_free(const gs_free_req_t *req, CUdeviceptr ptr)
 {
     if (!req->stream_ordered)
-        return RAW(mem_free, ptr);
-    return req->per_thread_stream ? RAW(mem_free_async_ptsz, ptr, req->stream)
-                                  : RAW(mem_free_async, ptr, req->stream);
+        return GS_RAW(mem_free, ptr);
+    return req->per_thread_stream ? GS_RAW(mem_free_async_ptsz, ptr, req->stream)
+                                  : GS_RAW(mem_free_async, ptr, req->stream);
 }
 
 static CUresult release(CUdeviceptr ptr, const gs_free_req_t *req)
@@ -222,7 +220,7 @@ CUresult gs_mem_get_info(size_t *free_bytes, size_t *total_bytes)
         if (handled == 0)
             return rc;
     }
-    return RAW(mem_get_info, free_bytes, total_bytes);
+    return GS_RAW(mem_get_info, free_bytes, total_bytes);
 }
 
 CUresult gs_mem_get_address_range(CUdeviceptr *base, size_t *size, CUdeviceptr ptr)
@@ -231,12 +229,12 @@ CUresult gs_mem_get_address_range(CUdeviceptr *base, size_t *size, CUdeviceptr p
     if (gs_depth == 0 && gs_backend->address_range &&
         gs_backend->address_range(ptr, base, size, &rc) == 0)
         return rc;
-    return RAW(mem_get_address_range, base, size, ptr);
+    return GS_RAW(mem_get_address_range, base, size, ptr);
 }
 
 CUresult gs_pointer_get_attribute(void *data, CUpointer_attribute attr, CUdeviceptr ptr)
 {
-    CUresult rc = RAW(pointer_get_attribute, data, attr, ptr);
+    CUresult rc = GS_RAW(pointer_get_attribute, data, attr, ptr);
     CUresult ours;
     if (rc == CUDA_SUCCESS && gs_depth == 0 && gs_backend->pointer_attribute &&
         gs_backend->pointer_attribute(data, attr, ptr, &ours) == 0)
@@ -247,7 +245,7 @@ CUresult gs_pointer_get_attribute(void *data, CUpointer_attribute attr, CUdevice
 CUresult gs_pointer_get_attributes(unsigned int count, CUpointer_attribute *attrs, void **data,
                                    CUdeviceptr ptr)
 {
-    CUresult rc = RAW(pointer_get_attributes, count, attrs, data, ptr);
+    CUresult rc = GS_RAW(pointer_get_attributes, count, attrs, data, ptr);
     if (rc != CUDA_SUCCESS || gs_depth > 0 || gs_backend->pointer_attribute == NULL)
         return rc;
     for (unsigned int i = 0; i < count; i++) {
@@ -264,7 +262,7 @@ CUresult gs_ipc_get_mem_handle(CUipcMemHandle *handle, CUdeviceptr ptr)
     CUresult rc;
     if (gs_depth == 0 && gs_backend->ipc_handle && gs_backend->ipc_handle(handle, ptr, &rc) == 0)
         return rc;
-    return RAW(ipc_get_mem_handle, handle, ptr);
+    return GS_RAW(ipc_get_mem_handle, handle, ptr);
 }
 
 static CUresult synchronize(int device, CUresult (*sync)(void *), void *arg)
@@ -281,18 +279,18 @@ static CUresult synchronize(int device, CUresult (*sync)(void *), void *arg)
 static CUresult sync_current(void *arg)
 {
     (void)arg;
-    return RAW(ctx_synchronize);
+    return GS_RAW(ctx_synchronize);
 }
 
 static CUresult sync_context(void *ctx)
 {
-    return RAW(ctx_synchronize_v2, (CUcontext)ctx);
+    return GS_RAW(ctx_synchronize_v2, (CUcontext)ctx);
 }
 
 CUresult gs_ctx_synchronize(void)
 {
     if (gs_depth > 0)
-        return RAW(ctx_synchronize);
+        return GS_RAW(ctx_synchronize);
     return synchronize(gs_current_device(), sync_current, NULL);
 }
 
@@ -301,18 +299,19 @@ CUresult gs_ctx_synchronize_v2(CUcontext ctx)
     const gs_driver_t *drv = gs_driver();
     CUdevice device = 0;
     if (gs_depth > 0)
-        return RAW(ctx_synchronize_v2, ctx);
+        return GS_RAW(ctx_synchronize_v2, ctx);
     if (ctx == NULL)
         device = gs_current_device();
     else if (drv->ctx_get_device_v2 == NULL ||
              drv->ctx_get_device_v2(&device, ctx) != CUDA_SUCCESS ||
              (unsigned)device >= GS_MAX_DEVICES)
-        return RAW(ctx_synchronize_v2, ctx); /* unknown context: nothing of ours to release */
+        return GS_RAW(ctx_synchronize_v2, ctx); /* unknown context: nothing of ours to release */
     return synchronize(device, sync_context, ctx);
 }
 
-/* The device's primary context reset or destroyed: cudaDeviceReset (cuDevicePrimaryCtxReset), or
- * the last cuDevicePrimaryCtxRelease, frees every allocation the context held. A pool that kept
+/* The context holding a device's memory reset or destroyed: cudaDeviceReset
+ * (cuDevicePrimaryCtxReset), the last cuDevicePrimaryCtxRelease, or cuCtxDestroy of a context the
+ * program made, frees every allocation the context held. A pool that kept
  * its chunks would hand out memory the driver freed (and may give to someone else), and the
  * program's own allocations are gone too; so once the driver has done it, the shim forgets them:
  * they count as freed, and the backend starts the device afresh. As with CUDA, the program must
@@ -347,7 +346,7 @@ static void forget_device(CUdevice device)
 
 CUresult gs_primary_ctx_reset(CUdevice device, bool v2)
 {
-    CUresult rc = v2 ? RAW(primary_ctx_reset_v2, device) : RAW(primary_ctx_reset, device);
+    CUresult rc = v2 ? GS_RAW(primary_ctx_reset_v2, device) : GS_RAW(primary_ctx_reset, device);
     if (rc == CUDA_SUCCESS && gs_depth == 0 && (unsigned)device < GS_MAX_DEVICES)
         forget_device(device);
     return rc;
@@ -357,7 +356,7 @@ CUresult gs_primary_ctx_reset(CUdevice device, bool v2)
  * from it (the pool records each chunk's context). */
 CUresult gs_ctx_destroy(CUcontext ctx, bool v2)
 {
-    CUresult rc = v2 ? RAW(ctx_destroy_v2, ctx) : RAW(ctx_destroy, ctx);
+    CUresult rc = v2 ? GS_RAW(ctx_destroy_v2, ctx) : GS_RAW(ctx_destroy, ctx);
     int device;
     if (rc == CUDA_SUCCESS && gs_depth == 0 && gs_backend->context_destroyed &&
         (device = gs_backend->context_destroyed(ctx)) >= 0 && device < GS_MAX_DEVICES)
@@ -368,7 +367,7 @@ CUresult gs_ctx_destroy(CUcontext ctx, bool v2)
 CUresult gs_primary_ctx_release(CUdevice device, bool v2)
 {
     const gs_driver_t *drv = gs_driver();
-    CUresult rc = v2 ? RAW(primary_ctx_release_v2, device) : RAW(primary_ctx_release, device);
+    CUresult rc = v2 ? GS_RAW(primary_ctx_release_v2, device) : GS_RAW(primary_ctx_release, device);
     unsigned int flags = 0;
     int active = 1;
     if (rc == CUDA_SUCCESS && gs_depth == 0 && (unsigned)device < GS_MAX_DEVICES &&

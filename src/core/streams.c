@@ -28,7 +28,7 @@
 typedef struct marked_stream {
     CUstream stream;
     int device;
-    void *slot; /* the backend's event for this stream, or NULL */
+    void *slot; /* the backend's state for this stream (its event), or NULL */
 } marked_stream_t;
 
 static pthread_mutex_t gs_streams_lock = PTHREAD_MUTEX_INITIALIZER;
