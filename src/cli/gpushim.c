@@ -145,7 +145,7 @@ static void json_string(const char *text, const char *key, char *out, size_t len
 
 typedef struct totals {
     double allocations, failed, requested, peak_max, peak_sum, live, leaked, reserved_peak_sum,
-        ooms;
+        ooms, resets, reset_released;
     int reports, devices;
 } totals_t;
 
@@ -179,6 +179,8 @@ static int cmd_report(int argc, char **argv)
             double l = json_number(d, end, "live_at_exit"),
                    b = json_number(d, end, "in_use_at_exit");
             double rp = json_number(d, end, "reserved_peak");
+            double resets = json_number(d, end, "resets"); /* -1 in reports that predate it */
+            double released = json_number(d, end, "released_by_reset");
             const char *oom = strstr(d, "\"out_of_memory\": [");
             int ooms = 0;
             for (const char *e = oom; e && (!end || e < end) && *e != ']'; e++)
@@ -190,6 +192,10 @@ static int cmd_report(int argc, char **argv)
                    gs_format_bytes((uint64_t)b, live));
             if (rp >= 0)
                 printf("; pool reserved peak %s", gs_format_bytes((uint64_t)rp, reserved));
+            if (resets > 0) {
+                printf("; %.0f context resets released %.0f allocations", resets, released);
+                t.resets += resets, t.reset_released += released;
+            }
             printf("\n");
             t.allocations += a, t.failed += f, t.requested += r, t.peak_sum += p, t.live += l;
             t.leaked += b, t.ooms += ooms, t.devices++;
@@ -210,6 +216,8 @@ static int cmd_report(int argc, char **argv)
     if (t.reserved_peak_sum > 0)
         printf("; pool reserved peaks summed %s",
                gs_format_bytes((uint64_t)t.reserved_peak_sum, a));
+    if (t.resets > 0)
+        printf("; %.0f context resets released %.0f allocations", t.resets, t.reset_released);
     printf("\n");
     return 0;
 }

@@ -754,6 +754,21 @@ static void gpushim_command_runs_reports_replays_and_plots(void **state)
     EXPECT_IN(r, out, "live at exit 1 (8 KiB)");
     run_free(&r);
 
+    char report2[512]; /* a program that resets the device: the summary says what that freed */
+    snprintf(report2, sizeof report2, "%s/r-2.json", dir);
+    r = run_env(ENV(library_path), ARGV(path_of("GS_CLI"), "run", "--mode", "pool", "--format",
+                                        "json", "--report", report2, "--",
+                                        path_of("GS_RUNTIME_LIKE"), "reset"));
+    EXPECT_STATUS(r, 0);
+    run_free(&r);
+    r = run_env(NULL, ARGV(path_of("GS_CLI"), "report", report2));
+    EXPECT_STATUS(r, 0);
+    EXPECT_IN(r, out, "live at exit 0 (0 B); pool reserved peak 50 MiB; 1 context resets released "
+                      "1 allocations\n");
+    EXPECT_IN(r, out, "all 1 reports, 1 devices: 7 allocations");
+    EXPECT_IN(r, out, "pool reserved peaks summed 50 MiB; 1 context resets released 1 allocations\n");
+    run_free(&r);
+
     r = run_env(ENV(library_path), ARGV(path_of("GS_CLI"), "replay", trace, "--mode", "off", "--mode", "pool",
                                         "--mode", "managed"));
     EXPECT_STATUS(r, 0);
