@@ -20,3 +20,4 @@ flags=(-O2 -std=c++17 -arch=sm_90)
 "$nvcc" "${flags[@]}" tests/gpu/device_reset.cu -o "$build/device_reset"
 "$nvcc" "${flags[@]}" tests/gpu/graph_capture.cu -o "$build/graph_capture"
 "$nvcc" "${flags[@]}" tests/gpu/context_destroy.cu -lcuda -o "$build/context_destroy"
+"$nvcc" "${flags[@]}" tests/gpu/pointer_attributes.cu -lcuda -o "$build/pointer_attributes"

@@ -45,6 +45,7 @@ typedef struct thread_cache {
      * CACHE_BYTES (the budget); large_bytes: the one larger block, outside the budget. */
     _Atomic uint64_t small_bytes, large_bytes, hits, misses;
     _Atomic uint64_t generation; /* the pool's generation when last checked (see discard_stale) */
+    uint64_t index, allocations; /* for buffer IDs: which cache, how many it served */
     gs_pool_block_t *large;
     atomic_bool drain_requested; /* set by a thread short of memory; the owner drains */
     struct thread_cache *next;
@@ -139,8 +140,10 @@ static thread_cache_t *my_cache(int device)
         if (c->device == device && atomic_compare_exchange_strong(&c->orphaned, &expected, false))
             break;
     }
+    static uint64_t caches_made;
     if (c == NULL && (c = calloc(1, sizeof *c)) != NULL) {
         c->device = device;
+        c->index = ++caches_made; /* under gs_caches_lock */
         c->next = atomic_load(&gs_caches);
         atomic_store(&gs_caches, c);
     }
@@ -275,6 +278,18 @@ static gs_pool_device_t *pool_for(int device)
 
 /* ---- the backend operations ------------------------------------------------------------- */
 
+/* A buffer ID for each allocation, as the driver gives one to each cuMemAlloc: libraries key
+ * registration and IPC caches by it, and a block reused at the same address is a new buffer.
+ * The top bit keeps them apart from the driver's own (small counters); then the thread cache's
+ * index and its count, so no two allocations share one and no shared counter is touched. */
+static uint64_t buffer_id(thread_cache_t *c)
+{
+    static _Atomic uint64_t uncached; /* a thread without a cache (out of host memory) */
+    if (c == NULL)
+        return 1ull << 63 | (atomic_fetch_add(&uncached, 1) & ((1ull << 40) - 1));
+    return 1ull << 63 | (c->index & 0x7fffff) << 40 | (++c->allocations & ((1ull << 40) - 1));
+}
+
 static CUresult pool_alloc(const gs_alloc_req_t *req, CUdeviceptr *ptr, size_t *pitch,
                            gs_block_t *block)
 {
@@ -298,6 +313,7 @@ static CUresult pool_alloc(const gs_alloc_req_t *req, CUdeviceptr *ptr, size_t *
         b->size_class = class_floor(b->size); /* a block from the pool: its size may be new */
     }
     b->requested = requested;
+    b->buffer_id = buffer_id(cache);
     atomic_store_explicit(&b->state, BLOCK_LIVE, memory_order_release); /* from CACHED */
     *ptr = b->base;
     size_t slot = recent_slot(b->base);
@@ -408,18 +424,39 @@ static int pool_address_range(CUdeviceptr ptr, CUdeviceptr *base, size_t *size, 
     return 0;
 }
 
+/* The attributes that describe an allocation answer for the block, not the chunk: its range and
+ * mapping, its own buffer ID, and (for a block inside a chunk, whose IPC handle the shim refuses)
+ * that legacy CUDA IPC cannot share it. Every other attribute is the chunk's, which is right. */
 static int pool_pointer_attribute(void *data, CUpointer_attribute attr, CUdeviceptr ptr,
                                   CUresult *result)
 {
-    if (attr != CU_POINTER_ATTRIBUTE_RANGE_START_ADDR && attr != CU_POINTER_ATTRIBUTE_RANGE_SIZE)
+    if (attr != CU_POINTER_ATTRIBUTE_RANGE_START_ADDR && attr != CU_POINTER_ATTRIBUTE_RANGE_SIZE &&
+        attr != CU_POINTER_ATTRIBUTE_MAPPING_BASE_ADDR &&
+        attr != CU_POINTER_ATTRIBUTE_MAPPING_SIZE && attr != CU_POINTER_ATTRIBUTE_BUFFER_ID &&
+        attr != CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE)
         return GS_NOT_OURS;
     gs_pool_block_t *b = containing(ptr);
     if (b == NULL)
         return GS_NOT_OURS;
-    if (attr == CU_POINTER_ATTRIBUTE_RANGE_START_ADDR)
+    bool whole_chunk = b->base == b->chunk->base && b->size == b->chunk->size;
+    switch (attr) {
+    case CU_POINTER_ATTRIBUTE_RANGE_START_ADDR:
+    case CU_POINTER_ATTRIBUTE_MAPPING_BASE_ADDR:
         *(CUdeviceptr *)data = b->base;
-    else
+        break;
+    case CU_POINTER_ATTRIBUTE_RANGE_SIZE:
+    case CU_POINTER_ATTRIBUTE_MAPPING_SIZE:
         *(size_t *)data = b->requested;
+        break;
+    case CU_POINTER_ATTRIBUTE_BUFFER_ID:
+        *(unsigned long long *)data = b->buffer_id;
+        break;
+    default: /* IS_LEGACY_CUDA_IPC_CAPABLE */
+        if (whole_chunk)
+            return GS_NOT_OURS;
+        *(int *)data = 0;
+        break;
+    }
     *result = CUDA_SUCCESS;
     return 0;
 }

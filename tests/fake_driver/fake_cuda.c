@@ -46,6 +46,7 @@ typedef struct block {
     int device;
     int kind;
     uintptr_t ctx; /* the context current at the allocation */
+    unsigned long long buffer_id;
 } block_t;
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -247,7 +248,8 @@ static CUresult fake_alloc(CUdeviceptr *dptr, size_t size, int kind)
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     memset(mem, 0xA5, rounded); /* like real memory: not zeroed */
-    blocks[slot] = (block_t){(uintptr_t)mem, rounded, device, kind, current_ctx};
+    static unsigned long long buffers_made;
+    blocks[slot] = (block_t){(uintptr_t)mem, rounded, device, kind, current_ctx, ++buffers_made};
     if (kind == KIND_MANAGED)
         rounded = 0; /* host memory: no device budget */
     if (slot + 1 > high_water)
@@ -737,10 +739,18 @@ static CUresult attribute(void *data, CUpointer_attribute attr, CUdeviceptr ptr)
         *(int *)data = copy.kind == KIND_MANAGED;
         return CUDA_SUCCESS;
     case CU_POINTER_ATTRIBUTE_RANGE_START_ADDR:
+    case CU_POINTER_ATTRIBUTE_MAPPING_BASE_ADDR:
         *(CUdeviceptr *)data = copy.base;
         return CUDA_SUCCESS;
     case CU_POINTER_ATTRIBUTE_RANGE_SIZE:
+    case CU_POINTER_ATTRIBUTE_MAPPING_SIZE:
         *(size_t *)data = copy.size;
+        return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_BUFFER_ID:
+        *(unsigned long long *)data = copy.buffer_id;
+        return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE:
+        *(int *)data = copy.kind != KIND_MANAGED;
         return CUDA_SUCCESS;
     case CU_POINTER_ATTRIBUTE_DEVICE_POINTER:
         *(CUdeviceptr *)data = ptr;

@@ -456,6 +456,24 @@ static void a_device_reset_leaves_no_stale_memory(void **state)
         }
 }
 
+/* Buffer IDs, mappings and IPC capability describe the block: a reused address is a new buffer
+ * (registration caches key by the ID), and legacy IPC, which the pool refuses for a block inside
+ * a chunk, says it cannot share it. Without the shim, the fake driver's own answers. */
+static void pointer_attributes_describe_the_block(void **state)
+{
+    (void)state;
+    run_result_t r = run_shim(ENV("GPUSHIM_MODE=pool", "GPUSHIM_POOL_REUSE=immediate"),
+                              ARGV(path_of("GS_RUNTIME_LIKE"), "attributes"));
+    EXPECT_STATUS(r, 0);
+    EXPECT_IN(r, out, "same address yes; buffer ids differ; mapping base ok, size 4096; legacy ipc "
+                      "0\n");
+    run_free(&r);
+    r = run_shim(ENV("GPUSHIM_MODE=off"), ARGV(path_of("GS_RUNTIME_LIKE"), "attributes"));
+    EXPECT_STATUS(r, 0);
+    EXPECT_IN(r, out, "buffer ids differ; mapping base ok, size 4096; legacy ipc 1\n");
+    run_free(&r);
+}
+
 /* A context the program made and destroyed: in pool mode its chunks are forgotten with it, so
  * the next context gets fresh memory (the fake refuses writes to the old). */
 static void a_destroyed_context_leaves_no_stale_memory(void **state)
@@ -850,6 +868,7 @@ int main(void)
         cmocka_unit_test(a_device_reset_leaves_no_stale_memory),
         cmocka_unit_test(allocations_during_stream_capture_leave_it_valid),
         cmocka_unit_test(a_destroyed_context_leaves_no_stale_memory),
+        cmocka_unit_test(pointer_attributes_describe_the_block),
         cmocka_unit_test(managed_cap_is_cudas_out_of_memory),
         cmocka_unit_test(managed_stream_ordered_free_waits_for_the_stream),
         cmocka_unit_test(pool_spills_to_managed_memory_on_demand),

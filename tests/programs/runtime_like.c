@@ -504,6 +504,34 @@ static int scenario_reset(const char *how)
     return 0;
 }
 
+/* What a library asks before it caches a registration or shares memory by IPC: two allocations
+ * in a row of the same size (a pool may give the second the first one's address), their buffer
+ * IDs, ranges and mappings, and whether legacy IPC can share them. */
+static int scenario_attributes(void)
+{
+    CUdeviceptr a, b;
+    unsigned long long id_a = 0, id_b = 0;
+    CHECK(cu.mem_alloc(&a, 4096) == CUDA_SUCCESS);
+    CHECK(cu.pointer_get_attribute(&id_a, CU_POINTER_ATTRIBUTE_BUFFER_ID, a) == CUDA_SUCCESS);
+    CHECK(cu.mem_free(a) == CUDA_SUCCESS);
+    CHECK(cu.mem_alloc(&b, 4096) == CUDA_SUCCESS);
+    CHECK(cu.pointer_get_attribute(&id_b, CU_POINTER_ATTRIBUTE_BUFFER_ID, b) == CUDA_SUCCESS);
+    CUdeviceptr base = 0;
+    size_t size = 0;
+    int ipc = -1;
+    CUpointer_attribute attrs[3] = {CU_POINTER_ATTRIBUTE_MAPPING_BASE_ADDR,
+                                    CU_POINTER_ATTRIBUTE_MAPPING_SIZE,
+                                    CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE};
+    void *data[3] = {&base, &size, &ipc};
+    CHECK(cu.pointer_get_attributes(3, attrs, data, b + 100) == CUDA_SUCCESS);
+    printf("same address %s; buffer ids %s; mapping base %s, size %zu; legacy ipc %d\n",
+           a == b ? "yes" : "no", id_a != id_b ? "differ" : "equal", base == b ? "ok" : "wrong",
+           size, ipc);
+    CHECK(cu.mem_free(b) == CUDA_SUCCESS);
+    printf("ok attributes\n");
+    return 0;
+}
+
 /* A driver-API program's own context: blocks held, freed and cached in it; cuCtxDestroy frees
  * them all; in a new context the same sizes again, each written whole (the fake driver refuses
  * writes to memory a destroyed context held). */
@@ -597,6 +625,8 @@ int main(int argc, char **argv)
         return scenario_streams(argc > 2 ? argv[2] : NULL, argc > 3 ? b : 20);
     if (strcmp(scenario, "managed-async") == 0)
         return scenario_managed_async(argc > 2 ? argv[2] : NULL);
+    if (strcmp(scenario, "attributes") == 0)
+        return scenario_attributes();
     if (strcmp(scenario, "context") == 0)
         return scenario_context();
     if (strcmp(scenario, "capture") == 0)
