@@ -52,6 +52,7 @@ typedef struct gs_options {
     gs_size_spec_t pool_max;
     gs_size_spec_t pool_chunk;
     gs_size_spec_t pool_pending_max;
+    gs_size_spec_t pool_release_threshold;
     gs_reuse_t pool_reuse;
     gs_events_t pool_events;
     gs_on_oom_t on_oom;

@@ -187,6 +187,11 @@ static void mark_completed(gs_pool_device_t *p, uint64_t token)
     }
 }
 
+static int release_free_chunks(gs_pool_device_t *p, int device, uint64_t keep);
+
+/* After the program's own device synchronization: pending blocks it covers are free again, and
+ * with GPUSHIM_POOL_RELEASE_THRESHOLD wholly free chunks beyond it go back to the driver (the
+ * device is idle now, so cuMemFree waits for nothing). */
 void gs_pool_after_sync(int device, uint64_t token)
 {
     gs_pool_device_t *p = &gs_pools[device];
@@ -194,6 +199,11 @@ void gs_pool_after_sync(int device, uint64_t token)
     if (atomic_load_explicit(&p->ready, memory_order_acquire)) {
         pthread_mutex_lock(&p->lock);
         recycle_pending(p);
+        if (p->release_threshold < p->total) { /* asked for: the default keeps everything */
+            gs_pool_drain_caches(p, device); /* this thread's now, the others' at their next use */
+            if (p->free_bytes > p->release_threshold)
+                release_free_chunks(p, device, p->release_threshold);
+        }
         pthread_mutex_unlock(&p->lock);
     }
     gs_backend_managed.after_sync(device, token); /* stream-ordered frees of spilled blocks */
@@ -511,14 +521,15 @@ static CUresult grow(gs_pool_device_t *p, int device, uint64_t need)
     return CUDA_SUCCESS;
 }
 
-/* Gives wholly free chunks back to the driver; returns how many. */
-static int release_free_chunks(gs_pool_device_t *p, int device)
+/* Gives wholly free chunks back to the driver while the free lists hold more than keep bytes;
+ * returns how many. */
+static int release_free_chunks(gs_pool_device_t *p, int device, uint64_t keep)
 {
     const gs_driver_t *drv = gs_driver();
     int released = 0;
     if (gs_capturing())
         return 0; /* cuMemFree waits for the device: not while a stream is capturing */
-    for (gs_pool_chunk_t **link = &p->chunks; *link;) {
+    for (gs_pool_chunk_t **link = &p->chunks; *link && p->free_bytes > keep;) {
         gs_pool_chunk_t *c = *link;
         gs_pool_block_t *b = c->first;
         if (b->size != c->size || atomic_load(&b->state) != BLOCK_FREE) {
@@ -607,6 +618,7 @@ void gs_pool_device_init(gs_pool_device_t *p, int device)
     if (p->chunk_size < GS_POOL_GRANULE)
         p->chunk_size = GS_POOL_GRANULE;
     p->pending_max = gs_size_resolve(gs_opts.pool_pending_max, total);
+    p->release_threshold = gs_size_resolve(gs_opts.pool_release_threshold, total);
     p->cache_budget = gs_opts.pool_reuse != GS_REUSE_SAFE ? CACHE_BYTES_IMMEDIATE
                       : p->pending_max < CACHE_BYTES      ? p->pending_max
                                                           : CACHE_BYTES;
@@ -657,7 +669,7 @@ CUresult gs_pool_central_alloc(gs_pool_device_t *p, int device, uint64_t size,
             if (p->pending_bytes)
                 sync_and_recycle(p, device);
             b = find_free(p, size);
-            if (b == NULL && release_free_chunks(p, device) >= 0)
+            if (b == NULL && release_free_chunks(p, device, 0) >= 0)
                 rc = grow(p, device, size);
         }
         if (b == NULL && rc == CUDA_SUCCESS)

@@ -67,6 +67,7 @@ typedef struct gs_pool_device {
     pthread_mutex_t lock;
     atomic_bool ready;
     uint64_t total, max, chunk_size, pending_max, pitch_align;
+    uint64_t release_threshold; /* free bytes kept at the program's synchronizations */
     uint64_t cache_budget; /* bytes of small blocks a thread cache holds: CACHE_BYTES_IMMEDIATE,
                               or under safe reuse CACHE_BYTES but at most
                               GPUSHIM_POOL_PENDING_MAX (they may be pending) */

@@ -149,6 +149,13 @@ static const gs_option_t gs_option_table[] = {
      "(or past 1/16 of the pool, when it would otherwise grow) the shim synchronizes the device "
      "itself. Each thread's cache may hold up to min(32 MiB, this) more.",
      parse_size_option, GS_FIELD(pool_pending_max), NULL},
+    {"GPUSHIM_POOL_RELEASE_THRESHOLD", SIZE_ACCEPTED, "100%",
+     "Pool mode: when the program synchronizes the device (cudaDeviceSynchronize), wholly free "
+     "chunks go back to the driver while the pool holds more than this unused, for other "
+     "processes on the GPU (0: all of them, as cudaMemPoolAttrReleaseThreshold 0). The default "
+     "keeps everything for reuse; the pool still gives free chunks back when the driver runs "
+     "out.",
+     parse_size_option, GS_FIELD(pool_release_threshold), NULL},
     {"GPUSHIM_ON_OOM", "fail, managed", "fail",
      "Pool mode: what an allocation the pool cannot serve gets: CUDA's out-of-memory error, or "
      "managed memory (spilled; counted in the report).",

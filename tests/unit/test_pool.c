@@ -648,6 +648,35 @@ static void destroying_the_pools_context_forgets_its_memory(void **state)
     fake.ctx = 0;
 }
 
+/* GPUSHIM_POOL_RELEASE_THRESHOLD: at the program's own synchronization, wholly free chunks go
+ * back to the driver beyond the threshold (pending blocks that sync covers included); by default
+ * the pool keeps them. */
+static void free_chunks_go_back_at_the_programs_synchronization(void **state)
+{
+    (void)state;
+    CUdeviceptr p[6];
+    for (int round = 0; round < 2; round++) {
+        gs_opts.pool_release_threshold =
+            round ? (gs_size_spec_t){.bytes = 0} : (gs_size_spec_t){.percent = 100};
+        gs_pool_destroy();
+        uint64_t before = fake.used; /* what an earlier round's pool left with the fake */
+        for (int i = 0; i < 6; i++)
+            assert_int_equal(gs_mem_alloc(&p[i], i < 3 ? 48 * MiB : 4096), CUDA_SUCCESS);
+        for (int i = 0; i < 6; i++)
+            assert_int_equal(gs_mem_free(p[i]), CUDA_SUCCESS);
+        uint64_t reserved = fake.used;
+        assert_true(reserved >= before + 3 * 48 * MiB);
+        assert_int_equal(gs_ctx_synchronize(), CUDA_SUCCESS);
+        if (round == 0) {
+            assert_int_equal(fake.used, reserved); /* the default keeps everything */
+        } else {
+            assert_int_equal(fake.used, before);
+            assert_int_equal(gs_mem_alloc(&p[0], 4096), CUDA_SUCCESS); /* grows again */
+            assert_int_equal(gs_mem_free(p[0]), CUDA_SUCCESS);
+        }
+    }
+}
+
 static void report_tells_reserved_hits_and_pending(void **state)
 {
     (void)state;
@@ -699,6 +728,8 @@ int main(void)
         cmocka_unit_test_setup(a_device_reset_forgets_every_block, immediate),
         cmocka_unit_test_setup(the_last_primary_context_release_forgets_blocks, immediate),
         cmocka_unit_test_setup(destroying_the_pools_context_forgets_its_memory, safe),
+        cmocka_unit_test_setup(free_chunks_go_back_at_the_programs_synchronization, safe),
+        cmocka_unit_test_setup(free_chunks_go_back_at_the_programs_synchronization, immediate),
         cmocka_unit_test_setup(random_pattern_fragmentation, immediate),
         cmocka_unit_test(many_threads),
     };
