@@ -5,36 +5,11 @@
 // (A free of a pointer from before the reset is not tried: the driver may have given its address
 // to a new allocation, which CUDA would then free.)
 // Prints one line: PASS ... memory device|managed, or FAIL ...
-#include "cuda_check.h"
+#include "fill_check.h"
 
-#include <cstdint>
 #include <cstdio>
-#include <vector>
-
-__global__ void fill(uint32_t *p, size_t n, uint32_t value)
-{
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x)
-        p[i] = value + (uint32_t)i;
-}
 
 static const size_t sizes[] = {4096, 1 << 20, 48u << 20};
-
-static int write_and_check(void *buffer, size_t bytes, uint32_t value)
-{
-    size_t n = bytes / sizeof(uint32_t);
-    fill<<<256, 256>>>((uint32_t *)buffer, n, value);
-    CHECK(cudaGetLastError());
-    CHECK(cudaDeviceSynchronize());
-    std::vector<uint32_t> back(n);
-    CHECK(cudaMemcpy(back.data(), buffer, bytes, cudaMemcpyDeviceToHost));
-    for (size_t i = 0; i < n; i++)
-        if (back[i] != value + (uint32_t)i) {
-            std::printf("FAIL device_reset: wrong value at %zu of a %zu-byte buffer\n", i, bytes);
-            return 1;
-        }
-    return 0;
-}
 
 int main()
 {
@@ -42,7 +17,7 @@ int main()
     CHECK(cudaMalloc(&held, 4096)); // still held at the reset, which frees it
     for (int i = 0; i < 3; i++) {
         CHECK(cudaMalloc(&before[i], sizes[i]));
-        if (write_and_check(before[i], sizes[i], 1))
+        if (write_and_check("device_reset", before[i], sizes[i], 1))
             return 1;
     }
     for (int i = 0; i < 3; i++)
@@ -50,7 +25,7 @@ int main()
     CHECK(cudaDeviceReset());
     for (int i = 0; i < 3; i++) {
         CHECK(cudaMalloc(&after[i], sizes[i]));
-        if (write_and_check(after[i], sizes[i], 7))
+        if (write_and_check("device_reset", after[i], sizes[i], 7))
             return 1;
     }
     cudaPointerAttributes attrs;

@@ -5,19 +5,12 @@
 // graph is then launched and every buffer checked.
 //   graph_capture [blocking|nonblocking]    the capturing stream's kind (default blocking)
 // Prints one line: PASS ... memory device|managed, or FAIL ...
-#include "cuda_check.h"
+#include "fill_check.h"
 
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <vector>
-
-__global__ void fill(uint32_t *p, size_t n, uint32_t value)
-{
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x)
-        p[i] = value + (uint32_t)i;
-}
 
 int main(int argc, char **argv)
 {

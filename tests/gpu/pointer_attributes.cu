@@ -5,17 +5,8 @@
 // Prints one line: PASS ... memory device|managed, or FAIL ...
 #include "cuda_check.h"
 
-#include <cuda.h>
 #include <cstdio>
 
-#define CHECK_CU(call)                                                                             \
-    do {                                                                                           \
-        CUresult r_ = (call);                                                                      \
-        if (r_ != CUDA_SUCCESS) {                                                                  \
-            std::printf("FAIL %s: CUresult %d\n", #call, (int)r_);                                 \
-            return 1;                                                                              \
-        }                                                                                          \
-    } while (0)
 
 int main()
 {
