@@ -250,8 +250,9 @@ typedef struct gs_block {
 
 int gs_ptrmap_insert(const gs_block_t *block); /* 0, -ENOMEM, -EEXIST */
 /* For a block the driver just handed out: an entry already at its address describes memory the
- * driver freed without our knowing (its context was destroyed): that one is replaced, counted as
- * freed, and returned in *stale (stale->base == 0 if there was none). 0 or -ENOMEM. */
+ * driver freed without our knowing (its context was destroyed): that one is replaced and
+ * returned in *stale (stale->base == 0 if there was none), for the caller to count as freed.
+ * 0 or -ENOMEM. */
 int gs_ptrmap_insert_fresh(const gs_block_t *block, gs_block_t *stale);
 int gs_ptrmap_find(CUdeviceptr base, gs_block_t *out);   /* 0 or -ENOENT */
 int gs_ptrmap_remove(CUdeviceptr base, gs_block_t *out); /* 0 or -ENOENT */

@@ -139,8 +139,11 @@ static CUresult managed_alloc(const gs_alloc_req_t *req, CUdeviceptr *ptr, size_
         gs_log_warning("lost track of a %llu-byte managed allocation; its free will count as "
                        "foreign",
                        (unsigned long long)bytes);
-    if (stale.base && stale.owner == gs_managed_owner)
-        account(stale.device, -(int64_t)stale.bytes); /* its context was destroyed */
+    if (stale.base) { /* its context was destroyed */
+        gs_stats_free(stale.device, stale.bytes);
+        if (stale.owner == gs_managed_owner)
+            account(stale.device, -(int64_t)stale.bytes);
+    }
     return CUDA_SUCCESS;
 }
 

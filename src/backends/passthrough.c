@@ -37,10 +37,12 @@ static CUresult passthrough_alloc(const gs_alloc_req_t *req, CUdeviceptr *ptr, s
         return rc;
     *block = (gs_block_t){.base = *ptr, .bytes = bytes, .device = req->device, .kind = req->kind};
     /* A zero-byte request may come back as 0 or a pointer the driver reuses: not tracked. */
-    gs_block_t stale;
+    gs_block_t stale = {.base = 0};
     if (*ptr != 0 && gs_ptrmap_insert_fresh(block, &stale) != 0)
         gs_log_warning("lost track of a %llu-byte allocation; its free will count as foreign",
                        (unsigned long long)bytes);
+    if (stale.base)
+        gs_stats_free(stale.device, stale.bytes); /* its context was destroyed */
     return rc;
 }
 

@@ -665,12 +665,7 @@ void gs_pool_destroy(void)
         }
         if (gs_pools[d].event && gs_driver()->event_destroy)
             gs_driver()->event_destroy(gs_pools[d].event);
-        for (gs_pool_departed_t *x = gs_pools[d].departed, *after; x; x = after) {
-            after = x->next;
-            if (gs_driver()->event_destroy)
-                gs_driver()->event_destroy(x->event);
-            free(x);
-        }
+        gs_pool_drop_departed(&gs_pools[d], true);
     }
     for (thread_cache_t *c = atomic_load(&gs_caches), *next; c; c = next) {
         next = c->next;

@@ -261,9 +261,8 @@ const char *gs_pool_events_off_reason(const gs_pool_device_t *p)
         return "the program created a non-blocking stream the shim cannot mark (more than 16, or "
                "a green context's)";
     const gs_driver_t *drv = gs_driver();
-    if (p->event_broken || atomic_load_explicit(&p->departure_failed, memory_order_relaxed) ||
-        !drv->event_create || !drv->event_record || !drv->event_query || !drv->event_destroy ||
-        !drv->stream_query)
+    if (atomic_load_explicit(&p->event_broken, memory_order_relaxed) || !drv->event_create ||
+        !drv->event_record || !drv->event_query || !drv->event_destroy || !drv->stream_query)
         return "the driver refused an event";
     return NULL;
 }
@@ -333,7 +332,7 @@ static void poll_event(gs_pool_device_t *p, int device)
         return;
     p->event_in_flight = false;
     if (rc != CUDA_SUCCESS || streams || departed) {
-        p->event_broken = true;
+        atomic_store(&p->event_broken, true);
         return;
     }
     mark_completed(p, p->event_token);
@@ -379,13 +378,13 @@ static void record_event(gs_pool_device_t *p, int device)
         GS_DRIVER_CALL(device, drv->event_create(&p->event, CU_EVENT_DISABLE_TIMING)) !=
             CUDA_SUCCESS) {
         p->event = NULL;
-        p->event_broken = true;
+        atomic_store(&p->event_broken, true);
         return;
     }
     uint64_t token = gs_pool_before_sync(device);
     if (GS_DRIVER_CALL(device, drv->event_record(p->event, CU_STREAM_LEGACY)) != CUDA_SUCCESS ||
         gs_streams_each(device, record_stream_event, &device) != 0) {
-        p->event_broken = true;
+        atomic_store(&p->event_broken, true);
         return;
     }
     p->event_token = token;
@@ -419,7 +418,7 @@ void gs_pool_stream_destroying(int device, CUstream stream, void **slot)
         if (event)
             drv->event_destroy(event);
         free(d);
-        atomic_store(&p->departure_failed, true);
+        atomic_store(&p->event_broken, true);
         return;
     }
     d->event = event;
@@ -567,6 +566,19 @@ int gs_pool_chunks_of_context(const gs_pool_device_t *p, CUcontext ctx)
     return of_ctx == 0 ? 0 : others == 0 ? 1 : -1;
 }
 
+void gs_pool_drop_departed(gs_pool_device_t *p, bool destroy_events)
+{
+    pthread_mutex_lock(&p->departed_lock);
+    for (gs_pool_departed_t *d = p->departed, *next; d; d = next) {
+        next = d->next;
+        if (destroy_events && gs_driver()->event_destroy)
+            gs_driver()->event_destroy(d->event);
+        free(d);
+    }
+    p->departed = NULL;
+    pthread_mutex_unlock(&p->departed_lock);
+}
+
 void gs_pool_forget_streams(int device)
 {
     gs_streams_each(device, drop_stream_mark, NULL);
@@ -588,14 +600,9 @@ void gs_pool_forget_chunks(gs_pool_device_t *p)
     p->pending = NULL;
     p->pending_bytes = p->free_bytes = p->reserved = p->chunk_count = 0;
     p->event = NULL; /* it belonged to the context, as did the departed streams' events */
-    p->event_in_flight = p->event_broken = false;
-    pthread_mutex_lock(&p->departed_lock);
-    for (gs_pool_departed_t *d = p->departed, *next; d; d = next) {
-        next = d->next;
-        free(d);
-    }
-    p->departed = NULL;
-    pthread_mutex_unlock(&p->departed_lock);
+    p->event_in_flight = false;
+    atomic_store(&p->event_broken, false);
+    gs_pool_drop_departed(p, false);
     atomic_fetch_add_explicit(&p->generation, 1, memory_order_release);
 }
 

@@ -88,9 +88,11 @@ typedef struct gs_pool_device {
     CUevent event;                   /* on the legacy default stream (GPUSHIM_POOL_EVENTS) */
     pthread_mutex_t departed_lock;   /* a leaf lock: taken under the stream registry's */
     gs_pool_departed_t *departed;    /* events of destroyed marked streams, still queued */
-    atomic_bool departure_failed;    /* a destroyed stream could not be marked: events off */
     uint64_t event_token;            /* frees stamped <= this are covered by the event */
-    bool event_in_flight, event_broken;
+    bool event_in_flight;
+    /* The driver refused an event (a mark's, or a destroyed stream's last one, recorded without
+     * the device lock): asynchronous reuse is off until the context is reset. */
+    atomic_bool event_broken;
     uint64_t event_recycles; /* events that completed and made pending blocks reusable */
     /* Bumped when the device's context is reset: thread caches filled before then hold records
      * of blocks that no longer exist, and drop them unread. */
@@ -135,6 +137,9 @@ CUresult gs_pool_central_alloc(gs_pool_device_t *p, int device, uint64_t size,
 void gs_pool_release(gs_pool_device_t *p, gs_pool_block_t *b); /* lock held */
 /* The device's context was reset and the driver freed every chunk: forget them (lock held). */
 void gs_pool_forget_chunks(gs_pool_device_t *p);
+/* Empties the destroyed streams' event list; destroy_events: with a driver call each (tests; a
+ * reset context took them along). */
+void gs_pool_drop_departed(gs_pool_device_t *p, bool destroy_events);
 /* After cuCtxDestroy (lock held): 1 if every chunk came from ctx, -1 if some did, else 0. */
 int gs_pool_chunks_of_context(const gs_pool_device_t *p, CUcontext ctx);
 void gs_pool_forget_streams(int device); /* the same, for its marked streams' state; no lock */

@@ -92,7 +92,6 @@ int gs_ptrmap_insert_fresh(const gs_block_t *block, gs_block_t *stale)
     if (rc != -EEXIST)
         return rc;
     gs_ptrmap_remove(block->base, stale);
-    gs_stats_free(stale->device, stale->bytes);
     return gs_ptrmap_insert(block);
 }
 
