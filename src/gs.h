@@ -101,6 +101,8 @@ int gs_write_all(int fd, const char *data, size_t len);
 uint64_t gs_ticks(void);
 uint64_t gs_now_ns(void);     /* CLOCK_MONOTONIC */
 double gs_ticks_per_ns(void); /* calibrated against CLOCK_MONOTONIC; no CUDA call */
+/* The same without waiting: over the time since gs_clock_start, or 0 if that is under min_ns. */
+double gs_ticks_per_ns_since_start(uint64_t min_ns);
 void gs_clock_start(void);
 /* Seconds from gs_clock_start to a tick count, given a calibration from gs_ticks_per_ns. */
 double gs_ticks_to_seconds(uint64_t ticks, double ticks_per_ns);
@@ -246,6 +248,9 @@ typedef struct gs_block {
     int device;
     gs_alloc_kind_t kind;
     void *owner; /* the backend's own record of the block (pool), or NULL */
+    /* The previous allocation or free of this block's record was this thread's (pool only): the
+     * trace may then time the event from the thread's last clock read, order per pointer kept. */
+    bool same_thread;
 } gs_block_t;
 
 int gs_ptrmap_insert(const gs_block_t *block); /* 0, -ENOMEM, -EEXIST */
@@ -422,7 +427,9 @@ CUresult gs_primary_ctx_release(CUdevice device, bool v2);
 /* trace.c: GPUSHIM_TRACE, every allocation and free as CSV in RMM's logging format. */
 enum { GS_TRACE_ALLOCATE, GS_TRACE_ALLOCATE_FAILURE, GS_TRACE_FREE };
 extern bool gs_tracing;
-void gs_trace_record(int action, CUdeviceptr ptr, uint64_t bytes, CUstream stream);
+/* same_thread: gs_block_t.same_thread (false when unsure). */
+void gs_trace_record(int action, CUdeviceptr ptr, uint64_t bytes, CUstream stream,
+                     bool same_thread);
 void gs_trace_flush(void);  /* at exit: every thread's buffer */
 void gs_trace_forget(void); /* fork child */
 

@@ -65,6 +65,10 @@ static GS_TLS struct {
     uint32_t generation;
 } gs_recent[RECENT_SLOTS];
 
+/* gs_recent's address also names the thread, for gs_block_t.same_thread: unique among live
+ * threads; a thread that reuses a dead one's (glibc recycles thread memory) starts with fresh
+ * TLS, so the trace reads the clock at its first event anyway. */
+
 static inline size_t recent_slot(CUdeviceptr base)
 {
     return (size_t)((base >> 9) ^ (base >> 17)) % RECENT_SLOTS;
@@ -320,8 +324,13 @@ static CUresult pool_alloc(const gs_alloc_req_t *req, CUdeviceptr *ptr, size_t *
     gs_recent[slot].base = b->base;
     gs_recent[slot].block = b;
     gs_recent[slot].generation = atomic_load_explicit(&b->generation, memory_order_relaxed);
-    *block = (gs_block_t){
-        .base = b->base, .bytes = requested, .device = req->device, .kind = req->kind, .owner = b};
+    *block = (gs_block_t){.base = b->base,
+                          .bytes = requested,
+                          .device = req->device,
+                          .kind = req->kind,
+                          .owner = b,
+                          .same_thread = b->last_thread == gs_recent};
+    b->last_thread = gs_recent;
     return CUDA_SUCCESS;
 }
 
@@ -361,15 +370,17 @@ static int pool_free(CUdeviceptr ptr, const gs_free_req_t *req, CUresult *result
         }
     }
     gs_pool_device_t *p = &gs_pools[b->device];
+    thread_cache_t *cache = my_cache(b->device);
     *block = (gs_block_t){.base = b->base,
                           .bytes = b->requested,
                           .device = b->device,
                           .kind = GS_KIND_DEVICE,
-                          .owner = b};
+                          .owner = b,
+                          .same_thread = b->last_thread == gs_recent};
+    b->last_thread = gs_recent;
     *result = CUDA_SUCCESS;
     /* Stamp before publishing: a synchronization that starts after this covers the free. */
     b->epoch = atomic_load_explicit(&p->epoch, memory_order_acquire);
-    thread_cache_t *cache = my_cache(b->device);
     if (cache && cache_put(p, cache, b))
         return 0;
     pthread_mutex_lock(&p->lock);

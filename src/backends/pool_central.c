@@ -97,6 +97,7 @@ static gs_pool_block_t *new_block(gs_pool_device_t *p, gs_pool_chunk_t *chunk, C
     b->prev_addr = b->next_addr = b->prev_free = b->next_free = NULL;
     b->chunk = chunk;
     b->device = device;
+    b->last_thread = NULL;
     atomic_store_explicit(&b->state, BLOCK_FREE, memory_order_relaxed);
     __atomic_store_n(&b->base, base, __ATOMIC_RELAXED);
     if (map_block(b) != 0) {

@@ -45,8 +45,9 @@ typedef struct gs_pool_block {
     _Atomic int state;
     _Atomic uint32_t generation; /* bumped at every recycling */
     int device;
-    int size_class;     /* class_floor(size), kept for the thread cache */
-    uint64_t buffer_id; /* CU_POINTER_ATTRIBUTE_BUFFER_ID of the allocation it serves now */
+    int size_class;          /* class_floor(size), kept for the thread cache */
+    uint64_t buffer_id;      /* CU_POINTER_ATTRIBUTE_BUFFER_ID of the allocation it serves now */
+    const void *last_thread; /* who made its last allocation or free (for the trace), see pool.c */
 } gs_pool_block_t;
 
 struct gs_pool_chunk {

@@ -48,19 +48,26 @@ uint64_t gs_ticks_to_epoch_ns(uint64_t ticks, double ticks_per_ns)
     return gs_clock_origin_epoch_ns + (uint64_t)(gs_ticks_to_seconds(ticks, ticks_per_ns) * 1e9);
 }
 
-double gs_ticks_per_ns(void)
+double gs_ticks_per_ns_since_start(uint64_t min_ns)
 {
 #if defined(__x86_64__)
     uint64_t ns = gs_now_ns(), ticks = gs_ticks();
-    /* Too short a life for a good ratio: measure over a few milliseconds instead. */
-    if (gs_clock_origin_ns == 0 || ns - gs_clock_origin_ns < 20000000u) {
-        uint64_t ns0 = gs_now_ns(), t0 = gs_ticks();
-        while (gs_now_ns() - ns0 < 5000000u) {
-        }
-        return (double)(gs_ticks() - t0) / (double)(gs_now_ns() - ns0);
-    }
+    if (gs_clock_origin_ns == 0 || ns - gs_clock_origin_ns < min_ns)
+        return 0;
     return (double)(ticks - gs_clock_origin_ticks) / (double)(ns - gs_clock_origin_ns);
 #else
     return 1.0;
 #endif
+}
+
+double gs_ticks_per_ns(void)
+{
+    double known = gs_ticks_per_ns_since_start(20000000u);
+    if (known > 0)
+        return known;
+    /* Too short a life for a good ratio: measure over a few milliseconds instead. */
+    uint64_t ns0 = gs_now_ns(), t0 = gs_ticks();
+    while (gs_now_ns() - ns0 < 5000000u) {
+    }
+    return (double)(gs_ticks() - t0) / (double)(gs_now_ns() - ns0);
 }

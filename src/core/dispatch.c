@@ -120,7 +120,8 @@ static CUresult allocate(gs_alloc_req_t *req, CUdeviceptr *dptr, size_t *pitch)
     if (__builtin_expect(gs_tracing, 0))
         gs_trace_record(rc == CUDA_SUCCESS ? GS_TRACE_ALLOCATE : GS_TRACE_ALLOCATE_FAILURE,
                         rc == CUDA_SUCCESS ? *dptr : 0,
-                        rc == CUDA_SUCCESS ? block.bytes : asked_bytes(req), req->stream);
+                        rc == CUDA_SUCCESS ? block.bytes : asked_bytes(req), req->stream,
+                        rc == CUDA_SUCCESS && block.same_thread);
     call_end(call, req->device);
     return rc;
 }
@@ -188,7 +189,7 @@ static CUresult release(CUdeviceptr ptr, const gs_free_req_t *req)
         if (result == CUDA_SUCCESS && block.base != 0) {
             gs_stats_free(device, block.bytes);
             if (__builtin_expect(gs_tracing, 0))
-                gs_trace_record(GS_TRACE_FREE, ptr, block.bytes, req->stream);
+                gs_trace_record(GS_TRACE_FREE, ptr, block.bytes, req->stream, block.same_thread);
         }
     }
     call_end(call, device);
@@ -331,7 +332,7 @@ static void count_released(void *ctx, const gs_block_t *block)
     r->bytes += live;
     gs_stats_free(block->device, live);
     if (__builtin_expect(gs_tracing, 0))
-        gs_trace_record(GS_TRACE_FREE, block->base, live, NULL);
+        gs_trace_record(GS_TRACE_FREE, block->base, live, NULL, false);
 }
 
 static void forget_device(CUdevice device)

@@ -6,12 +6,13 @@
  * Actions: allocate, allocate failure, free. Time is UTC wall-clock HH:MM:SS:microseconds, as
  * rmm::mr::logging_resource_adaptor writes it; RMM's replay benchmark and `gpushim replay` read it.
  *
- * Cost on the allocation path: one tick count and a 32-byte store into the thread's buffer.
- * Formatting a line costs more than a pool allocation, so a full buffer goes to a queue that a
- * writer thread formats and writes; the thread takes an empty buffer and goes on. If the writer
- * falls behind (more than TRACE_QUEUED_MAX buffers waiting), the thread writes its buffer itself,
- * so memory stays bounded. At exit every buffer is written, so nothing is lost (records a
- * still-running thread adds after that point are not). */
+ * Cost on the allocation path: a 32-byte store into the thread's buffer, and a tick count
+ * (rdtsc: 16-23 ns on the hosts measured, more than the rest) unless the thread allocates in a
+ * tight loop (see read_clock). Formatting a line costs more than a pool allocation, so a full
+ * buffer goes to a queue that a writer thread formats and writes; the thread takes an empty
+ * buffer and goes on. If the writer falls behind (more than TRACE_QUEUED_MAX buffers waiting),
+ * the thread writes its buffer itself, so memory stays bounded. At exit every buffer is written,
+ * so nothing is lost (records a still-running thread adds after that point are not). */
 #include "gs.h"
 
 #include <fcntl.h>
@@ -315,27 +316,90 @@ static trace_buffer_t *my_buffer(void)
     return b;
 }
 
-void gs_trace_record(int action, CUdeviceptr ptr, uint64_t bytes, CUstream stream)
+/* Time. When a thread's events come less than gs_trace_tight_ns apart on average, the next
+ * SKIP_MAX events whose block this thread touched last take the time of its last clock read
+ * instead of reading the clock again: early by at most SKIP_MAX times that (3 us) unless the
+ * program paused inside such a run. Order stays right where replays need it: a thread's own
+ * events keep their order (equal times, file order), and an event on a block another thread
+ * touched last always reads the clock, so it comes after that thread's event (whose time is its
+ * true time or earlier). */
+#define SKIP_MAX 15
+uint64_t gs_trace_tight_ns = 200; /* a variable so that tests need not be fast */
+
+static GS_TLS struct {
+    uint64_t last;  /* ticks of the thread's last clock read; 0: none yet */
+    uint32_t skips; /* events that may still take `last` ... */
+    uint32_t run;   /* ... out of this many when it was read (run - skips: events since) */
+    uint64_t retry; /* ticks: when to ask for the clock's rate again */
+} gs_trace_clock;
+
+static double gs_trace_rate; /* ticks per ns; 0 until known */
+
+static uint64_t read_clock(void)
+{
+    uint64_t now = gs_ticks();
+    double rate;
+    __atomic_load(&gs_trace_rate, &rate, __ATOMIC_RELAXED);
+    if (__builtin_expect(rate == 0, 0) && now >= gs_trace_clock.retry) {
+        /* Known 1 ms after load (10% would do); until then, asked every 2^20 ticks. */
+        rate = gs_ticks_per_ns_since_start(1000000);
+        __atomic_store(&gs_trace_rate, &rate, __ATOMIC_RELAXED);
+        gs_trace_clock.retry = now + (1u << 20);
+    }
+    uint64_t tight = (uint64_t)(rate * (double)gs_trace_tight_ns);
+    uint64_t events = (uint64_t)(gs_trace_clock.run - gs_trace_clock.skips) + 1;
+    uint32_t run = gs_trace_clock.last && now - gs_trace_clock.last < events * tight ? SKIP_MAX : 0;
+    gs_trace_clock.skips = gs_trace_clock.run = run;
+    gs_trace_clock.last = now;
+    return now;
+}
+
+static inline void put(trace_buffer_t *b, size_t n, uint64_t ticks, int action, CUdeviceptr ptr,
+                       uint64_t bytes, CUstream stream)
+{
+    b->records[n] = (trace_record_t){.ticks_action = ticks | (uint64_t)action << TRACE_ACTION_SHIFT,
+                                     .ptr = ptr,
+                                     .bytes = bytes,
+                                     .stream = (uint64_t)(uintptr_t)stream};
+    atomic_store_explicit(&b->count, n + 1, memory_order_release);
+}
+
+/* gs_trace_record's other cases: the clock to read, no buffer yet, or a full one. */
+static __attribute__((noinline)) void record_slow(int action, CUdeviceptr ptr, uint64_t bytes,
+                                                  CUstream stream, bool same_thread)
 {
     trace_buffer_t *b = gs_my_trace;
-    if (__builtin_expect(b == NULL, 0) && (b = gs_my_trace = my_buffer()) == NULL)
-        return;
-    size_t n = atomic_load_explicit(&b->count, memory_order_relaxed);
-    if (__builtin_expect(n == TRACE_RECORDS, 0)) {
+    if (b == NULL) {
+        if ((b = gs_my_trace = my_buffer()) == NULL)
+            return;
+    } else if (atomic_load_explicit(&b->count, memory_order_relaxed) == TRACE_RECORDS) {
         b = gs_my_trace = hand_off(b, true);
         pthread_setspecific(gs_trace_key, b);
         if (b == NULL) /* out of host memory: this record is lost, the next may find a buffer */
             return;
-        n = atomic_load_explicit(&b->count, memory_order_relaxed);
-        if (n == TRACE_RECORDS) /* the exit flush has it in hand: too late for this record */
-            return;
+        if (atomic_load_explicit(&b->count, memory_order_relaxed) == TRACE_RECORDS)
+            return; /* the exit flush has it in hand: too late for this record */
     }
-    b->records[n] =
-        (trace_record_t){.ticks_action = gs_ticks() | (uint64_t)action << TRACE_ACTION_SHIFT,
-                         .ptr = ptr,
-                         .bytes = bytes,
-                         .stream = (uint64_t)(uintptr_t)stream};
-    atomic_store_explicit(&b->count, n + 1, memory_order_release);
+    uint64_t ticks = same_thread && gs_trace_clock.skips
+                         ? (gs_trace_clock.skips--, gs_trace_clock.last)
+                         : read_clock();
+    put(b, atomic_load_explicit(&b->count, memory_order_relaxed), ticks, action, ptr, bytes,
+        stream);
+}
+
+/* The common case first, with no call: room in the buffer and no clock to read. */
+void gs_trace_record(int action, CUdeviceptr ptr, uint64_t bytes, CUstream stream, bool same_thread)
+{
+    trace_buffer_t *b = gs_my_trace;
+    if (__builtin_expect(b != NULL && same_thread && gs_trace_clock.skips != 0, 1)) {
+        size_t n = atomic_load_explicit(&b->count, memory_order_relaxed);
+        if (__builtin_expect(n != TRACE_RECORDS, 1)) {
+            gs_trace_clock.skips--;
+            put(b, n, gs_trace_clock.last, action, ptr, bytes, stream);
+            return;
+        }
+    }
+    record_slow(action, ptr, bytes, stream, same_thread);
 }
 
 /* At exit: the writer finishes the buffer in its hands and takes no other; then the queue, then

@@ -498,6 +498,45 @@ static void many_threads(void **state)
  * against regressions. */
 static void random_pattern_once(const char *policy);
 
+static gs_block_t backend_alloc(CUdeviceptr *ptr)
+{
+    gs_alloc_req_t req = {.kind = GS_KIND_DEVICE, .bytes = 4096};
+    gs_block_t block;
+    assert_int_equal(gs_backend_pool.alloc(&req, ptr, NULL, &block), CUDA_SUCCESS);
+    return block;
+}
+
+static void *backend_free(void *arg)
+{
+    gs_free_req_t req = {.stream_ordered = false};
+    CUresult result;
+    static _Thread_local gs_block_t block;
+    assert_int_equal(gs_backend_pool.free(*(CUdeviceptr *)arg, &req, &result, &block), 0);
+    assert_int_equal(result, CUDA_SUCCESS);
+    return &block;
+}
+
+/* The trace reads the clock for an event unless this thread made the block's last allocation
+ * or free (gs_block_t.same_thread), which keeps each pointer's events in order in the file. */
+static void blocks_tell_whether_this_thread_touched_them_last(void **state)
+{
+    (void)state;
+    CUdeviceptr a, again;
+    assert_false(backend_alloc(&a).same_thread); /* carved anew */
+    assert_true(((gs_block_t *)backend_free(&a))->same_thread);
+    assert_true(backend_alloc(&again).same_thread); /* from this thread's cache */
+    assert_int_equal(again, a);
+    pthread_t other;
+    gs_block_t *freed;
+    assert_int_equal(pthread_create(&other, NULL, backend_free, &a), 0);
+    assert_int_equal(pthread_join(other, (void **)&freed), 0);
+    assert_false(freed->same_thread); /* allocated here, freed there */
+    /* The other thread ended: its cache went back to the pool, and this thread's next block of
+     * that size is the one the other thread touched last. */
+    assert_false(backend_alloc(&again).same_thread);
+    assert_int_equal(again, a);
+}
+
 static void random_pattern_fragmentation(void **state)
 {
     (void)state;
@@ -731,6 +770,7 @@ int main(void)
         cmocka_unit_test_setup(free_chunks_go_back_at_the_programs_synchronization, safe),
         cmocka_unit_test_setup(free_chunks_go_back_at_the_programs_synchronization, immediate),
         cmocka_unit_test_setup(random_pattern_fragmentation, immediate),
+        cmocka_unit_test_setup(blocks_tell_whether_this_thread_touched_them_last, immediate),
         cmocka_unit_test(many_threads),
     };
     int failed = cmocka_run_group_tests_name("pool", tests, NULL, NULL);

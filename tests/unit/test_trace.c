@@ -16,14 +16,16 @@
 
 #include "gs.h"
 
+extern uint64_t gs_trace_tight_ns; /* trace.c: how close events come in a tight run */
+
 enum { THREADS = 8, PAIRS = 25000 }; /* 50,000 records a thread: several 8192-record buffers */
 
 static void *record_pairs(void *arg)
 {
     uint64_t base = (uint64_t)(uintptr_t)arg << 32;
     for (uint64_t i = 0; i < PAIRS; i++) {
-        gs_trace_record(GS_TRACE_ALLOCATE, base + i * 256, 256, NULL);
-        gs_trace_record(GS_TRACE_FREE, base + i * 256, 256, NULL);
+        gs_trace_record(GS_TRACE_ALLOCATE, base + i * 256, 256, NULL, false);
+        gs_trace_record(GS_TRACE_FREE, base + i * 256, 256, NULL, false);
     }
     return NULL;
 }
@@ -103,10 +105,62 @@ static void every_record_once_from_many_threads(void **state)
     unlink(path);
 }
 
+/* Microseconds since midnight of the line's Time field. */
+static long long line_micros(const char *line)
+{
+    unsigned hours, minutes, seconds, micros;
+    assert_int_equal(sscanf(line, "%*u,%u:%u:%u:%u,", &hours, &minutes, &seconds, &micros), 4);
+    return ((hours * 60ll + minutes) * 60 + seconds) * 1000000 + micros;
+}
+
+/* In a tight run a thread times events on blocks it touched last from its last clock read (even
+ * across a pause: the documented cost), but an event on a block another thread touched last
+ * reads the clock, so a replay puts it after that thread's event. */
+static void an_event_on_another_threads_block_reads_the_clock(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/gs_test_trace_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    gs_trace_forget(); /* the first test's file is written; this one appends to its own */
+    snprintf(gs_opts.trace_path, sizeof gs_opts.trace_path, "%s", path);
+    gs_tracing = true;
+    gs_trace_tight_ns = 1000000000; /* every run counts as tight, however slow the machine */
+    usleep(2000);                   /* the clock's rate is known 1 ms after start */
+
+    /* Two clock reads start a tight run; three more events and a free after a pause take the
+     * second one's time; the free of another thread's block reads the clock. */
+    for (uint64_t i = 0; i < 5; i++)
+        gs_trace_record(GS_TRACE_ALLOCATE, 0x10000 + i * 512, 512, NULL, true);
+    usleep(20000);
+    gs_trace_record(GS_TRACE_FREE, 0x10000, 512, NULL, true);
+    gs_trace_record(GS_TRACE_FREE, 0x10200, 512, NULL, false);
+    gs_trace_flush();
+    gs_trace_tight_ns = 200;
+
+    size_t len;
+    char *text = read_all(path, &len);
+    long long times[7];
+    int lines = 0;
+    for (char *line = text; *line && lines < 7; line = strchr(line, '\n') + 1)
+        times[lines++] = line_micros(line);
+    assert_int_equal(lines, 7);
+    for (int i = 2; i < 6; i++)
+        assert_true(times[i] == times[1]);
+    long long after = times[6] - times[1];
+    if (after < 0)
+        after += 86400000000ll; /* midnight passed */
+    assert_true(after >= 20000);
+    free(text);
+    unlink(path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(every_record_once_from_many_threads),
+        cmocka_unit_test(an_event_on_another_threads_block_reads_the_clock),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
