@@ -94,13 +94,14 @@ static char *put_padded(char *out, unsigned value, int width)
     return out + width;
 }
 
-/* Wall-clock time of day as RMM writes it, HH:MM:SS:uuuuuu, from a tick count. The HH:MM:SS part
- * changes once a second, so it is kept from the previous line. */
+/* Wall-clock time of day as RMM writes it, HH:MM:SS:uuuuuu, from a tick count. Consecutive records
+ * often share a tick count (a tight run, see read_clock) or a microsecond, and always the
+ * HH:MM:SS part for a second: the text is kept from the previous line. */
 typedef struct time_format {
-    double ticks_per_us;
+    double us_per_tick;
     uint64_t origin_ticks, origin_day_us;
-    uint64_t second; /* of the cached text; UINT64_MAX: none */
-    char hms[9];     /* "HH:MM:SS:" */
+    uint64_t ticks, day_us; /* of the cached text; day_us UINT64_MAX: none */
+    char text[15];          /* "HH:MM:SS:uuuuuu" */
 } time_format_t;
 
 static time_format_t time_format_start(void)
@@ -110,28 +111,35 @@ static time_format_t time_format_start(void)
         ticks_per_ns = gs_ticks_per_ns();
     uint64_t now = gs_ticks();
     uint64_t now_epoch_us = gs_ticks_to_epoch_ns(now, ticks_per_ns) / 1000;
-    return (time_format_t){.ticks_per_us = ticks_per_ns * 1000,
+    return (time_format_t){.us_per_tick = 1 / (ticks_per_ns * 1000),
                            .origin_ticks = now,
                            .origin_day_us = now_epoch_us % (86400ull * 1000000),
-                           .second = UINT64_MAX};
+                           .ticks = now,
+                           .day_us = UINT64_MAX};
 }
 
 static char *put_time(char *out, time_format_t *f, uint64_t ticks)
 {
-    int64_t delta_us = (int64_t)((double)(int64_t)(ticks - f->origin_ticks) / f->ticks_per_us);
-    uint64_t day_us = (uint64_t)((int64_t)f->origin_day_us + delta_us) % (86400ull * 1000000);
-    uint64_t second = day_us / 1000000;
-    if (second != f->second) {
-        f->second = second;
-        put_padded(f->hms, (unsigned)(second / 3600), 2);
-        f->hms[2] = ':';
-        put_padded(f->hms + 3, (unsigned)(second / 60 % 60), 2);
-        f->hms[5] = ':';
-        put_padded(f->hms + 6, (unsigned)(second % 60), 2);
-        f->hms[8] = ':';
+    if (ticks != f->ticks || f->day_us == UINT64_MAX) {
+        f->ticks = ticks;
+        int64_t delta_us = (int64_t)((double)(int64_t)(ticks - f->origin_ticks) * f->us_per_tick);
+        uint64_t day_us = (uint64_t)((int64_t)f->origin_day_us + delta_us) % (86400ull * 1000000);
+        if (day_us != f->day_us) {
+            uint64_t second = day_us / 1000000;
+            if (f->day_us == UINT64_MAX || second != f->day_us / 1000000) {
+                put_padded(f->text, (unsigned)(second / 3600), 2);
+                f->text[2] = ':';
+                put_padded(f->text + 3, (unsigned)(second / 60 % 60), 2);
+                f->text[5] = ':';
+                put_padded(f->text + 6, (unsigned)(second % 60), 2);
+                f->text[8] = ':';
+            }
+            put_padded(f->text + 9, (unsigned)(day_us % 1000000), 6);
+            f->day_us = day_us;
+        }
     }
-    memcpy(out, f->hms, 9);
-    return put_padded(out + 9, (unsigned)(day_us % 1000000), 6);
+    memcpy(out, f->text, 15);
+    return out + 15;
 }
 
 /* ",allocate,", ",allocate failure,", ",free," with their lengths. */
@@ -316,14 +324,14 @@ static trace_buffer_t *my_buffer(void)
     return b;
 }
 
-/* Time. When a thread's events come less than gs_trace_tight_ns apart on average, the next
- * SKIP_MAX events whose block this thread touched last take the time of its last clock read
- * instead of reading the clock again: early by at most SKIP_MAX times that (3 us) unless the
- * program paused inside such a run. Order stays right where replays need it: a thread's own
- * events keep their order (equal times, file order), and an event on a block another thread
- * touched last always reads the clock, so it comes after that thread's event (whose time is its
- * true time or earlier). */
-#define SKIP_MAX 15
+/* Time. When a thread's events come less than gs_trace_tight_ns apart on average, the events
+ * that follow on blocks this thread touched last take the time of its last clock read instead of
+ * reading the clock again, for as many events as should take ten times that at this pace (at
+ * most SKIP_MAX): a time is then early by about 2 us at most, unless the program paused inside
+ * such a run. Order stays right where replays need it: a thread's own events keep their order
+ * (equal times, file order), and an event on a block another thread touched last always reads the
+ * clock, so it comes after that thread's event (whose time is its true time or earlier). */
+#define SKIP_MAX 255
 uint64_t gs_trace_tight_ns = 200; /* a variable so that tests need not be fast */
 
 static GS_TLS struct {
@@ -348,8 +356,13 @@ static uint64_t read_clock(void)
     }
     uint64_t tight = (uint64_t)(rate * (double)gs_trace_tight_ns);
     uint64_t events = (uint64_t)(gs_trace_clock.run - gs_trace_clock.skips) + 1;
-    uint32_t run = gs_trace_clock.last && now - gs_trace_clock.last < events * tight ? SKIP_MAX : 0;
-    gs_trace_clock.skips = gs_trace_clock.run = run;
+    uint64_t elapsed = gs_trace_clock.last ? now - gs_trace_clock.last : UINT64_MAX;
+    uint64_t run = 0;
+    if (elapsed < events * tight) /* a tight run: skip what ten times that takes at this pace */
+        run = elapsed == 0 ? SKIP_MAX : 10 * tight * events / elapsed;
+    if (run > SKIP_MAX)
+        run = SKIP_MAX;
+    gs_trace_clock.skips = gs_trace_clock.run = (uint32_t)run;
     gs_trace_clock.last = now;
     return now;
 }
