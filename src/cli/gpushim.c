@@ -549,7 +549,7 @@ static int cmd_plot(int argc, char **argv)
         free(table), free(in_use), free(reserved);
         return fail("cannot hold %s events in memory", "the trace's");
     }
-    double now = 0, top = 1;
+    double now = 0, peak_in_use = 0, peak_reserved = 0;
     for (long i = 0; i < count; i++) {
         event_t *e = &events[i];
         if (e->action == GS_TRACE_ALLOCATE) {
@@ -567,11 +567,14 @@ static int cmd_plot(int argc, char **argv)
         }
         in_use[i] = now;
         reserved[i] = (double)model_used;
-        if (reserved[i] > top)
-            top = reserved[i];
-        if (now > top)
-            top = now;
+        if (reserved[i] > peak_reserved)
+            peak_reserved = reserved[i];
+        if (now > peak_in_use)
+            peak_in_use = now;
     }
+    double top = peak_reserved > peak_in_use ? peak_reserved : peak_in_use; /* the y axis */
+    if (top < 1)
+        top = 1;
     double duration = events[count - 1].seconds > 0 ? events[count - 1].seconds : 1;
     FILE *f = fopen(argv[2], "w");
     if (f == NULL)
@@ -617,8 +620,8 @@ static int cmd_plot(int argc, char **argv)
     fclose(f);
     char a[32], b[32];
     printf("wrote %s: %ld events over %.3f s; peak in use %s, peak reserved %s (modelled)\n",
-           argv[2], count, duration, gs_format_bytes((uint64_t)top, a),
-           gs_format_bytes((uint64_t)model_used, b));
+           argv[2], count, duration, gs_format_bytes((uint64_t)peak_in_use, a),
+           gs_format_bytes((uint64_t)peak_reserved, b));
     return 0;
 }
 

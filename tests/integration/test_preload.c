@@ -800,6 +800,7 @@ static void gpushim_command_runs_reports_replays_and_plots(void **state)
     r = run_env(NULL, ARGV(path_of("GS_CLI"), "plot", trace, "-o", svg));
     EXPECT_STATUS(r, 0);
     EXPECT_IN(r, out, "40 events");
+    EXPECT_IN(r, out, "peak in use 840 KiB, peak reserved 2 MiB (modelled)\n");
     char command[1024];
     snprintf(command, sizeof command, "python3 -c 'import sys, xml.etree.ElementTree as E; "
              "s = E.parse(sys.argv[1]).getroot(); n = \"{http://www.w3.org/2000/svg}\"; "
