@@ -543,6 +543,8 @@ static void pool_report(int device, gs_buf_t *out, bool json)
     uint64_t syncs = atomic_load(&p->shim_syncs);
     double sync_mean_us = syncs ? (double)atomic_load(&p->shim_sync_ns) / (double)syncs / 1e3 : 0;
     const char *events_off = gs_pool_events_off_reason(p);
+    double mark_wait_mean_us =
+        p->mark_waits ? (double)p->mark_wait_ns / (double)p->mark_waits / 1e3 : 0;
     if (json) {
         gs_buf_printf(
             out,
@@ -552,14 +554,17 @@ static void pool_report(int device, gs_buf_t *out, bool json)
             "\"pool_allocations\": %llu, \"reuse\": \"%s\", \"pending\": %llu, "
             "\"shim_synchronizations\": %llu, \"shim_synchronization_mean_us\": %.1f, "
             "\"cached_in_threads\": %llu, "
-            "\"largest_free_block\": %llu, \"event_recycles\": %llu, \"events\": \"%s%s\"}",
+            "\"largest_free_block\": %llu, \"event_recycles\": %llu, \"events\": \"%s%s\", "
+            "\"mark_waits\": %llu, \"mark_waits_given_up\": %llu, \"mark_wait_mean_us\": %.1f}",
             (unsigned long long)p->reserved, (unsigned long long)p->reserved_peak,
             (unsigned long long)p->chunk_count, (unsigned long long)p->grow_calls,
             (unsigned long long)p->releases, ratio, (unsigned long long)hits,
             (unsigned long long)served, reuse, (unsigned long long)p->pending_bytes,
             (unsigned long long)syncs, sync_mean_us, (unsigned long long)cached,
             (unsigned long long)largest, (unsigned long long)p->event_recycles,
-            events_off ? "off: " : "on", events_off ? events_off : "");
+            events_off ? "off: " : "on", events_off ? events_off : "",
+            (unsigned long long)p->mark_waits, (unsigned long long)p->mark_waits_given_up,
+            mark_wait_mean_us);
     } else {
         char reserved[32], peak[32], pending[32], large[32], cached_text[32];
         gs_buf_printf(
@@ -585,9 +590,12 @@ static void pool_report(int device, gs_buf_t *out, bool json)
         if (gs_opts.pool_reuse == GS_REUSE_SAFE)
             gs_buf_printf(out,
                           "gpushim: device %d: pool reuse by events: %s%s; %llu "
-                          "events made pending blocks reusable without a wait\n",
+                          "events made pending blocks reusable without a wait; the pool waited "
+                          "for the GPU to pass a mark instead of growing %llu times (%.1f us "
+                          "each; %llu gave up after 2 ms)\n",
                           device, events_off ? "off, " : "on", events_off ? events_off : "",
-                          (unsigned long long)p->event_recycles);
+                          (unsigned long long)p->event_recycles, (unsigned long long)p->mark_waits,
+                          mark_wait_mean_us, (unsigned long long)p->mark_waits_given_up);
     }
     pthread_mutex_unlock(&p->lock);
     gs_backend_managed.report(device, out, json); /* what spilled, if anything */
@@ -674,8 +682,9 @@ void gs_pool_destroy(void)
             after = b->next_free;
             free(b);
         }
-        if (gs_pools[d].event && gs_driver()->event_destroy)
-            gs_driver()->event_destroy(gs_pools[d].event);
+        for (int i = 0; i < MARKS; i++)
+            if (gs_pools[d].marks[i].event && gs_driver()->event_destroy)
+                gs_driver()->event_destroy(gs_pools[d].marks[i].event);
         gs_pool_drop_departed(&gs_pools[d], true);
     }
     for (thread_cache_t *c = atomic_load(&gs_caches), *next; c; c = next) {

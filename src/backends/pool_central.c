@@ -321,23 +321,32 @@ static int reap_departed(gs_pool_device_t *p)
     return rc;
 }
 
-/* If the mark in flight has completed, completed covers what it marked. */
+/* Marks that have completed, oldest first, make completed cover what they marked. */
 static void poll_event(gs_pool_device_t *p, int device)
 {
-    if (!p->event_in_flight || gs_capturing())
-        return;
-    CUresult rc = gs_driver()->event_query(p->event);
-    int streams = rc == CUDA_SUCCESS ? gs_streams_each(device, query_stream_event, NULL) : 0;
-    int departed = rc == CUDA_SUCCESS && streams == 0 ? reap_departed(p) : 0;
-    if (rc == CUDA_ERROR_NOT_READY || streams == 1 || departed == 1)
-        return;
-    p->event_in_flight = false;
-    if (rc != CUDA_SUCCESS || streams || departed) {
-        atomic_store(&p->event_broken, true);
-        return;
+    while (p->mark_count > 0 && !gs_capturing()) {
+        CUresult rc = gs_driver()->event_query(p->marks[p->mark_head].event);
+        int streams = rc == CUDA_SUCCESS ? gs_streams_each(device, query_stream_event, NULL) : 0;
+        int departed = rc == CUDA_SUCCESS && streams == 0 ? reap_departed(p) : 0;
+        if (rc == CUDA_ERROR_NOT_READY || streams == 1 || departed == 1)
+            return;
+        if (rc != CUDA_SUCCESS || streams || departed) {
+            p->mark_count = 0;
+            atomic_store(&p->event_broken, true);
+            return;
+        }
+        mark_completed(p, p->marks[p->mark_head].token);
+        p->event_recycles++;
+        p->mark_head = (p->mark_head + 1) % MARKS;
+        p->mark_count--;
     }
-    mark_completed(p, p->event_token);
-    p->event_recycles++;
+}
+
+static int count_stream(void *ctx, CUstream stream, void **slot)
+{
+    (void)stream, (void)slot;
+    ++*(int *)ctx;
+    return 0;
 }
 
 /* An idle stream needs no event: all work issued to it so far is done. */
@@ -368,28 +377,40 @@ static int record_stream_event(void *ctx, CUstream stream, void **slot)
     return !m->armed;
 }
 
-/* Marks the work issued so far, if no mark is in flight. Also when the pool's pending list is
- * empty: blocks pending in thread caches are covered too. */
+/* Marks the work issued so far: when none is in flight, or, while the program has no
+ * non-blocking stream (whose events a mark would need as well), when the newest is at least
+ * MARK_INTERVAL_NS old and fewer than MARKS are in flight. Several marks let the pool wait for an
+ * old one (wait_for_mark) rather than for all queued work. Blocks pending in thread caches are
+ * covered too. */
 static void record_event(gs_pool_device_t *p, int device)
 {
     const gs_driver_t *drv = gs_driver();
-    if (p->event_in_flight || gs_capturing())
+    if (p->mark_count == MARKS || gs_capturing())
         return; /* legacy-stream work would invalidate a capture on a blocking stream */
-    if (p->event == NULL &&
-        GS_DRIVER_CALL(device, drv->event_create(&p->event, CU_EVENT_DISABLE_TIMING)) !=
-            CUDA_SUCCESS) {
-        p->event = NULL;
+    uint64_t now = 0;
+    if (p->mark_count > 0) {
+        int streams = 0;
+        if ((now = gs_now_ns()) - p->mark_recorded_ns < MARK_INTERVAL_NS ||
+            gs_streams_each(device, count_stream, &streams) != 0 || streams > 0)
+            return;
+    }
+    unsigned slot = (p->mark_head + p->mark_count) % MARKS;
+    CUevent *event = &p->marks[slot].event;
+    if (*event == NULL &&
+        GS_DRIVER_CALL(device, drv->event_create(event, CU_EVENT_DISABLE_TIMING)) != CUDA_SUCCESS) {
+        *event = NULL;
         atomic_store(&p->event_broken, true);
         return;
     }
     uint64_t token = gs_pool_before_sync(device);
-    if (GS_DRIVER_CALL(device, drv->event_record(p->event, CU_STREAM_LEGACY)) != CUDA_SUCCESS ||
-        gs_streams_each(device, record_stream_event, &device) != 0) {
+    if (GS_DRIVER_CALL(device, drv->event_record(*event, CU_STREAM_LEGACY)) != CUDA_SUCCESS ||
+        (p->mark_count == 0 && gs_streams_each(device, record_stream_event, &device) != 0)) {
         atomic_store(&p->event_broken, true);
         return;
     }
-    p->event_token = token;
-    p->event_in_flight = true;
+    p->marks[slot].token = token;
+    p->mark_count++;
+    p->mark_recorded_ns = now ? now : gs_now_ns();
 }
 
 /* A marked stream is about to be destroyed (registry lock held, device lock not): if work is
@@ -427,6 +448,64 @@ void gs_pool_stream_destroying(int device, CUstream stream, void **slot)
     d->next = p->departed;
     p->departed = d;
     pthread_mutex_unlock(&p->departed_lock);
+}
+
+/* The pool would grow, but pending blocks could serve once the GPU has passed a mark in flight:
+ * waits, polling, for the oldest mark that covers at least size pending bytes, at most
+ * MARK_WAIT_NS. The GPU is then still busy with the work queued after that mark, so this costs
+ * the CPU the time it was ahead, not GPU time, and the pool stays near what the program holds
+ * instead of growing by what it freed while the GPU was behind. Bounded, so that a long kernel
+ * (or one waiting for the host) costs one such wait: after one gives up, none for a while (as
+ * for slow synchronizations). Returns whether that mark completed. */
+static bool wait_for_mark(gs_pool_device_t *p, int device, uint64_t size)
+{
+    uint64_t start = gs_now_ns();
+    if (p->mark_count == 0 || start < p->mark_wait_until)
+        return false;
+    uint64_t covered[MARKS] = {0}; /* pending bytes each mark covers beyond the older ones */
+    int walked = 0;                /* a bounded look: past it, blocks count as not covered */
+    for (const gs_pool_block_t *b = p->pending; b && walked < 4096; b = b->next_free, walked++)
+        for (unsigned i = 0; i < p->mark_count; i++)
+            if (b->epoch <= p->marks[(p->mark_head + i) % MARKS].token) {
+                covered[i] += b->size;
+                break;
+            }
+    unsigned needed = 0; /* marks to complete, oldest first */
+    uint64_t bytes = 0;
+    while (needed < p->mark_count && bytes < size)
+        bytes += covered[needed++];
+    if (bytes < size)
+        return false;
+    p->mark_waits++;
+    uint64_t recycles = p->event_recycles + needed;
+    bool completed;
+    for (int polls = 0;; polls++) {
+        poll_event(p, device);
+        if (p->event_recycles >= recycles ||
+            atomic_load_explicit(&p->event_broken, memory_order_relaxed)) {
+            completed = p->event_recycles >= recycles;
+            break;
+        }
+        if (gs_now_ns() - start > MARK_WAIT_NS) {
+            completed = false;
+            break;
+        }
+        if (polls > 16)
+            sched_yield();
+    }
+    uint64_t now = gs_now_ns();
+    p->mark_wait_ns += now - start;
+    if (completed) {
+        p->mark_wait_backoff_ns /= 2;
+    } else {
+        p->mark_waits_given_up++;
+        p->mark_wait_backoff_ns = p->mark_wait_backoff_ns < BACKOFF_MIN_NS ? BACKOFF_MIN_NS
+                                  : p->mark_wait_backoff_ns < BACKOFF_MAX_NS
+                                      ? 2 * p->mark_wait_backoff_ns
+                                      : BACKOFF_MAX_NS;
+        p->mark_wait_until = now + p->mark_wait_backoff_ns;
+    }
+    return completed;
 }
 
 /* Device lock held: only when pending bytes are needed. */
@@ -600,8 +679,9 @@ void gs_pool_forget_chunks(gs_pool_device_t *p)
     memset(p->bitmap, 0, sizeof p->bitmap);
     p->pending = NULL;
     p->pending_bytes = p->free_bytes = p->reserved = p->chunk_count = 0;
-    p->event = NULL; /* it belonged to the context, as did the departed streams' events */
-    p->event_in_flight = false;
+    for (int i = 0; i < MARKS; i++)
+        p->marks[i].event = NULL; /* they belonged to the context, as did the departed streams' */
+    p->mark_count = 0;
     atomic_store(&p->event_broken, false);
     gs_pool_drop_departed(p, false);
     atomic_fetch_add_explicit(&p->generation, 1, memory_order_release);
@@ -663,6 +743,13 @@ CUresult gs_pool_central_alloc(gs_pool_device_t *p, int device, uint64_t size,
         (p->pending_bytes >= p->pending_max || (!events && p->pending_bytes >= p->reserved / 16) ||
          p->reserved + size > p->max)) {
         sync_and_recycle(p, device);
+        b = find_free(p, size);
+    }
+    /* Then wait for an old mark (queued work after it keeps the GPU busy), then synchronize if
+     * that is cheap, and only then grow. */
+    if (b == NULL && events && p->pending_bytes >= size && !gs_capturing() &&
+        wait_for_mark(p, device, size)) {
+        recycle_pending(p);
         b = find_free(p, size);
     }
     if (b == NULL && p->pending_bytes >= size && gs_pool_sync_if_cheap(p, device)) {

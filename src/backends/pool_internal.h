@@ -26,6 +26,9 @@
 extern uint64_t gs_pool_cheap_sync_ns;
 #define BACKOFF_MIN_NS 1000000ull    /* after a slow one, none for 1 ms, doubling ... */
 #define BACKOFF_MAX_NS 1000000000ull /* ... up to 1 s */
+#define MARKS 16                     /* marks in flight at most (see record_event) ... */
+#define MARK_INTERVAL_NS 100000ull   /* ... recorded at least 100 us apart */
+#define MARK_WAIT_NS 2000000ull      /* the longest wait for a mark instead of growing: 2 ms */
 #define RECENT_SLOTS 256             /* per-thread memory of recent allocations, for their frees */
 
 enum { BLOCK_FREE, BLOCK_LIVE, BLOCK_CACHED, BLOCK_PENDING };
@@ -86,15 +89,24 @@ typedef struct gs_pool_device {
     atomic_bool syncing;             /* a thread is in a cheap synchronization */
     _Atomic uint64_t no_cheap_until; /* CLOCK_MONOTONIC ns: back-off after a slow one */
     _Atomic uint64_t backoff_ns;     /* the next back-off */
-    CUevent event;                   /* on the legacy default stream (GPUSHIM_POOL_EVENTS) */
-    pthread_mutex_t departed_lock;   /* a leaf lock: taken under the stream registry's */
-    gs_pool_departed_t *departed;    /* events of destroyed marked streams, still queued */
-    uint64_t event_token;            /* frees stamped <= this are covered by the event */
-    bool event_in_flight;
+    /* Marks in flight, oldest first (GPUSHIM_POOL_EVENTS): events on the legacy default stream,
+     * each covering the frees stamped up to its token; ring slots keep their event. */
+    struct {
+        CUevent event;
+        uint64_t token;
+    } marks[MARKS];
+    unsigned mark_head, mark_count;
+    uint64_t mark_recorded_ns;     /* when the newest was recorded */
+    pthread_mutex_t departed_lock; /* a leaf lock: taken under the stream registry's */
+    gs_pool_departed_t *departed;  /* events of destroyed marked streams, still queued */
     /* The driver refused an event (a mark's, or a destroyed stream's last one, recorded without
      * the device lock): asynchronous reuse is off until the context is reset. */
     atomic_bool event_broken;
     uint64_t event_recycles; /* events that completed and made pending blocks reusable */
+    /* Waits for the GPU to pass the mark in flight instead of growing (see wait_for_mark): how
+     * many, how many gave up, their time, and the back-off after one gives up. */
+    uint64_t mark_waits, mark_waits_given_up, mark_wait_ns;
+    uint64_t mark_wait_until, mark_wait_backoff_ns; /* CLOCK_MONOTONIC ns */
     /* Bumped when the device's context is reset: thread caches filled before then hold records
      * of blocks that no longer exist, and drop them unread. */
     _Atomic uint64_t generation;

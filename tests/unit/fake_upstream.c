@@ -171,6 +171,10 @@ static CUresult fake_event_query(CUevent event)
     if (fake.events_busy ||
         (fake.busy_stream && ((fake_event_t *)event)->stream == fake.busy_stream))
         return CUDA_ERROR_NOT_READY;
+    if (fake.events_busy_queries > 0) {
+        fake.events_busy_queries--;
+        return CUDA_ERROR_NOT_READY;
+    }
     int record = ((fake_event_t *)event)->record;
     if (record > fake.last_completed_record)
         fake.last_completed_record = record;

@@ -17,7 +17,8 @@ typedef struct fake_upstream {
     /* Events: refused unless events is set; while events_busy, queries answer NOT_READY. Each
      * record is numbered; last_completed_record is the newest one a query saw complete. */
     bool events, events_busy;
-    CUstream busy_stream; /* work queued there: its events and its query answer NOT_READY */
+    int events_busy_queries; /* the next N event queries answer NOT_READY */
+    CUstream busy_stream;    /* work queued there: its events and its query answer NOT_READY */
     int streams_destroyed;
     int event_records, last_completed_record, streams_created;
     /* The primary context: a reset frees every allocation; a release makes it inactive (and

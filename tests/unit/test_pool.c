@@ -195,6 +195,63 @@ static void events_recycle_pending_blocks_without_a_wait(void **state)
     fake.sync_ns = 0;
 }
 
+static const char *pool_report_text(void)
+{
+    static gs_buf_t report;
+    report.len = 0;
+    gs_backend_pool.report(0, &report, false);
+    report.data[report.len] = '\0';
+    return report.data;
+}
+
+/* A pool of 146 MiB: blocks of 48 MiB (past the thread cache's budget) a, b, c freed (a stays
+ * in the thread's cache, b and c wait in the pool), then a small allocation from what is left,
+ * which records a mark after those frees. The pool is full but for 1 MiB. */
+static void free_three_large_blocks_under_a_mark(void)
+{
+    fake.events = true;
+    gs_opts.pool_pending_max = (gs_size_spec_t){.bytes = 1ull << 30}; /* not the bound's sync */
+    gs_opts.pool_initial = (gs_size_spec_t){.bytes = 146 * MiB};
+    gs_pool_destroy();
+    CUdeviceptr big[3], small;
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(gs_mem_alloc(&big[i], 48 * MiB), CUDA_SUCCESS);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(gs_mem_free(big[i]), CUDA_SUCCESS);   /* one cached, two pending */
+    assert_int_equal(gs_mem_alloc(&small, MiB), CUDA_SUCCESS); /* its mark covers the frees */
+}
+
+/* The pool would grow, but pending blocks wait for a mark in flight: it waits for the GPU to
+ * pass that mark (here: three queries) and reuses them, with no synchronization. */
+static void the_pool_waits_for_a_mark_rather_than_grow(void **state)
+{
+    (void)state;
+    free_three_large_blocks_under_a_mark();
+    int allocs = fake.allocs, syncs = fake.syncs;
+    fake.events_busy_queries = 3;
+    CUdeviceptr p;
+    assert_int_equal(gs_mem_alloc(&p, 48 * MiB), CUDA_SUCCESS);
+    assert_int_equal(fake.allocs, allocs); /* no growth */
+    assert_int_equal(fake.syncs, syncs);
+    assert_int_equal(fake.events_busy_queries, 0);
+    assert_non_null(strstr(pool_report_text(), "instead of growing 1 times"));
+    assert_non_null(strstr(pool_report_text(), "0 gave up"));
+}
+
+/* A mark that does not complete within 2 ms (a long kernel, or one waiting for the host): the
+ * pool gives up waiting and goes on (here a synchronization recycles the blocks). */
+static void a_mark_wait_gives_up(void **state)
+{
+    (void)state;
+    free_three_large_blocks_under_a_mark();
+    fake.events_busy = true;
+    CUdeviceptr p;
+    assert_int_equal(gs_mem_alloc(&p, 48 * MiB), CUDA_SUCCESS);
+    assert_non_null(strstr(pool_report_text(), "instead of growing 1 times"));
+    assert_non_null(strstr(pool_report_text(), "1 gave up"));
+    fake.events_busy = false;
+}
+
 /* While the events stay incomplete, the pool grows up to the pending bound and then waits. */
 static void busy_events_leave_the_bound_to_synchronizations(void **state)
 {
@@ -210,15 +267,6 @@ static void busy_events_leave_the_bound_to_synchronizations(void **state)
     assert_true(fake.syncs >= 1);
     assert_true(fake.used <= 128 * MiB + 4 * 48 * MiB); /* the bound, the caches, a block */
     fake.sync_ns = 0;
-}
-
-static const char *pool_report_text(void)
-{
-    static gs_buf_t report;
-    report.len = 0;
-    gs_backend_pool.report(0, &report, false);
-    report.data[report.len] = '\0';
-    return report.data;
 }
 
 /* A non-blocking stream does not wait for the legacy stream, so each one gets an event of its
@@ -748,6 +796,8 @@ int main(void)
         cmocka_unit_test_setup(slow_synchronizations_back_off, safe),
         cmocka_unit_test_setup(events_recycle_pending_blocks_without_a_wait, safe),
         cmocka_unit_test_setup(busy_events_leave_the_bound_to_synchronizations, safe),
+        cmocka_unit_test_setup(the_pool_waits_for_a_mark_rather_than_grow, safe),
+        cmocka_unit_test_setup(a_mark_wait_gives_up, safe),
         cmocka_unit_test_setup(events_mark_each_nonblocking_stream, safe),
         cmocka_unit_test_setup(a_destroyed_stream_holds_blocks_until_its_work_is_done, safe),
         cmocka_unit_test_setup(too_many_nonblocking_streams_turn_events_off, safe),
