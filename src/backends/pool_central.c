@@ -387,10 +387,11 @@ static void record_event(gs_pool_device_t *p, int device)
     const gs_driver_t *drv = gs_driver();
     if (p->mark_count == MARKS || gs_capturing())
         return; /* legacy-stream work would invalidate a capture on a blocking stream */
-    uint64_t now = 0;
+    uint64_t now = gs_now_ns();
     if (p->mark_count > 0) {
         int streams = 0;
-        if ((now = gs_now_ns()) - p->mark_recorded_ns < MARK_INTERVAL_NS ||
+        unsigned newest = (p->mark_head + p->mark_count - 1) % MARKS;
+        if (now - p->marks[newest].recorded_ns < MARK_INTERVAL_NS ||
             gs_streams_each(device, count_stream, &streams) != 0 || streams > 0)
             return;
     }
@@ -409,8 +410,8 @@ static void record_event(gs_pool_device_t *p, int device)
         return;
     }
     p->marks[slot].token = token;
+    p->marks[slot].recorded_ns = now;
     p->mark_count++;
-    p->mark_recorded_ns = now ? now : gs_now_ns();
 }
 
 /* A marked stream is about to be destroyed (registry lock held, device lock not): if work is
@@ -459,12 +460,15 @@ void gs_pool_stream_destroying(int device, CUstream stream, void **slot)
  * for slow synchronizations). Returns whether that mark completed. */
 static bool wait_for_mark(gs_pool_device_t *p, int device, uint64_t size)
 {
+    /* Only while the GPU is behind: an idle one completes a mark within microseconds, and then
+     * a synchronization is as cheap. */
     uint64_t start = gs_now_ns();
-    if (p->mark_count == 0 || start < p->mark_wait_until)
+    if (p->mark_count == 0 || start < p->mark_wait_until ||
+        start - p->marks[p->mark_head].recorded_ns < MARK_INTERVAL_NS)
         return false;
     uint64_t covered[MARKS] = {0}; /* pending bytes each mark covers beyond the older ones */
     int walked = 0;                /* a bounded look: past it, blocks count as not covered */
-    for (const gs_pool_block_t *b = p->pending; b && walked < 4096; b = b->next_free, walked++)
+    for (const gs_pool_block_t *b = p->pending; b && walked < 1024; b = b->next_free, walked++)
         for (unsigned i = 0; i < p->mark_count; i++)
             if (b->epoch <= p->marks[(p->mark_head + i) % MARKS].token) {
                 covered[i] += b->size;

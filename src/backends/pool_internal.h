@@ -93,10 +93,9 @@ typedef struct gs_pool_device {
      * each covering the frees stamped up to its token; ring slots keep their event. */
     struct {
         CUevent event;
-        uint64_t token;
+        uint64_t token, recorded_ns; /* CLOCK_MONOTONIC */
     } marks[MARKS];
     unsigned mark_head, mark_count;
-    uint64_t mark_recorded_ns;     /* when the newest was recorded */
     pthread_mutex_t departed_lock; /* a leaf lock: taken under the stream registry's */
     gs_pool_departed_t *departed;  /* events of destroyed marked streams, still queued */
     /* The driver refused an event (a mark's, or a destroyed stream's last one, recorded without

@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "fake_upstream.h"
 
@@ -219,6 +220,7 @@ static void free_three_large_blocks_under_a_mark(void)
     for (int i = 0; i < 3; i++)
         assert_int_equal(gs_mem_free(big[i]), CUDA_SUCCESS);   /* one cached, two pending */
     assert_int_equal(gs_mem_alloc(&small, MiB), CUDA_SUCCESS); /* its mark covers the frees */
+    usleep(200); /* a mark in flight that long: the GPU is behind */
 }
 
 /* The pool would grow, but pending blocks wait for a mark in flight: it waits for the GPU to
