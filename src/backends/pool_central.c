@@ -321,6 +321,12 @@ static int reap_departed(gs_pool_device_t *p)
     return rc;
 }
 
+/* How long ago then was, from a clock read before the device lock (then may be later). */
+static inline uint64_t age(uint64_t now, uint64_t then)
+{
+    return now > then ? now - then : 0;
+}
+
 /* Marks that have completed, oldest first, make completed cover what they marked. */
 static void poll_event(gs_pool_device_t *p, int device)
 {
@@ -382,16 +388,15 @@ static int record_stream_event(void *ctx, CUstream stream, void **slot)
  * MARK_INTERVAL_NS old and fewer than MARKS are in flight. Several marks let the pool wait for an
  * old one (wait_for_mark) rather than for all queued work. Blocks pending in thread caches are
  * covered too. */
-static void record_event(gs_pool_device_t *p, int device)
+static void record_event(gs_pool_device_t *p, int device, uint64_t now)
 {
     const gs_driver_t *drv = gs_driver();
     if (p->mark_count == MARKS || gs_capturing())
         return; /* legacy-stream work would invalidate a capture on a blocking stream */
-    uint64_t now = gs_now_ns();
     if (p->mark_count > 0) {
         int streams = 0;
         unsigned newest = (p->mark_head + p->mark_count - 1) % MARKS;
-        if (now - p->marks[newest].recorded_ns < MARK_INTERVAL_NS ||
+        if (age(now, p->marks[newest].recorded_ns) < MARK_INTERVAL_NS ||
             gs_streams_each(device, count_stream, &streams) != 0 || streams > 0)
             return;
     }
@@ -458,13 +463,12 @@ void gs_pool_stream_destroying(int device, CUstream stream, void **slot)
  * instead of growing by what it freed while the GPU was behind. Bounded, so that a long kernel
  * (or one waiting for the host) costs one such wait: after one gives up, none for a while (as
  * for slow synchronizations). Returns whether that mark completed. */
-static bool wait_for_mark(gs_pool_device_t *p, int device, uint64_t size)
+static bool wait_for_mark(gs_pool_device_t *p, int device, uint64_t size, uint64_t now)
 {
     /* Only while the GPU is behind: an idle one completes a mark within microseconds, and then
      * a synchronization is as cheap. */
-    uint64_t start = gs_now_ns();
-    if (p->mark_count == 0 || start < p->mark_wait_until ||
-        start - p->marks[p->mark_head].recorded_ns < MARK_INTERVAL_NS)
+    if (p->mark_count == 0 || now < p->mark_wait_until ||
+        age(now, p->marks[p->mark_head].recorded_ns) < MARK_INTERVAL_NS)
         return false;
     uint64_t covered[MARKS] = {0}; /* pending bytes each mark covers beyond the older ones */
     int walked = 0;                /* a bounded look: past it, blocks count as not covered */
@@ -481,7 +485,7 @@ static bool wait_for_mark(gs_pool_device_t *p, int device, uint64_t size)
     if (bytes < size)
         return false;
     p->mark_waits++;
-    uint64_t recycles = p->event_recycles + needed;
+    uint64_t start = gs_now_ns(), recycles = p->event_recycles + needed;
     bool completed;
     for (int polls = 0;; polls++) {
         poll_event(p, device);
@@ -497,8 +501,8 @@ static bool wait_for_mark(gs_pool_device_t *p, int device, uint64_t size)
         if (polls > 16)
             sched_yield();
     }
-    uint64_t now = gs_now_ns();
-    p->mark_wait_ns += now - start;
+    uint64_t end = gs_now_ns();
+    p->mark_wait_ns += end - start;
     if (completed) {
         p->mark_wait_backoff_ns /= 2;
     } else {
@@ -507,7 +511,7 @@ static bool wait_for_mark(gs_pool_device_t *p, int device, uint64_t size)
                                   : p->mark_wait_backoff_ns < BACKOFF_MAX_NS
                                       ? 2 * p->mark_wait_backoff_ns
                                       : BACKOFF_MAX_NS;
-        p->mark_wait_until = now + p->mark_wait_backoff_ns;
+        p->mark_wait_until = end + p->mark_wait_backoff_ns;
     }
     return completed;
 }
@@ -731,6 +735,8 @@ CUresult gs_pool_central_alloc(gs_pool_device_t *p, int device, uint64_t size,
                                gs_pool_block_t **out)
 {
     CUresult rc = CUDA_SUCCESS;
+    /* The marks' clock, read before the lock: under it, 16 threads queue for every nanosecond. */
+    uint64_t now = gs_opts.pool_reuse == GS_REUSE_SAFE ? gs_now_ns() : 0;
     pthread_mutex_lock(&p->lock);
     bool events = gs_pool_events_off_reason(p) == NULL;
     if (events)
@@ -752,7 +758,7 @@ CUresult gs_pool_central_alloc(gs_pool_device_t *p, int device, uint64_t size,
     /* Then wait for an old mark (queued work after it keeps the GPU busy), then synchronize if
      * that is cheap, and only then grow. */
     if (b == NULL && events && p->pending_bytes >= size && !gs_capturing() &&
-        wait_for_mark(p, device, size)) {
+        wait_for_mark(p, device, size, now)) {
         recycle_pending(p);
         b = find_free(p, size);
     }
@@ -781,7 +787,7 @@ CUresult gs_pool_central_alloc(gs_pool_device_t *p, int device, uint64_t size,
         rc = CUDA_ERROR_OUT_OF_MEMORY;
     }
     if (events)
-        record_event(p, device);
+        record_event(p, device, now);
     pthread_mutex_unlock(&p->lock);
     *out = b;
     return rc;
