@@ -20,7 +20,7 @@ echo "--- gpushim plot"; "$cli" plot "$trace" -o "$out/torch-trace.svg"
 echo "--- trace cost on the pool pair benchmark (immediate reuse; ns per pair, median of 20-pair"
 echo "    batches; the trace written to a file on local disk). The host's speed changes by up to"
 echo "    1.7x from minute to minute (the same code gave 105 and 180 ns): so 8 rounds, alternating,"
-echo "    and the median over rounds"
+echo "    and medians over rounds; compare rounds where both runs are at the same speed"
 shim=$PWD/$build/src/libgpushim.so
 rm -f "$trace"
 rounds=${GPUSHIM_TRACE_ROUNDS:-8}
@@ -41,7 +41,11 @@ done | awk '
     for (i = 2; i <= m; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { k = a[j]; a[j] = a[j - 1]; a[j - 1] = k }
     return (m % 2) ? a[(m + 1) / 2] : (a[m / 2] + a[m / 2 + 1]) / 2 }
   END {
-    print "| size | no trace | trace | ratio |"; print "|---|---|---|---|"
+    print "| size | no trace | trace | ratio of medians | median of each round's ratio |"
+    print "|---|---|---|---|---|"
     for (i = 1; i <= sizes; i++) {
-      s = order[i]; printf "| %s | %.1f | %.1f | %.3fx |\n", s, median(0, s), median(1, s), median(1, s) / median(0, s) } }'
+      s = order[i]
+      for (k = 1; k <= n[1, s]; k++) { v[2, s, k] = v[1, s, k] / v[0, s, k]; n[2, s] = k }
+      printf "| %s | %.1f | %.1f | %.3fx | %.3fx |\n", s, median(0, s), median(1, s),
+        median(1, s) / median(0, s), median(2, s) } }'
 nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | sed 's/^/card: /'
