@@ -210,6 +210,15 @@ void gs_pool_after_sync(int device, uint64_t token)
     gs_backend_managed.after_sync(device, token); /* stream-ordered frees of spilled blocks */
 }
 
+/* The next back-off after a slow synchronization or a mark wait that gave up: 1 ms, twice as
+ * long after each further one, at most 1 s. */
+static uint64_t longer_backoff(uint64_t backoff)
+{
+    return backoff < BACKOFF_MIN_NS   ? BACKOFF_MIN_NS
+           : backoff < BACKOFF_MAX_NS ? 2 * backoff
+                                      : backoff;
+}
+
 /* The shim's own device synchronization: every free stamped before it is safe afterwards.
  * Returns its duration in nanoseconds, or 0 if the driver refused. */
 static uint64_t shim_sync(gs_pool_device_t *p, int device)
@@ -231,8 +240,7 @@ static uint64_t shim_sync(gs_pool_device_t *p, int device)
      * each further slow one, at most 1 s); quick ones shorten the back-off again. */
     uint64_t backoff = atomic_load_explicit(&p->backoff_ns, memory_order_relaxed);
     if (ns > gs_pool_cheap_sync_ns) {
-        backoff = backoff < BACKOFF_MIN_NS ? BACKOFF_MIN_NS
-                                           : (backoff < BACKOFF_MAX_NS ? 2 * backoff : backoff);
+        backoff = longer_backoff(backoff);
         atomic_store_explicit(&p->no_cheap_until, gs_now_ns() + backoff, memory_order_relaxed);
     } else {
         backoff /= 2;
@@ -507,10 +515,7 @@ static bool wait_for_mark(gs_pool_device_t *p, int device, uint64_t size, uint64
         p->mark_wait_backoff_ns /= 2;
     } else {
         p->mark_waits_given_up++;
-        p->mark_wait_backoff_ns = p->mark_wait_backoff_ns < BACKOFF_MIN_NS ? BACKOFF_MIN_NS
-                                  : p->mark_wait_backoff_ns < BACKOFF_MAX_NS
-                                      ? 2 * p->mark_wait_backoff_ns
-                                      : BACKOFF_MAX_NS;
+        p->mark_wait_backoff_ns = longer_backoff(p->mark_wait_backoff_ns);
         p->mark_wait_until = end + p->mark_wait_backoff_ns;
     }
     return completed;
