@@ -3,6 +3,7 @@
 //   bench_alloc sizes  API        ns per alloc+free pair for 256 B .. 256 MiB: median of 20-pair
 //                                 batches, and the mean over all of them (syncs, flushes included)
 //   bench_alloc random API        1000 live blocks, log-uniform 256 B..4 MiB, random free order
+//                                 (async: also the pool's reserved high-water mark / peak asked)
 //   bench_alloc threads API T     pairs per second of T threads together (4 KiB and 1 MiB)
 //   bench_alloc context API       what a device synchronization of an idle GPU costs, and a
 //                                 CPU clock read (rdtsc), for reading the other numbers
@@ -135,6 +136,15 @@ static void random_pattern()
     for (void *p : live)
         release(p);
     std::printf("RESULT random %.0f peak_requested %zu\n", median(per_pair), peak);
+    if (use_async) { // CUDA's own pool on the same pattern: what it reserved at most
+        cudaMemPool_t mempool;
+        cuuint64_t reserved = 0, used = 0;
+        cudaDeviceGetDefaultMemPool(&mempool, 0);
+        cudaMemPoolGetAttribute(mempool, cudaMemPoolAttrReservedMemHigh, &reserved);
+        cudaMemPoolGetAttribute(mempool, cudaMemPoolAttrUsedMemHigh, &used);
+        std::printf("RESULT random_pool reserved_high %llu used_high %llu ratio %.3f\n",
+                    (unsigned long long)reserved, (unsigned long long)used, (double)reserved / peak);
+    }
 }
 
 static void threads(int count)

@@ -3,7 +3,9 @@
 median of batches. 'mlp': ms per training step of the brief's MLP (batch 512, 1024-4096-4096-10,
 AdamW), with PyTorch's peak reserved/allocated; 'mlp sidestream': the same, and each step also
 copies a slice of the input on a side stream (PyTorch creates its non-blocking stream pool).
-Lines starting with RESULT are machine-readable."""
+Lines starting with RESULT are machine-readable. 'random': bench_alloc's random pattern (1000 live
+blocks, log-uniform 256 B..4 MiB, 20000 random replacements) as uint8 tensors under the caching
+allocator: its peak reserved over the peak of the bytes asked for."""
 import sys
 import time
 import torch
@@ -36,6 +38,27 @@ double pair_ns(int64_t bytes, int64_t batches) {
     torch.cuda.init()
     for size in (256, 4096, 65536, 1 << 20, 16 << 20, 256 << 20):
         print(f"RESULT torch_alloc {size} {ext.pair_ns(size, 2000):.0f}")
+elif what == "random":
+    import math
+    import random
+    rng = random.Random(42)
+    lo, hi = math.log(256), math.log(4 << 20)
+    draw = lambda: int(math.exp(rng.uniform(lo, hi)))
+    sizes = [draw() for _ in range(1000)]
+    live = [torch.empty(n, dtype=torch.uint8, device="cuda") for n in sizes]
+    in_use = peak = sum(sizes)
+    for _ in range(20000):
+        k = rng.randrange(1000)
+        live[k] = None
+        in_use -= sizes[k]
+        sizes[k] = draw()
+        live[k] = torch.empty(sizes[k], dtype=torch.uint8, device="cuda")
+        in_use += sizes[k]
+        peak = max(peak, in_use)
+    torch.cuda.synchronize()
+    reserved = torch.cuda.max_memory_reserved()
+    print(f"RESULT torch_random reserved {reserved} allocated {torch.cuda.max_memory_allocated()} "
+          f"requested {peak} ratio {reserved / peak:.3f}")
 elif what == "mlp":
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(1024, 4096), torch.nn.ReLU(), torch.nn.Linear(4096, 4096),

@@ -32,6 +32,7 @@ done
 "$build/bench_alloc" random async >"$work/random-async.txt"
 for t in 1 4 16; do "$build/bench_alloc" threads async $t; done >"$work/threads-async.txt"
 python3 bench/bench_torch.py alloc >"$work/torch-alloc.txt" 2>&1
+python3 bench/bench_torch.py random >"$work/torch-random.txt" 2>&1
 "$build/bench_alloc" context malloc >"$work/context.txt"
 # The shim alone: cuMemAlloc/cuMemFree taken from the runtime's entry-point table, no cudaMalloc.
 for b in safe immediate; do with $b "$build/bench_alloc" sizes driver >"$work/driver-$b.txt"; done
@@ -76,8 +77,10 @@ echo "|---|---|---|"
 for b in none safe immediate async; do
   line=$(result random "$work/random-$b.txt")
   ratio=$(sed -n 's/.*peak reserved \/ peak in use \([0-9.]*\).*/\1/p' "$work/random-$b-report.txt" 2>/dev/null | head -1)
+  [ "$b" = async ] && ratio=$(result random_pool "$work/random-async.txt" | awk '{print $NF}')
   echo "| $b | ${line%% *} | ${ratio:--} |"
 done
+echo "| PyTorch caching allocator (uint8 tensors, same pattern) | - | $(result torch_random "$work/torch-random.txt" | awk '{print $NF}') |"
 echo
 echo "## threads: pairs per second, all threads together (4 KiB and 1 MiB alternating)"
 echo "| threads | cudaMalloc | pool safe | pool immediate | cudaMallocAsync | immediate scaling vs 1 thread | safe scaling |"
