@@ -464,7 +464,8 @@ void gs_pool_stream_destroying(int device, CUstream stream, void **slot)
     pthread_mutex_unlock(&p->departed_lock);
 }
 
-/* The pool would grow, but pending blocks could serve once the GPU has passed a mark in flight:
+/* Device lock held (dropped while it yields between polls). The pool would grow, but pending
+ * blocks could serve once the GPU has passed a mark in flight:
  * waits, polling, for the oldest mark that covers at least size pending bytes, at most
  * MARK_WAIT_NS. The GPU is then still busy with the work queued after that mark, so this costs
  * the CPU the time it was ahead, not GPU time, and the pool stays near what the program holds
@@ -506,8 +507,11 @@ static bool wait_for_mark(gs_pool_device_t *p, int device, uint64_t size, uint64
             completed = false;
             break;
         }
-        if (polls > 16)
+        if (polls > 16) { /* let other threads use the pool meanwhile */
+            pthread_mutex_unlock(&p->lock);
             sched_yield();
+            pthread_mutex_lock(&p->lock);
+        }
     }
     uint64_t end = gs_now_ns();
     p->mark_wait_ns += end - start;
