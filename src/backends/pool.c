@@ -58,16 +58,15 @@ static pthread_mutex_t gs_caches_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_key_t gs_cache_key;
 static GS_TLS thread_cache_t *gs_my_caches[GS_MAX_DEVICES];
 
-/* What this thread allocated lately, so that its free needs no shared lookup. */
+/* What this thread allocated lately, so that its free needs no shared lookup. Its address also
+ * names the thread in gs_pool_block_t.last_thread (for gs_block_t.same_thread): unique among
+ * live threads; a thread that reuses a dead one's (glibc recycles thread memory) starts with
+ * fresh TLS, so the trace reads the clock at its first event anyway. */
 static GS_TLS struct {
     CUdeviceptr base;
     gs_pool_block_t *block;
     uint32_t generation;
 } gs_recent[RECENT_SLOTS];
-
-/* gs_recent's address also names the thread, for gs_block_t.same_thread: unique among live
- * threads; a thread that reuses a dead one's (glibc recycles thread memory) starts with fresh
- * TLS, so the trace reads the clock at its first event anyway. */
 
 static inline size_t recent_slot(CUdeviceptr base)
 {

@@ -464,14 +464,14 @@ void gs_pool_stream_destroying(int device, CUstream stream, void **slot)
     pthread_mutex_unlock(&p->departed_lock);
 }
 
-/* Device lock held (dropped while it yields between polls). The pool would grow, but pending
- * blocks could serve once the GPU has passed a mark in flight:
- * waits, polling, for the oldest mark that covers at least size pending bytes, at most
- * MARK_WAIT_NS. The GPU is then still busy with the work queued after that mark, so this costs
- * the CPU the time it was ahead, not GPU time, and the pool stays near what the program holds
- * instead of growing by what it freed while the GPU was behind. Bounded, so that a long kernel
- * (or one waiting for the host) costs one such wait: after one gives up, none for a while (as
- * for slow synchronizations). Returns whether that mark completed. */
+/* Device lock held (let go while it yields between polls). The pool would grow, but pending
+ * blocks could serve once the GPU has passed a mark in flight: waits, polling, for the oldest
+ * mark that covers at least size pending bytes, at most MARK_WAIT_NS. The GPU is then still busy
+ * with the work queued after that mark, so this costs the CPU the time it was ahead, not GPU time,
+ * and the pool stays near what the program holds instead of growing by what it freed while the GPU
+ * was behind. Bounded, so that a long kernel (or one waiting for the host) costs one such wait:
+ * after one gives up, none for a while (as for slow synchronizations). Returns whether that mark
+ * completed. */
 static bool wait_for_mark(gs_pool_device_t *p, int device, uint64_t size, uint64_t now)
 {
     /* Only while the GPU is behind: an idle one completes a mark within microseconds, and then
