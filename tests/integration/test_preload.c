@@ -656,6 +656,19 @@ static void json_report_per_rank_with_leaks_and_oom(void **state)
     if (strstr(parsed, "gpushim-report/1 3 4 2 2 [{'le': 16777216, 'count': 4}] True") == NULL)
         print_message("parsed: %s\n%s\n", parsed, json);
     assert_non_null(strstr(parsed, "gpushim-report/1 3 4 2 2 [{'le': 16777216, 'count': 4}] True"));
+    /* Version 1 only adds fields: every pool field the README names is there. */
+    snprintf(command, sizeof command,
+             "python3 -c 'import json,sys; p=json.load(open(sys.argv[1]))[\"devices\"][0][\"pool\"]; "
+             "print(\"missing\", sorted(set(sys.argv[2].split()) - set(p)))' %s '%s'", path,
+             "reserved reserved_peak chunks driver_allocations chunks_given_back "
+             "peak_reserved_over_peak_in_use cache_hits pool_allocations reuse pending "
+             "shim_synchronizations shim_synchronization_mean_us cached_in_threads "
+             "largest_free_block event_recycles events mark_waits mark_waits_given_up "
+             "mark_wait_mean_us");
+    parsed = command_output(command);
+    if (strstr(parsed, "missing []") == NULL)
+        print_message("%s\n", parsed);
+    assert_non_null(strstr(parsed, "missing []"));
     unlink(path);
     rmdir(dir);
     free(json);
