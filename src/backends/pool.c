@@ -448,7 +448,6 @@ static int pool_pointer_attribute(void *data, CUpointer_attribute attr, CUdevice
     gs_pool_block_t *b = containing(ptr);
     if (b == NULL)
         return GS_NOT_OURS;
-    bool whole_chunk = b->base == b->chunk->base && b->size == b->chunk->size;
     switch (attr) {
     case CU_POINTER_ATTRIBUTE_RANGE_START_ADDR:
     case CU_POINTER_ATTRIBUTE_MAPPING_BASE_ADDR:
@@ -462,7 +461,7 @@ static int pool_pointer_attribute(void *data, CUpointer_attribute attr, CUdevice
         *(unsigned long long *)data = b->buffer_id;
         break;
     default: /* IS_LEGACY_CUDA_IPC_CAPABLE */
-        if (whole_chunk)
+        if (whole_chunk(b))
             return GS_NOT_OURS;
         *(int *)data = 0;
         break;
@@ -477,7 +476,7 @@ static int pool_ipc_handle(CUipcMemHandle *handle, CUdeviceptr ptr, CUresult *re
 {
     (void)handle;
     gs_pool_block_t *b = containing(ptr);
-    if (b == NULL || (b->base == b->chunk->base && b->size == b->chunk->size))
+    if (b == NULL || whole_chunk(b))
         return GS_NOT_OURS; /* not ours, or a whole chunk: the driver's handle is right */
     gs_log_warning("cuIpcGetMemHandle refused (CUDA_ERROR_INVALID_VALUE): %#llx is a block inside "
                    "a pool chunk, and its handle would map the whole chunk; run this program with "

@@ -628,7 +628,7 @@ static int release_free_chunks(gs_pool_device_t *p, int device, uint64_t keep)
     for (gs_pool_chunk_t **link = &p->chunks; *link && p->free_bytes > keep;) {
         gs_pool_chunk_t *c = *link;
         gs_pool_block_t *b = c->first;
-        if (b->size != c->size || atomic_load(&b->state) != BLOCK_FREE) {
+        if (!whole_chunk(b) || atomic_load(&b->state) != BLOCK_FREE) {
             link = &c->next;
             continue;
         }
@@ -745,7 +745,9 @@ CUresult gs_pool_central_alloc(gs_pool_device_t *p, int device, uint64_t size,
 {
     CUresult rc = CUDA_SUCCESS;
     /* The marks' clock, read before the lock: under it, 16 threads queue for every nanosecond. */
-    uint64_t now = gs_opts.pool_reuse == GS_REUSE_SAFE ? gs_now_ns() : 0;
+    uint64_t now = gs_opts.pool_reuse == GS_REUSE_SAFE && gs_opts.pool_events != GS_EVENTS_OFF
+                       ? gs_now_ns()
+                       : 0;
     pthread_mutex_lock(&p->lock);
     bool events = gs_pool_events_off_reason(p) == NULL;
     if (events)

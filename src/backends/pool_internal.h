@@ -135,6 +135,12 @@ static inline int class_ceil(uint64_t size)
     return class_floor(size + (1ull << (fl - SL_BITS)) - 1);
 }
 
+/* The block spans its whole chunk (one cuMemAlloc of the driver's, as the program would see it). */
+static inline bool whole_chunk(const gs_pool_block_t *b)
+{
+    return b->base == b->chunk->base && b->size == b->chunk->size;
+}
+
 static inline bool reusable(gs_pool_device_t *p, const gs_pool_block_t *b)
 {
     return gs_opts.pool_reuse == GS_REUSE_IMMEDIATE ||

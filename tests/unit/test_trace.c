@@ -44,15 +44,22 @@ static char *read_all(const char *path, size_t *len)
     return text;
 }
 
-static void every_record_once_from_many_threads(void **state)
+/* An empty temporary file, made the trace's path (gs_opts.trace_path holds the name). */
+static const char *trace_to_new_file(void)
 {
-    (void)state;
     char path[] = "/tmp/gs_test_trace_XXXXXX";
     int fd = mkstemp(path);
     assert_true(fd >= 0);
     close(fd);
-    gs_options_defaults(&gs_opts);
     snprintf(gs_opts.trace_path, sizeof gs_opts.trace_path, "%s", path);
+    return gs_opts.trace_path;
+}
+
+static void every_record_once_from_many_threads(void **state)
+{
+    (void)state;
+    gs_options_defaults(&gs_opts);
+    const char *path = trace_to_new_file();
     gs_clock_start();
     gs_tracing = true;
 
@@ -119,12 +126,8 @@ static long long line_micros(const char *line)
 static void an_event_on_another_threads_block_reads_the_clock(void **state)
 {
     (void)state;
-    char path[] = "/tmp/gs_test_trace_XXXXXX";
-    int fd = mkstemp(path);
-    assert_true(fd >= 0);
-    close(fd);
     gs_trace_forget(); /* the first test's file is written; this one appends to its own */
-    snprintf(gs_opts.trace_path, sizeof gs_opts.trace_path, "%s", path);
+    const char *path = trace_to_new_file();
     gs_tracing = true;
     gs_trace_tight_ns = 1000000000; /* every run counts as tight, however slow the machine */
     usleep(2000);                   /* the clock's rate is known 1 ms after start */
