@@ -31,6 +31,7 @@ typedef enum { GS_REPORT_STDERR, GS_REPORT_OFF, GS_REPORT_FILE } gs_report_kind_
 typedef enum { GS_FORMAT_TEXT, GS_FORMAT_JSON } gs_report_format_t;
 typedef enum { GS_REUSE_SAFE, GS_REUSE_IMMEDIATE } gs_reuse_t;
 typedef enum { GS_EVENTS_AUTO, GS_EVENTS_OFF } gs_events_t;
+typedef enum { GS_IDLE_REUSE_AUTO, GS_IDLE_REUSE_OFF } gs_idle_reuse_t;
 typedef enum { GS_ADVICE_NONE, GS_ADVICE_PREFERRED, GS_ADVICE_ACCESSED_BY } gs_advice_t;
 typedef enum { GS_ON_OOM_FAIL, GS_ON_OOM_MANAGED } gs_on_oom_t;
 
@@ -55,6 +56,7 @@ typedef struct gs_options {
     gs_size_spec_t pool_release_threshold;
     gs_reuse_t pool_reuse;
     gs_events_t pool_events;
+    gs_idle_reuse_t pool_idle_reuse;
     gs_on_oom_t on_oom;
     bool managed_prefetch;
     gs_advice_t managed_advice;
@@ -189,6 +191,8 @@ typedef struct gs_driver {
 
 /* The real driver; loads libcuda.so.1 on first use. Never NULL; a missing entry point is NULL. */
 const gs_driver_t *gs_driver(void);
+/* The real driver library's handle (after gs_driver() has loaded it), or NULL. */
+extern void *gs_driver_handle;
 /* Unit tests install a fake upstream here. */
 void gs_driver_override(const gs_driver_t *fake);
 /* The real dlsym (libc's), found with dlvsym on first use. */
@@ -415,6 +419,20 @@ CUresult gs_stream_begin_capture_to_graph(CUstream stream, CUgraph graph,
                                           CUstreamCaptureMode mode, bool per_thread);
 CUresult gs_stream_end_capture(CUstream stream, CUgraph *graph, bool per_thread);
 bool gs_capturing(void);
+/* work.c. Whether GPU work may be in flight on a device (see there): the wrappers of the driver's
+ * work-issuing entry points call gs_work_enqueued after each call; the pool marks a device quiet
+ * from a mark's or synchronization's token; gs_work_blind turns this off for good (work may be
+ * issued where the shim cannot see it). */
+void gs_work_enqueued(void);
+void gs_work_quiet_from(int device, uint64_t token);
+bool gs_work_quiet_token(int device, uint64_t *token);
+bool gs_work_watched(void);
+const char *gs_work_blind_reason(void);
+void gs_work_blind(const char *why);
+void gs_work_forget(void);
+/* interpose/work.c counts the work-issuing functions it wraps, for the report. */
+void gs_work_note_wrapper(void);
+unsigned gs_work_wrapper_count(void);
 /* cuDevicePrimaryCtxReset (cudaDeviceReset), cuDevicePrimaryCtxRelease and cuCtxDestroy: once
  * the driver has destroyed the context, the shim forgets every allocation it held. */
 CUresult gs_primary_ctx_reset(CUdevice device, bool v2);

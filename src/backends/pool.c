@@ -44,8 +44,9 @@ typedef struct thread_cache {
     /* Written by the owner only, read by reports and cuMemGetInfo. small_bytes: blocks up to
      * CACHE_BYTES (the budget); large_bytes: the one larger block, outside the budget. */
     _Atomic uint64_t small_bytes, large_bytes, hits, misses;
-    _Atomic uint64_t generation; /* the pool's generation when last checked (see discard_stale) */
-    uint64_t index, allocations; /* for buffer IDs: which cache, how many it served */
+    _Atomic uint64_t quiet_frees; /* frees while no GPU work was in flight (safe reuse) */
+    _Atomic uint64_t generation;  /* the pool's generation when last checked (see discard_stale) */
+    uint64_t index, allocations;  /* for buffer IDs: which cache, how many it served */
     gs_pool_block_t *large;
     atomic_bool drain_requested; /* set by a thread short of memory; the owner drains */
     struct thread_cache *next;
@@ -378,8 +379,12 @@ static int pool_free(CUdeviceptr ptr, const gs_free_req_t *req, CUresult *result
                           .same_thread = b->last_thread == gs_recent};
     b->last_thread = gs_recent;
     *result = CUDA_SUCCESS;
-    /* Stamp before publishing: a synchronization that starts after this covers the free. */
-    b->epoch = atomic_load_explicit(&p->epoch, memory_order_acquire);
+    /* Stamp before publishing: a synchronization that starts after this covers the free; or, if
+     * no GPU work was issued since the last mark or synchronization, that one does. */
+    bool quiet;
+    b->epoch = gs_pool_free_epoch(p, b->device, &quiet);
+    if (quiet && cache)
+        OWNER_ADD(cache->quiet_frees, 1);
     if (cache && cache_put(p, cache, b))
         return 0;
     pthread_mutex_lock(&p->lock);
@@ -521,12 +526,16 @@ static void pool_report(int device, gs_buf_t *out, bool json)
     gs_pool_device_t *p = &gs_pools[device];
     if (!atomic_load(&p->ready))
         return;
-    uint64_t hits = 0, misses = 0;
+    uint64_t hits = 0, misses = 0, quiet_frees = 0;
     for (thread_cache_t *c = atomic_load(&gs_caches); c; c = c->next)
         if (c->device == device) {
             hits += atomic_load_explicit(&c->hits, memory_order_relaxed);
             misses += atomic_load_explicit(&c->misses, memory_order_relaxed);
+            quiet_frees += atomic_load_explicit(&c->quiet_frees, memory_order_relaxed);
         }
+    const char *idle_off = gs_opts.pool_idle_reuse == GS_IDLE_REUSE_OFF
+                               ? "GPUSHIM_POOL_IDLE_REUSE=off"
+                               : gs_work_blind_reason();
     gs_device_stats_t s;
     gs_stats_snapshot(device, &s);
     uint64_t served = hits + misses, cached = cached_bytes(device);
@@ -553,7 +562,8 @@ static void pool_report(int device, gs_buf_t *out, bool json)
             "\"shim_synchronizations\": %llu, \"shim_synchronization_mean_us\": %.1f, "
             "\"cached_in_threads\": %llu, "
             "\"largest_free_block\": %llu, \"event_recycles\": %llu, \"events\": \"%s%s\", "
-            "\"mark_waits\": %llu, \"mark_waits_given_up\": %llu, \"mark_wait_mean_us\": %.1f}",
+            "\"mark_waits\": %llu, \"mark_waits_given_up\": %llu, \"mark_wait_mean_us\": %.1f, "
+            "\"idle_reuse\": \"%s%s\", \"idle_frees\": %llu, \"work_functions_watched\": %u}",
             (unsigned long long)p->reserved, (unsigned long long)p->reserved_peak,
             (unsigned long long)p->chunk_count, (unsigned long long)p->grow_calls,
             (unsigned long long)p->releases, ratio, (unsigned long long)hits,
@@ -562,7 +572,8 @@ static void pool_report(int device, gs_buf_t *out, bool json)
             (unsigned long long)largest, (unsigned long long)p->event_recycles,
             events_off ? "off: " : "on", events_off ? events_off : "",
             (unsigned long long)p->mark_waits, (unsigned long long)p->mark_waits_given_up,
-            mark_wait_mean_us);
+            mark_wait_mean_us, idle_off ? "off: " : "on", idle_off ? idle_off : "",
+            (unsigned long long)quiet_frees, gs_work_wrapper_count());
     } else {
         char reserved[32], peak[32], pending[32], large[32], cached_text[32];
         gs_buf_printf(
@@ -594,6 +605,13 @@ static void pool_report(int device, gs_buf_t *out, bool json)
                           device, events_off ? "off, " : "on", events_off ? events_off : "",
                           (unsigned long long)p->event_recycles, (unsigned long long)p->mark_waits,
                           mark_wait_mean_us, (unsigned long long)p->mark_waits_given_up);
+        if (gs_opts.pool_reuse == GS_REUSE_SAFE)
+            gs_buf_printf(out,
+                          "gpushim: device %d: pool reuse while no GPU work was in flight: %s%s; "
+                          "%llu frees were reusable at once (%u work-issuing driver functions "
+                          "watched)\n",
+                          device, idle_off ? "off, " : "on", idle_off ? idle_off : "",
+                          (unsigned long long)quiet_frees, gs_work_wrapper_count());
     }
     pthread_mutex_unlock(&p->lock);
     gs_backend_managed.report(device, out, json); /* what spilled, if anything */
@@ -652,6 +670,7 @@ static uint64_t pool_live_bytes(const gs_block_t *block)
  * freeing them safely would need locks another thread may have held at the fork). */
 static void pool_forget(void)
 {
+    gs_work_forget();
     memset(gs_pools, 0, sizeof gs_pools);
     for (int d = 0; d < GS_MAX_DEVICES; d++) {
         pthread_mutex_init(&gs_pools[d].lock, NULL);

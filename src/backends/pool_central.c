@@ -175,7 +175,17 @@ static void recycle_pending(gs_pool_device_t *p)
 uint64_t gs_pool_before_sync(int device)
 {
     /* Frees stamped with the old epoch happened before this synchronization started. */
-    return atomic_fetch_add_explicit(&gs_pools[device].epoch, 1, memory_order_acq_rel);
+    uint64_t token = atomic_fetch_add(&gs_pools[device].epoch, 1);
+    if (gs_opts.pool_reuse == GS_REUSE_SAFE && gs_opts.pool_idle_reuse == GS_IDLE_REUSE_AUTO)
+        gs_work_quiet_from(device, token); /* before the caller records or synchronizes */
+    return token;
+}
+
+/* No GPU work was issued since the latest mark or synchronization: it covers all there is. */
+static bool quiet_now(gs_pool_device_t *p, int device)
+{
+    bool quiet;
+    return gs_pool_free_epoch(p, device, &quiet), quiet;
 }
 
 /* A synchronization or event covering every free stamped up to token has completed. */
@@ -401,6 +411,8 @@ static void record_event(gs_pool_device_t *p, int device, uint64_t now)
     const gs_driver_t *drv = gs_driver();
     if (p->mark_count == MARKS || gs_capturing())
         return; /* legacy-stream work would invalidate a capture on a blocking stream */
+    if (quiet_now(p, device))
+        return; /* nothing issued since the latest mark or synchronization: it covers all */
     if (p->mark_count > 0) {
         int streams = 0;
         unsigned newest = (p->mark_head + p->mark_count - 1) % MARKS;

@@ -147,6 +147,22 @@ static inline bool reusable(gs_pool_device_t *p, const gs_pool_block_t *b)
            b->epoch <= atomic_load_explicit(&p->completed, memory_order_acquire);
 }
 
+/* The epoch a free is stamped with: the device's current one, or, while no GPU work was issued
+ * since the latest mark or synchronization (gs_work_quiet_token, GPUSHIM_POOL_IDLE_REUSE), that
+ * one's token, so the block is reusable as soon as it has completed. The token counts only if it
+ * is the latest taken (epoch = token + 1): an older one's point may not cover the work issued
+ * before a newer point was taken, and completed may reach its value through that newer point. */
+static inline uint64_t gs_pool_free_epoch(gs_pool_device_t *p, int device, bool *quiet)
+{
+    uint64_t token;
+    bool idle =
+        gs_opts.pool_idle_reuse == GS_IDLE_REUSE_AUTO && gs_work_quiet_token(device, &token);
+    /* Read after the quiet word (both sequentially consistent). */
+    uint64_t epoch = atomic_load(&p->epoch);
+    *quiet = idle && token + 1 == epoch;
+    return *quiet ? token : epoch;
+}
+
 /* pool_central.c; "lock held" means the device's lock. */
 void gs_pool_device_init(gs_pool_device_t *p, int device); /* lock held */
 /* The slow path: the free lists, synchronization (safe reuse), growth, release, out of memory. */

@@ -6,6 +6,7 @@
 #include <pthread.h>
 
 void *(*gs_real_dlsym)(void *, const char *);
+void *gs_driver_handle;
 
 /* Bootstrap: the real dlsym comes from dlvsym, which we do not interpose. glibc 2.34 moved dlsym
  * into libc with a new version node; older libdl has only GLIBC_2.2.5. */
@@ -37,6 +38,7 @@ static void load_driver(gs_driver_t *table)
         gs_log_warning("cannot load libcuda.so.1: %s", dlerror());
         return;
     }
+    gs_driver_handle = handle;
 #define GS_DRIVER_LOAD(field, symbol, type) table->field = (type)lookup(handle, symbol);
     GS_DRIVER_FUNCS(GS_DRIVER_LOAD)
 #undef GS_DRIVER_LOAD

@@ -144,6 +144,12 @@ static const gs_option_t gs_option_table[] = {
      "recycles pending blocks when they complete, without a device-wide wait; off uses device "
      "synchronizations only.",
      parse_choice, GS_FIELD(pool_events), events_choices},
+    {"GPUSHIM_POOL_IDLE_REUSE", "auto, off", "auto",
+     "Pool mode, safe reuse: auto hands a freed block out again at once when no GPU work was "
+     "issued since the latest mark or synchronization, which has completed (the shim watches "
+     "every driver entry point that launches kernels or graphs, copies, sets memory or writes "
+     "from a stream); off makes every free wait for a mark or synchronization after it.",
+     parse_choice, GS_FIELD(pool_idle_reuse), events_choices},
     {"GPUSHIM_POOL_PENDING_MAX", SIZE_ACCEPTED, "256M",
      "Pool mode, safe reuse: freed bytes waiting for a synchronization in the pool; past this "
      "(or past 1/16 of the pool, when it would otherwise grow) the shim synchronizes the device "

@@ -24,7 +24,7 @@ __attribute__((used)) void *gs_dlsym_in_handle(void *handle, const char *name)
     if (symbol == NULL || gs_depth > 0 || name[0] != 'c' || name[1] != 'u')
         return symbol;
     void *wrapper = gs_intercept_by_name(name);
-    return wrapper ? wrapper : symbol;
+    return wrapper ? wrapper : gs_work_wrap(name, symbol, true);
 }
 
 __attribute__((used)) void *gs_dlsym_real_for_caller(void)

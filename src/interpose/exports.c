@@ -224,8 +224,7 @@ GS_EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int versi
     CUresult rc = drv->get_proc_address_v2(symbol, pfn, version, flags, status);
     if (rc == CUDA_SUCCESS && symbol && pfn && *pfn && gs_depth == 0) {
         void *wrapper = gs_intercept_for_proc(symbol, version, flags);
-        if (wrapper)
-            *pfn = wrapper;
+        *pfn = wrapper ? wrapper : gs_work_wrap(symbol, *pfn, false);
     }
     return rc;
 }
@@ -238,8 +237,7 @@ GS_EXPORT CUresult cuGetProcAddress(const char *symbol, void **pfn, int version,
     CUresult rc = drv->get_proc_address(symbol, pfn, version, flags);
     if (rc == CUDA_SUCCESS && symbol && pfn && *pfn && gs_depth == 0) {
         void *wrapper = gs_intercept_for_proc(symbol, version, flags);
-        if (wrapper)
-            *pfn = wrapper;
+        *pfn = wrapper ? wrapper : gs_work_wrap(symbol, *pfn, false);
     }
     return rc;
 }

@@ -83,7 +83,7 @@ static atomic_int contexts_made;
     X(cuGetProcAddress_v2) X(cuMemPrefetchAsync_v2) X(cuMemAdvise_v2)                              \
     X(cuEventCreate) X(cuEventRecord) X(cuEventQuery) X(cuEventDestroy_v2)                         \
     X(cuStreamCreate) X(cuStreamCreateWithPriority) X(cuStreamQuery) X(cuStreamDestroy_v2)        \
-    X(cuStreamBeginCapture_v2) X(cuStreamEndCapture)
+    X(cuStreamBeginCapture_v2) X(cuStreamEndCapture) X(cuLaunchKernel) X(cuLaunchKernel_ptsz)
 /* clang-format on */
 
 enum {
@@ -831,6 +831,35 @@ FAKE_EXPORT CUresult cuMemsetD8_v2(CUdeviceptr dst, unsigned char value, size_t 
     return CUDA_SUCCESS;
 }
 
+/* A kernel launch does nothing here but check that its eleven arguments arrived intact (five
+ * of them on the stack, past the shim's wrapper): the values fakecuda_launch_args() names. */
+static CUresult launch_checked(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
+                               unsigned by, unsigned bz, unsigned shared, CUstream stream,
+                               void **params, void **extra)
+{
+    if (f != (CUfunction)0xf00 || gx != 1 || gy != 2 || gz != 3 || bx != 4 || by != 5 || bz != 6 ||
+        shared != 7 || stream != (CUstream)0x5008 || params != (void **)0x9009 ||
+        extra != (void **)0xa00a)
+        return CUDA_ERROR_INVALID_VALUE;
+    return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz,
+                                    unsigned bx, unsigned by, unsigned bz, unsigned shared,
+                                    CUstream stream, void **params, void **extra)
+{
+    ENTER(cuLaunchKernel);
+    return launch_checked(f, gx, gy, gz, bx, by, bz, shared, stream, params, extra);
+}
+
+FAKE_EXPORT CUresult cuLaunchKernel_ptsz(CUfunction f, unsigned gx, unsigned gy, unsigned gz,
+                                         unsigned bx, unsigned by, unsigned bz, unsigned shared,
+                                         CUstream stream, void **params, void **extra)
+{
+    ENTER(cuLaunchKernel_ptsz);
+    return launch_checked(f, gx, gy, gz, bx, by, bz, shared, stream, params, extra);
+}
+
 /* For the exit-from-a-library test. */
 FAKE_EXPORT void fakecuda_exit(int status)
 {
@@ -899,6 +928,8 @@ static const proc_t procs[] = {
     {"cuStreamDestroy", 4000, ANY, (void *)cuStreamDestroy_v2},
     {"cuStreamBeginCapture", 10010, LEGACY, (void *)cuStreamBeginCapture_v2},
     {"cuStreamEndCapture", 10000, LEGACY, (void *)cuStreamEndCapture},
+    {"cuLaunchKernel", 4000, LEGACY, (void *)cuLaunchKernel},
+    {"cuLaunchKernel", 7000, PER_THREAD, (void *)cuLaunchKernel_ptsz},
     {"cuGetProcAddress", 11030, ANY, (void *)fake_get_proc_v1},
     {"cuGetProcAddress", 12000, ANY, (void *)cuGetProcAddress_v2},
 };

@@ -383,6 +383,45 @@ static int scenario_lookups(void)
 }
 
 /* Two devices: a block allocated on device 1 is freed while device 0 is current. */
+/* Safe reuse while the GPU is idle: after the program's own synchronization, with no work issued
+ * since, a freed block comes back at once; after a launch that may use it, not before a mark or
+ * synchronization. The launches are looked up with each stream flavour and by dlsym, and must
+ * reach the driver with all eleven arguments (the fake checks them). */
+static int scenario_idle(void)
+{
+    typedef CUresult (*launch_fn)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned,
+                                  unsigned, unsigned, CUstream, void **, void **);
+    launch_fn launches[3] = {
+        (launch_fn)proc("cuLaunchKernel", 13000, CU_GET_PROC_ADDRESS_LEGACY_STREAM),
+        (launch_fn)proc("cuLaunchKernel", 13000, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM),
+        (launch_fn)dlsym(driver, "cuLaunchKernel")};
+    const size_t big = 48u << 20;
+    CUdeviceptr a, p, q;
+    if (launches[2] == NULL || cu.mem_alloc(&a, big) || cu.mem_free(a) || cu.ctx_synchronize())
+        return 1;
+    int at_once = 0, after_launch = 0;
+    for (int i = 0; i < 100; i++) {
+        if (cu.mem_alloc(&p, big) || cu.mem_free(p))
+            return 1;
+        at_once += p == a;
+    }
+    for (int k = 0; k < 3; k++) {
+        if (cu.mem_alloc(&p, big))
+            return 1;
+        CUresult rc = launches[k]((CUfunction)0xf00, 1, 2, 3, 4, 5, 6, 7, (CUstream)0x5008,
+                                  (void **)0x9009, (void **)0xa00a);
+        if (rc != CUDA_SUCCESS) {
+            printf("launch %d failed: %d\n", k, (int)rc);
+            return 1;
+        }
+        if (cu.mem_free(p) || cu.mem_alloc(&q, big) || cu.mem_free(q) || cu.ctx_synchronize())
+            return 1;
+        after_launch += q == p;
+    }
+    printf("idle reused %d of 100; after a launch %d of 3\n", at_once, after_launch);
+    return 0;
+}
+
 static int scenario_devices(void)
 {
     CUdeviceptr on0, on1;
@@ -617,6 +656,8 @@ int main(int argc, char **argv)
         return scenario_exit_library();
     if (strcmp(scenario, "lookups") == 0)
         return scenario_lookups();
+    if (strcmp(scenario, "idle") == 0)
+        return scenario_idle();
     if (strcmp(scenario, "devices") == 0)
         return scenario_devices();
     if (strcmp(scenario, "managed") == 0)

@@ -41,6 +41,15 @@ static int safe(void **state)
     return start(1ull << 30, GS_REUSE_SAFE);
 }
 
+static const char *pool_report_text(void);
+
+/* The program issues GPU work, as the shim's wrappers of the driver's launch, copy and memset
+ * entry points report it (interpose/work.c). */
+static void issue_work(void)
+{
+    gs_work_enqueued();
+}
+
 static void serves_aligned_blocks_from_few_driver_calls(void **state)
 {
     (void)state;
@@ -87,6 +96,73 @@ static void safe_reuse_waits_for_a_synchronization(void **state)
     assert_int_equal(c, a);
 }
 
+/* No GPU work issued since the program's synchronization: a freed block is safe at once, even a
+ * large one, with no synchronization or event of the shim's. Work issued after it makes the next
+ * free wait again (here for a synchronization, events being off). */
+static void a_quiet_device_reuses_blocks_at_once(void **state)
+{
+    (void)state;
+    CUdeviceptr a, p;
+    assert_int_equal(gs_mem_alloc(&a, 48 * MiB), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_free(a), CUDA_SUCCESS);
+    assert_int_equal(gs_ctx_synchronize(), CUDA_SUCCESS); /* the program's own */
+    int allocs = fake.allocs;
+    for (int i = 0; i < 1000; i++) {
+        assert_int_equal(gs_mem_alloc(&p, 48 * MiB), CUDA_SUCCESS);
+        assert_int_equal(p, a);
+        assert_int_equal(gs_mem_alloc(&p, 4096), CUDA_SUCCESS); /* small ones too */
+        assert_int_equal(gs_mem_free(p), CUDA_SUCCESS);
+        assert_int_equal(gs_mem_free(a), CUDA_SUCCESS);
+    }
+    assert_int_equal(fake.syncs, 1);
+    assert_true(fake.allocs <= allocs + 1); /* at most a chunk for the small blocks */
+    assert_non_null(strstr(pool_report_text(), "in flight: on; 2000 frees were reusable at once"));
+    assert_int_equal(gs_mem_alloc(&p, 48 * MiB), CUDA_SUCCESS);
+    issue_work(); /* a kernel that may use p */
+    assert_int_equal(gs_mem_free(p), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_alloc(&p, 48 * MiB), CUDA_SUCCESS);
+    assert_true(p != a);
+}
+
+/* The same with events: the mark recorded at the first allocation covers every later free
+ * while nothing is issued, so no further mark is recorded. */
+static void a_quiet_device_needs_no_new_marks(void **state)
+{
+    (void)state;
+    fake.events = true;
+    CUdeviceptr p, q;
+    assert_int_equal(gs_mem_alloc(&p, 48 * MiB), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_free(p), CUDA_SUCCESS);
+    for (int i = 0; i < 1000; i++) {
+        assert_int_equal(gs_mem_alloc(&q, 48 * MiB), CUDA_SUCCESS);
+        assert_int_equal(gs_mem_free(q), CUDA_SUCCESS);
+    }
+    assert_int_equal(fake.event_records, 1);
+    assert_int_equal(fake.syncs, 0);
+    assert_true(fake.used <= 2 * 48 * MiB); /* the block, and one more until the mark completed */
+    issue_work();
+    for (int i = 0; i < 10; i++) { /* work in flight: marks again */
+        assert_int_equal(gs_mem_alloc(&q, 48 * MiB), CUDA_SUCCESS);
+        issue_work();
+        assert_int_equal(gs_mem_free(q), CUDA_SUCCESS);
+    }
+    assert_true(fake.event_records > 1);
+}
+
+/* GPUSHIM_POOL_IDLE_REUSE=off: every free waits for a synchronization or mark after it. */
+static void idle_reuse_off_waits_as_ever(void **state)
+{
+    (void)state;
+    gs_opts.pool_idle_reuse = GS_IDLE_REUSE_OFF;
+    CUdeviceptr a, b;
+    assert_int_equal(gs_ctx_synchronize(), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_alloc(&a, 48 * MiB), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_free(a), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_alloc(&b, 48 * MiB), CUDA_SUCCESS);
+    assert_true(b != a);
+    assert_non_null(strstr(pool_report_text(), "in flight: off, GPUSHIM_POOL_IDLE_REUSE=off"));
+}
+
 /* With pending bytes past the bound, the shim synchronizes itself instead of growing. */
 static void pending_bytes_are_bounded(void **state)
 {
@@ -102,10 +178,10 @@ static void pending_bytes_are_bounded(void **state)
     assert_true(fake.used <= 24 * MiB); /* bound + thread cache + a chunk, not 200 MiB */
 }
 
-/* cudaFree's guarantee, checked on every reuse: a block comes back only after a synchronization
- * that followed its free, or after an event recorded after its free has completed. Returns how
- * many allocations reused a block; *by_events (if not NULL) counts those no synchronization
- * explains. */
+/* cudaFree's guarantee, checked on every reuse (each block is used by GPU work before its free): a
+ * block comes back only after a synchronization that followed its free, or after an event recorded
+ * after its free has completed. Returns how many allocations reused a block; *by_events (if not
+ * NULL) counts those no synchronization explains. */
 static int pairs_checking_reuse(int pairs, size_t bytes, int *by_events)
 {
     enum { TRACKED = 512 };
@@ -127,6 +203,7 @@ static int pairs_checking_reuse(int pairs, size_t bytes, int *by_events)
             assert_true(tracked < TRACKED);
             seen[tracked++] = p;
         }
+        issue_work();
         assert_int_equal(gs_mem_free(p), CUDA_SUCCESS);
         syncs_at_free[k] = fake.syncs;
         records_at_free[k] = fake.event_records;
@@ -217,6 +294,7 @@ static void free_three_large_blocks_under_a_mark(void)
     CUdeviceptr big[3], small;
     for (int i = 0; i < 3; i++)
         assert_int_equal(gs_mem_alloc(&big[i], 48 * MiB), CUDA_SUCCESS);
+    issue_work();
     for (int i = 0; i < 3; i++)
         assert_int_equal(gs_mem_free(big[i]), CUDA_SUCCESS);   /* one cached, two pending */
     assert_int_equal(gs_mem_alloc(&small, MiB), CUDA_SUCCESS); /* its mark covers the frees */
@@ -793,6 +871,9 @@ int main(void)
         cmocka_unit_test_setup(serves_aligned_blocks_from_few_driver_calls, immediate),
         cmocka_unit_test_setup(reuses_freed_blocks_at_once_when_asked, immediate),
         cmocka_unit_test_setup(safe_reuse_waits_for_a_synchronization, safe),
+        cmocka_unit_test_setup(a_quiet_device_reuses_blocks_at_once, safe),
+        cmocka_unit_test_setup(a_quiet_device_needs_no_new_marks, safe),
+        cmocka_unit_test_setup(idle_reuse_off_waits_as_ever, safe),
         cmocka_unit_test_setup(pending_bytes_are_bounded, safe),
         cmocka_unit_test_setup(safe_reuse_synchronizes_once_per_256_frees_when_cheap, safe),
         cmocka_unit_test_setup(slow_synchronizations_back_off, safe),
