@@ -2,6 +2,8 @@
 // (run it with and without the shim; scripts/gpu-bench.sh does all of that side by side).
 //   bench_alloc sizes  API        ns per alloc+free pair for 256 B .. 256 MiB: median of 20-pair
 //                                 batches, and the mean over all of them (syncs, flushes included)
+//   bench_alloc busy   API        the same with a kernel launched on each block before its free
+//                                 (work in flight at every free), for 4 KiB, 1 MiB and 256 MiB
 //   bench_alloc random API        1000 live blocks, log-uniform 256 B..4 MiB, random free order
 //                                 (async: also the pool's reserved high-water mark / peak asked)
 //   bench_alloc threads API T     pairs per second of T threads together (4 KiB and 1 MiB)
@@ -76,29 +78,45 @@ static double median(std::vector<double> v)
     return v[v.size() / 2];
 }
 
-static void sizes()
+// Takes the block, as a kernel that uses it would; does nothing.
+__global__ void use_block(void *p)
 {
-    const size_t list[] = {256, 4096, 65536, 1 << 20, 16 << 20, 256 << 20};
+    (void)p;
+}
+
+static void sizes(bool busy)
+{
+    const size_t all[] = {256, 4096, 65536, 1 << 20, 16 << 20, 256 << 20};
+    const size_t some[] = {4096, 1 << 20, 256 << 20};
+    std::vector<size_t> list = busy ? std::vector<size_t>(some, some + 3)
+                                    : std::vector<size_t>(all, all + 6);
+    auto pair = [&](size_t bytes) {
+        void *p = alloc(bytes);
+        if (busy)
+            use_block<<<1, 1, 0, stream>>>(p);
+        release(p);
+    };
     // A warm-up pass over every size first (50 ms each, not measured): the first size measured
     // must not pay for clocks ramping up, first synchronizations or the pool's first chunks.
     for (size_t bytes : list)
         for (auto end = clk::now() + std::chrono::milliseconds(50); clk::now() < end;)
-            release(alloc(bytes));
+            pair(bytes);
     for (size_t bytes : list) {
-        release(alloc(bytes)); // warm: chunk, pool, context
+        pair(bytes); // warm: chunk, pool, context
         std::vector<double> per_pair;
         const int batch = 20;
         auto start = clk::now(), deadline = start + std::chrono::milliseconds(300);
         while ((per_pair.size() < 50 || clk::now() < deadline) && per_pair.size() < 20000) {
             auto t0 = clk::now();
             for (int i = 0; i < batch; i++)
-                release(alloc(bytes));
+                pair(bytes);
             auto t1 = clk::now();
             per_pair.push_back(std::chrono::duration<double, std::nano>(t1 - t0).count() / batch);
         }
         double mean = std::chrono::duration<double, std::nano>(clk::now() - start).count() /
                       (double)(per_pair.size() * batch);
-        std::printf("RESULT sizes %zu %.0f %.0f\n", bytes, median(per_pair), mean);
+        std::printf("RESULT %s %zu %.0f %.0f\n", busy ? "busy" : "sizes", bytes, median(per_pair),
+                    mean);
     }
 }
 
@@ -201,7 +219,7 @@ static void context()
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        std::fprintf(stderr, "usage: bench_alloc sizes|random|threads|context malloc|async|driver [threads]\n");
+        std::fprintf(stderr, "usage: bench_alloc sizes|busy|random|threads|context malloc|async|driver [threads]\n");
         return 64;
     }
     use_async = std::strcmp(argv[2], "async") == 0;
@@ -220,8 +238,8 @@ int main(int argc, char **argv)
         cudaMemPoolSetAttribute(mempool, cudaMemPoolAttrReleaseThreshold, &threshold);
     }
     setup_stream();
-    if (std::strcmp(argv[1], "sizes") == 0)
-        sizes();
+    if (std::strcmp(argv[1], "sizes") == 0 || std::strcmp(argv[1], "busy") == 0)
+        sizes(std::strcmp(argv[1], "busy") == 0);
     else if (std::strcmp(argv[1], "random") == 0)
         random_pattern();
     else if (std::strcmp(argv[1], "threads") == 0)

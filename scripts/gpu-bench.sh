@@ -24,11 +24,14 @@ result() { sed -n "s/^RESULT $1 //p" "$2"; }
 for b in none safe immediate; do
   with $b "$build/bench_alloc" sizes malloc >"$work/sizes-$b.txt"
   cp "$work/last-report.txt" "$work/sizes-$b-report.txt"
+  with $b "$build/bench_alloc" busy malloc >"$work/busy-$b.txt"
+  cp "$work/last-report.txt" "$work/busy-$b-report.txt"
   with $b "$build/bench_alloc" random malloc >"$work/random-$b.txt"
   cp "$work/last-report.txt" "$work/random-$b-report.txt"
   for t in 1 4 16; do with $b "$build/bench_alloc" threads malloc $t; done >"$work/threads-$b.txt"
 done
 "$build/bench_alloc" sizes async >"$work/sizes-async.txt"
+"$build/bench_alloc" busy async >"$work/busy-async.txt"
 "$build/bench_alloc" random async >"$work/random-async.txt"
 for t in 1 4 16; do "$build/bench_alloc" threads async $t; done >"$work/threads-async.txt"
 python3 bench/bench_torch.py alloc >"$work/torch-alloc.txt" 2>&1
@@ -69,7 +72,16 @@ echo "idle-device synchronization (median): $(result idle_sync_ns "$work/context
 for b in safe immediate; do
   echo "shim alone ($b; cuMemAlloc+cuMemFree from the runtime's entry-point table, no cudaMalloc), ns median per size: $(result sizes "$work/driver-$b.txt" | awk '{printf "%s ", $2}')"
 done
-grep -h "synchronizations made" "$work"/sizes-safe-report.txt 2>/dev/null | head -2
+grep -h "synchronizations made\|in flight" "$work"/sizes-safe-report.txt 2>/dev/null | head -3
+echo
+echo "## the same with a kernel launched on each block before its free (work in flight at every free), $card"
+echo "| size | cudaMalloc (no shim) | shim pool, safe | shim pool, immediate | cudaMallocAsync, retained |"
+echo "|---|---|---|---|---|"
+for size in 4096 1048576 268435456; do
+  cell() { awk -v s=$size '$1 == s {printf "%s (%s)", $2, $3}' <(result busy "$work/busy-$1.txt"); }
+  echo "| $size | $(cell none) | $(cell safe) | $(cell immediate) | $(cell async) |"
+done
+grep -h "synchronizations made\|reuse by events\|in flight" "$work"/busy-safe-report.txt 2>/dev/null | head -3
 echo
 echo "## random pattern: 1000 live blocks, log-uniform 256 B..4 MiB, random free order"
 echo "| backend | ns per pair (median) | peak reserved / peak requested |"

@@ -70,6 +70,15 @@ for kind in blocking nonblocking destroyed; do
     grep -E "synchronizations made|reuse by events" "$work/rs-$kind-$reuse.txt"
   done
 done
+echo "--- after an idle spell (the shim reuses frees at once while no work is in flight): a"
+echo "    framework's kernel reads x for ~100 ms from a side stream while x is freed and overwritten"
+for fw in torch cupy; do
+  echo "no shim:        $(PYTORCH_NO_CUDA_MEMORY_CACHING=1 python3 tests/gpu/check_idle_reuse.py $fw 2>&1 | tail -1)"
+  for reuse in safe immediate; do
+    echo "pool $reuse: $(PYTORCH_NO_CUDA_MEMORY_CACHING=1 LD_PRELOAD="$shim" GPUSHIM_MODE=pool GPUSHIM_POOL_REUSE=$reuse GPUSHIM_REPORT="$work/idle-$fw-$reuse-%p.txt" python3 tests/gpu/check_idle_reuse.py $fw 2>&1 | tail -1)"
+    grep -h "in flight" "$work"/idle-$fw-$reuse-*.txt 2>/dev/null
+  done
+done
 echo "--- one pool per device (needs two GPUs)"
 for mode in off pool; do
   echo "$mode: $(LD_PRELOAD="$shim" GPUSHIM_MODE=$mode GPUSHIM_POOL_REUSE=immediate GPUSHIM_REPORT="$work/two-$mode-%p.txt" "$build/two_devices")"
