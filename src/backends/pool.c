@@ -226,8 +226,11 @@ static bool cache_put(const gs_pool_device_t *p, thread_cache_t *c, gs_pool_bloc
         OWNER_ADD(c->large_bytes, b->size);
     } else {
         cache_queue_t *r = &c->queues[b->size_class];
+        /* A block reusable at once (immediate reuse, or a free while no GPU work was in flight)
+         * needs no synchronization amortized: the smaller budget. */
+        uint64_t budget = reusable(p, b) ? CACHE_BYTES_IMMEDIATE : p->cache_budget;
         if (r->count == CACHE_DEPTH ||
-            atomic_load_explicit(&c->small_bytes, memory_order_relaxed) + b->size > p->cache_budget)
+            atomic_load_explicit(&c->small_bytes, memory_order_relaxed) + b->size > budget)
             return false;
         b->next_free = NULL;
         if (r->tail)

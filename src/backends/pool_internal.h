@@ -141,7 +141,7 @@ static inline bool whole_chunk(const gs_pool_block_t *b)
     return b->base == b->chunk->base && b->size == b->chunk->size;
 }
 
-static inline bool reusable(gs_pool_device_t *p, const gs_pool_block_t *b)
+static inline bool reusable(const gs_pool_device_t *p, const gs_pool_block_t *b)
 {
     return gs_opts.pool_reuse == GS_REUSE_IMMEDIATE ||
            b->epoch <= atomic_load_explicit(&p->completed, memory_order_acquire);
