@@ -41,8 +41,8 @@ typedef struct cache_queue {
 
 typedef struct thread_cache {
     int device;
-    /* Written by the owner only, read by reports and cuMemGetInfo. small_bytes: blocks up to
-     * CACHE_BYTES (the budget); large_bytes: the one larger block, outside the budget. */
+    /* Written by the owner only, read by reports and cuMemGetInfo. small_bytes: blocks in the
+     * queues (within the budget); large_bytes: the one block beyond it. */
     _Atomic uint64_t small_bytes, large_bytes, hits, misses;
     _Atomic uint64_t quiet_frees; /* frees while no GPU work was in flight (safe reuse) */
     _Atomic uint64_t generation;  /* the pool's generation when last checked (see discard_stale) */
@@ -177,13 +177,7 @@ static gs_pool_block_t *cache_take(gs_pool_device_t *p, thread_cache_t *c, int d
         return NULL;
     }
     gs_pool_block_t *b = NULL;
-    if (size > CACHE_BYTES) {
-        b = c->large;
-        if (b == NULL || !fits(b, size) || !reusable(p, b))
-            goto miss; /* large blocks take the central path's synchronization rules */
-        c->large = NULL;
-        OWNER_ADD(c->large_bytes, -b->size);
-    } else {
+    if (size <= CACHE_BYTES) {
         int first = class_floor(size);
         cache_queue_t *r = NULL;
         for (int k = first; k <= first + 1 && k < CACHE_CLASSES && b == NULL; k++) {
@@ -191,22 +185,28 @@ static gs_pool_block_t *cache_take(gs_pool_device_t *p, thread_cache_t *c, int d
             if (r->head && fits(r->head, size))
                 b = r->head;
         }
-        if (b == NULL)
-            goto miss;
         /* The oldest block is pending: if the queue is full (or the byte budget is), one
          * synchronization now makes the whole queue reusable. */
-        if (!reusable(p, b) &&
-            !((r->count == CACHE_DEPTH ||
-               atomic_load_explicit(&c->small_bytes, memory_order_relaxed) + size >
-                   p->cache_budget) &&
-              gs_pool_sync_if_cheap(p, device) && reusable(p, b)))
-            goto miss;
-        r->head = b->next_free;
-        if (r->head == NULL)
-            r->tail = NULL;
-        r->count--;
-        OWNER_ADD(c->small_bytes, -b->size);
+        if (b && (reusable(p, b) ||
+                  ((r->count == CACHE_DEPTH ||
+                    atomic_load_explicit(&c->small_bytes, memory_order_relaxed) + size >
+                        p->cache_budget) &&
+                   gs_pool_sync_if_cheap(p, device) && reusable(p, b)))) {
+            r->head = b->next_free;
+            if (r->head == NULL)
+                r->tail = NULL;
+            r->count--;
+            OWNER_ADD(c->small_bytes, -b->size);
+            goto hit;
+        }
     }
+    /* The one block beyond the budget (see cache_put). */
+    b = c->large;
+    if (b == NULL || !fits(b, size) || !reusable(p, b))
+        goto miss; /* a pending one takes the central path's synchronization rules */
+    c->large = NULL;
+    OWNER_ADD(c->large_bytes, -b->size);
+hit:
     OWNER_ADD(c->hits, 1);
     return b;
 miss:
@@ -217,18 +217,18 @@ miss:
 static bool cache_put(const gs_pool_device_t *p, thread_cache_t *c, gs_pool_block_t *b)
 {
     discard_stale(p, c);
-    if (b->size > CACHE_BYTES) {
-        /* One large block beside the budget, so a loop that allocates one big buffer again and
-         * again never reaches the central pool (under immediate reuse). */
+    /* A block reusable at once (immediate reuse, or a free while no GPU work was in flight)
+     * needs no synchronization amortized: the smaller budget. */
+    uint64_t budget = reusable(p, b) ? CACHE_BYTES_IMMEDIATE : p->cache_budget;
+    if (b->size > CACHE_BYTES || b->size > budget) {
+        /* One larger block beside the budget, so a loop that allocates one big buffer again and
+         * again never reaches the central pool. */
         if (c->large)
             return false;
         c->large = b;
         OWNER_ADD(c->large_bytes, b->size);
     } else {
         cache_queue_t *r = &c->queues[b->size_class];
-        /* A block reusable at once (immediate reuse, or a free while no GPU work was in flight)
-         * needs no synchronization amortized: the smaller budget. */
-        uint64_t budget = reusable(p, b) ? CACHE_BYTES_IMMEDIATE : p->cache_budget;
         if (r->count == CACHE_DEPTH ||
             atomic_load_explicit(&c->small_bytes, memory_order_relaxed) + b->size > budget)
             return false;

@@ -221,8 +221,8 @@ static bool work_name(const char *name)
     static const char *const verbs[] = {
         "Memcpy",    "Memset",     "Launch",          "Prefetch",      "Discard",    "WriteValue",
         "WaitValue", "BatchMemOp", "SemaphoresAsync", "MapArrayAsync", "Decompress", "GraphUpload"};
-    if (name[0] != 'c' || name[1] != 'u' || strstr(name, "Node") || strstr(name, "Params") ||
-        strncmp(name, "cuGraphAdd", 10) == 0)
+    if (name[0] != 'c' || name[1] != 'u' || name[2] < 'A' || name[2] > 'Z' || /* cudbg...: data */
+        strstr(name, "Node") || strstr(name, "Params") || strncmp(name, "cuGraphAdd", 10) == 0)
         return false;
     for (size_t i = 0; i < sizeof verbs / sizeof verbs[0]; i++)
         if (strstr(name, verbs[i]))

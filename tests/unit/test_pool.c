@@ -149,6 +149,23 @@ static void a_quiet_device_needs_no_new_marks(void **state)
     assert_true(fake.event_records > 1);
 }
 
+/* A buffer beyond the thread cache's budget (8 MiB for blocks reusable at once), allocated again
+ * and again, stays in the thread's cache: the central pool and its lock are not touched. */
+static void one_buffer_beyond_the_budget_stays_in_the_thread_cache(void **state)
+{
+    (void)state;
+    CUdeviceptr a, p;
+    assert_int_equal(gs_ctx_synchronize(), CUDA_SUCCESS); /* safe reuse: a quiet device */
+    assert_int_equal(gs_mem_alloc(&a, 16 * MiB), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_free(a), CUDA_SUCCESS);
+    for (int i = 0; i < 999; i++) {
+        assert_int_equal(gs_mem_alloc(&p, 16 * MiB), CUDA_SUCCESS);
+        assert_int_equal(p, a);
+        assert_int_equal(gs_mem_free(p), CUDA_SUCCESS);
+    }
+    assert_non_null(strstr(pool_report_text(), "(999 of 1000 allocations from thread caches"));
+}
+
 /* GPUSHIM_POOL_IDLE_REUSE=off: every free waits for a synchronization or mark after it. */
 static void idle_reuse_off_waits_as_ever(void **state)
 {
@@ -874,6 +891,8 @@ int main(void)
         cmocka_unit_test_setup(a_quiet_device_reuses_blocks_at_once, safe),
         cmocka_unit_test_setup(a_quiet_device_needs_no_new_marks, safe),
         cmocka_unit_test_setup(idle_reuse_off_waits_as_ever, safe),
+        cmocka_unit_test_setup(one_buffer_beyond_the_budget_stays_in_the_thread_cache, safe),
+        cmocka_unit_test_setup(one_buffer_beyond_the_budget_stays_in_the_thread_cache, immediate),
         cmocka_unit_test_setup(pending_bytes_are_bounded, safe),
         cmocka_unit_test_setup(safe_reuse_synchronizes_once_per_256_frees_when_cheap, safe),
         cmocka_unit_test_setup(slow_synchronizations_back_off, safe),
