@@ -41,7 +41,7 @@ done | awk '
     for (i = 2; i <= m; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { k = a[j]; a[j] = a[j - 1]; a[j - 1] = k }
     return (m % 2) ? a[(m + 1) / 2] : (a[m / 2] + a[m / 2 + 1]) / 2 }
   END {
-    print "| size | no trace | trace | ratio of medians | median of each round's ratio |"
+    print "| size | no trace | trace | ratio of medians | median of the ratios per round |"
     print "|---|---|---|---|---|"
     for (i = 1; i <= sizes; i++) {
       s = order[i]

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The test command: every CPU test, as CI runs it. Builds in build-test/, build-asan/, build-tsan/.
+#   0. every shell script parses (bash -n)
 #   1. unit and integration tests (cmocka) on a normal build
 #   2. unit tests under valgrind (memcheck)
 #   3. unit tests under AddressSanitizer + UndefinedBehaviorSanitizer
@@ -9,6 +10,9 @@ cd "$(dirname "$0")/.."
 jobs=$(nproc)
 
 step() { printf '\n==> %s\n' "$*"; }
+
+step "the GPU scripts parse (they run only on GPU machines)"
+for script in scripts/*.sh .ci/run; do bash -n "$script"; done
 
 step "build and run all tests"
 meson setup build-test --reconfigure >/dev/null 2>&1 || meson setup build-test >/dev/null

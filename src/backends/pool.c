@@ -214,34 +214,35 @@ miss:
     return NULL;
 }
 
-static bool cache_put(const gs_pool_device_t *p, thread_cache_t *c, gs_pool_block_t *b)
+/* Keeps a freed block in the thread's cache. Returns what goes to the central pool instead:
+ * NULL, the block itself (its queue or the budget is full), or the larger block it replaced. */
+static gs_pool_block_t *cache_put(const gs_pool_device_t *p, thread_cache_t *c, gs_pool_block_t *b)
 {
     discard_stale(p, c);
     /* A block reusable at once (immediate reuse, or a free while no GPU work was in flight)
      * needs no synchronization amortized: the smaller budget. */
     uint64_t budget = reusable(p, b) ? CACHE_BYTES_IMMEDIATE : p->cache_budget;
     if (b->size > CACHE_BYTES || b->size > budget) {
-        /* One larger block beside the budget, so a loop that allocates one big buffer again and
-         * again never reaches the central pool. */
-        if (c->large)
-            return false;
+        /* One larger block beside the budget, the latest freed, so a loop that allocates one big
+         * buffer again and again never reaches the central pool. */
+        gs_pool_block_t *old = c->large;
         c->large = b;
-        OWNER_ADD(c->large_bytes, b->size);
-    } else {
-        cache_queue_t *r = &c->queues[b->size_class];
-        if (r->count == CACHE_DEPTH ||
-            atomic_load_explicit(&c->small_bytes, memory_order_relaxed) + b->size > budget)
-            return false;
-        b->next_free = NULL;
-        if (r->tail)
-            r->tail->next_free = b;
-        else
-            r->head = b;
-        r->tail = b;
-        r->count++;
-        OWNER_ADD(c->small_bytes, b->size);
+        OWNER_ADD(c->large_bytes, b->size - (old ? old->size : 0));
+        return old;
     }
-    return true;
+    cache_queue_t *r = &c->queues[b->size_class];
+    if (r->count == CACHE_DEPTH ||
+        atomic_load_explicit(&c->small_bytes, memory_order_relaxed) + b->size > budget)
+        return b;
+    b->next_free = NULL;
+    if (r->tail)
+        r->tail->next_free = b;
+    else
+        r->head = b;
+    r->tail = b;
+    r->count++;
+    OWNER_ADD(c->small_bytes, b->size);
+    return NULL;
 }
 
 /* Under memory pressure (device lock held): our own cache goes back to the central pool now;
@@ -388,10 +389,11 @@ static int pool_free(CUdeviceptr ptr, const gs_free_req_t *req, CUresult *result
     b->epoch = gs_pool_free_epoch(p, b->device, &quiet);
     if (quiet && cache)
         OWNER_ADD(cache->quiet_frees, 1);
-    if (cache && cache_put(p, cache, b))
+    gs_pool_block_t *central = cache ? cache_put(p, cache, b) : b;
+    if (central == NULL)
         return 0;
     pthread_mutex_lock(&p->lock);
-    gs_pool_release(p, b);
+    gs_pool_release(p, central);
     pthread_mutex_unlock(&p->lock);
     (void)req; /* a stream-ordered free of a pool block: the same epoch rule covers it */
     return 0;

@@ -164,6 +164,15 @@ static void one_buffer_beyond_the_budget_stays_in_the_thread_cache(void **state)
         assert_int_equal(gs_mem_free(p), CUDA_SUCCESS);
     }
     assert_non_null(strstr(pool_report_text(), "(999 of 1000 allocations from thread caches"));
+    /* Then another size: the thread keeps the latest such block, and the loop stays there. */
+    assert_int_equal(gs_mem_alloc(&a, 256 * MiB), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_free(a), CUDA_SUCCESS);
+    for (int i = 0; i < 999; i++) {
+        assert_int_equal(gs_mem_alloc(&p, 256 * MiB), CUDA_SUCCESS);
+        assert_int_equal(p, a);
+        assert_int_equal(gs_mem_free(p), CUDA_SUCCESS);
+    }
+    assert_non_null(strstr(pool_report_text(), "(1998 of 2000 allocations from thread caches"));
 }
 
 /* GPUSHIM_POOL_IDLE_REUSE=off: every free waits for a synchronization or mark after it. */
