@@ -23,7 +23,7 @@ echo "    1.7x from minute to minute (the same code gave 105 and 180 ns): so 8 r
 echo "    and medians over rounds; compare rounds where both runs are at the same speed"
 shim=$PWD/$build/src/libgpushim.so
 rm -f "$trace"
-rounds=${GPUSHIM_TRACE_ROUNDS:-8}
+rounds=${TRACE_ROUNDS:-8} # not GPUSHIM_*: the shim refuses variables it does not know
 for round in $(seq 1 "$rounds"); do
   for traced in 0 1; do
     file=; [ "$traced" = 1 ] && file=/tmp/gpushim-bench-trace.csv
