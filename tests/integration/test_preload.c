@@ -702,7 +702,7 @@ static void json_report_per_rank_with_leaks_and_oom(void **state)
              "peak_reserved_over_peak_in_use cache_hits pool_allocations reuse pending "
              "shim_synchronizations shim_synchronization_mean_us cached_in_threads "
              "largest_free_block event_recycles events mark_waits mark_waits_given_up "
-             "mark_wait_mean_us");
+             "mark_wait_mean_us idle_reuse idle_frees work_functions_watched");
     parsed = command_output(command);
     if (strstr(parsed, "missing []") == NULL)
         print_message("%s\n", parsed);
