@@ -452,6 +452,9 @@ void gs_trace_flush(void);  /* at exit: every thread's buffer */
 void gs_trace_forget(void); /* fork child */
 
 /* At load: read options (exit(1) on bad input), fork handlers. Touches no CUDA. */
+/* Set once gs_start has read the options: a library's constructor may call CUDA before ours runs
+ * (constructors of the program's libraries can run first), and then gs_opts are still zero. */
+extern atomic_bool gs_started;
 void gs_start(char *const *envp);
 /* At exit: the report, once. Touches no CUDA. */
 void gs_finish(void);

@@ -63,6 +63,8 @@ static void ask_frameworks_for_managed_memory(void)
     setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "false", 0);
 }
 
+atomic_bool gs_started;
+
 void gs_start(char *const *envp)
 {
     char err[1024];
@@ -89,6 +91,7 @@ void gs_start(char *const *envp)
     gs_dispatch_use(backend);
     gs_clock_start();
     pthread_atfork(NULL, NULL, forget_parent);
+    atomic_store(&gs_started, true);
 }
 
 void gs_report_emit(void)

@@ -234,9 +234,13 @@ void *gs_work_wrap(const char *name, void *real, bool exact)
 {
     if (real == NULL || name == NULL || !work_name(name))
         return real;
-    if (gs_opts.mode != GS_MODE_POOL || gs_opts.pool_reuse != GS_REUSE_SAFE ||
-        gs_opts.pool_idle_reuse != GS_IDLE_REUSE_AUTO || !gs_work_watched())
-        return real; /* nobody needs to know */
+    /* Nobody needs to know, unless the options are not read yet (a library's constructor looks
+     * the driver up before ours has run): then wrap, a forwarding thunk is harmless. */
+    if (!gs_work_watched() ||
+        (atomic_load(&gs_started) &&
+         (gs_opts.mode != GS_MODE_POOL || gs_opts.pool_reuse != GS_REUSE_SAFE ||
+          gs_opts.pool_idle_reuse != GS_IDLE_REUSE_AUTO)))
+        return real;
 #if defined(__x86_64__)
     for (size_t i = 0; i < NAMED + ANONYMOUS; i++)
         if (atomic_load_explicit(&gs_work_real[i], memory_order_relaxed) == real)

@@ -149,8 +149,8 @@ static void lookups_land_in_the_shim_only_for_intercepted_names(void **state)
 }
 
 /* Pool mode, safe reuse: while no GPU work is in flight a freed block is reusable at once; a
- * launch (looked up either way) makes the next free wait; the launch's arguments arrive intact.
- * GPUSHIM_POOL_IDLE_REUSE=off turns it off. */
+ * launch (looked up any way, even before the shim's constructor ran) makes the next free wait;
+ * the launch's arguments arrive intact. GPUSHIM_POOL_IDLE_REUSE=off turns it off. */
 static void an_idle_device_reuses_blocks_at_once(void **state)
 {
     (void)state;
@@ -159,6 +159,13 @@ static void an_idle_device_reuses_blocks_at_once(void **state)
     EXPECT_IN(r, out, "idle reused 100 of 100; after a launch 0 of 3\n");
     EXPECT_IN(r, err, "pool reuse while no GPU work was in flight: on; 104 frees were reusable at "
                       "once (5 work-issuing driver functions watched)"); /* 2 launches, 3 copies */
+    run_free(&r);
+    /* A launch looked up by a library's constructor, before the shim's own has read the
+     * options (the loader runs the program's libraries' constructors before preloaded ones). */
+    r = run_shim(ENV("GPUSHIM_MODE=pool", "GS_EARLY_LOOKUP=1"),
+                 ARGV(path_of("GS_RUNTIME_LIKE"), "idle"));
+    EXPECT_STATUS(r, 0);
+    EXPECT_IN(r, out, "idle reused 100 of 100; after a launch 0 of 4\n");
     run_free(&r);
     r = run_shim(ENV("GPUSHIM_MODE=pool", "GPUSHIM_POOL_IDLE_REUSE=off"),
                  ARGV(path_of("GS_RUNTIME_LIKE"), "idle"));
