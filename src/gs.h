@@ -425,7 +425,15 @@ bool gs_capturing(void);
  * issued where the shim cannot see it). */
 void gs_work_enqueued(void);
 void gs_work_quiet_from(int device, uint64_t token);
-bool gs_work_quiet_token(int device, uint64_t *token);
+/* The token of the point that covers all work issued so far on the device, if nothing was
+ * issued since; else false. Inline: every free under safe reuse asks. */
+extern _Atomic uint64_t gs_quiet[GS_MAX_DEVICES];
+static inline bool gs_work_quiet_token(int device, uint64_t *token)
+{
+    uint64_t word = atomic_load(&gs_quiet[device]);
+    *token = word >> 1;
+    return word & 1;
+}
 bool gs_work_watched(void);
 const char *gs_work_blind_reason(void);
 void gs_work_blind(const char *why);

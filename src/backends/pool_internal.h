@@ -154,9 +154,8 @@ static inline bool reusable(const gs_pool_device_t *p, const gs_pool_block_t *b)
  * before a newer point was taken, and completed may reach its value through that newer point. */
 static inline uint64_t gs_pool_free_epoch(gs_pool_device_t *p, int device, bool *quiet)
 {
-    uint64_t token;
-    bool idle =
-        gs_opts.pool_idle_reuse == GS_IDLE_REUSE_AUTO && gs_work_quiet_token(device, &token);
+    uint64_t token; /* the word is set only under GPUSHIM_POOL_IDLE_REUSE=auto */
+    bool idle = gs_work_quiet_token(device, &token);
     /* Read after the quiet word (both sequentially consistent). */
     uint64_t epoch = atomic_load(&p->epoch);
     *quiet = idle && token + 1 == epoch;

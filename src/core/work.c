@@ -69,15 +69,6 @@ void gs_work_quiet_from(int device, uint64_t token)
         atomic_store(&gs_quiet[device], 0);
 }
 
-/* The token of the point that covers all work issued so far on the device, if nothing was
- * issued since; else false. */
-bool gs_work_quiet_token(int device, uint64_t *token)
-{
-    uint64_t word = atomic_load(&gs_quiet[device]);
-    *token = word >> 1;
-    return word & 1;
-}
-
 /* Fork child and tests: the parent's points are not the child's. */
 void gs_work_forget(void)
 {

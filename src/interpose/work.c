@@ -232,14 +232,14 @@ static bool work_name(const char *name)
 
 void *gs_work_wrap(const char *name, void *real, bool exact)
 {
-    if (real == NULL || name == NULL || !work_name(name))
-        return real;
     /* Nobody needs to know, unless the options are not read yet (a library's constructor looks
-     * the driver up before ours has run): then wrap, a forwarding thunk is harmless. */
-    if (!gs_work_watched() ||
+     * the driver up before ours has run): then wrap, a forwarding thunk is harmless. The cheap
+     * tests first: in other modes a lookup costs no name matching. */
+    if (real == NULL || name == NULL || !gs_work_watched() ||
         (atomic_load(&gs_started) &&
          (gs_opts.mode != GS_MODE_POOL || gs_opts.pool_reuse != GS_REUSE_SAFE ||
-          gs_opts.pool_idle_reuse != GS_IDLE_REUSE_AUTO)))
+          gs_opts.pool_idle_reuse != GS_IDLE_REUSE_AUTO)) ||
+        !work_name(name))
         return real;
 #if defined(__x86_64__)
     for (size_t i = 0; i < NAMED + ANONYMOUS; i++)
