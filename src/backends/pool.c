@@ -9,7 +9,8 @@
  *                  threads scale); another thread under memory pressure asks it to drain itself;
  *   central pool   (pool_central.c) per device, behind a mutex: good-fit segregated free lists
  *                  (TLSF classes, 8 per power of two) over address-ordered blocks that coalesce
- *                  with free neighbours;
+ *                  with free neighbours, in two heaps: blocks under 256 KiB have chunks of their
+ *                  own;
  *   the driver     cuMemAlloc of a new chunk; on failure, wholly free chunks are given back and
  *                  the allocation retried; then CUDA_ERROR_OUT_OF_MEMORY.
  * Every block is in gs_ptrmap (base -> record), so a free is one hashed lookup.
@@ -547,10 +548,15 @@ static void pool_report(int device, gs_buf_t *out, bool json)
     double ratio = s.peak > 0 ? (double)p->reserved_peak / (double)s.peak : 0.0;
     pthread_mutex_lock(&p->lock);
     uint64_t largest = 0;
-    for (int c = CLASS_COUNT - 1; c >= 0 && largest == 0; c--)
-        for (gs_pool_block_t *b = p->free_lists[c]; b; b = b->next_free)
-            if (b->size > largest)
-                largest = b->size;
+    for (int h = 0; h < HEAPS; h++) {
+        uint64_t in_heap = 0;
+        for (int c = CLASS_COUNT - 1; c >= 0 && in_heap == 0; c--)
+            for (gs_pool_block_t *b = p->heaps[h].free_lists[c]; b; b = b->next_free)
+                if (b->size > in_heap)
+                    in_heap = b->size;
+        if (in_heap > largest)
+            largest = in_heap;
+    }
     const char *reuse = gs_opts.pool_reuse == GS_REUSE_SAFE ? "safe" : "immediate";
     uint64_t syncs = atomic_load(&p->shim_syncs);
     double sync_mean_us = syncs ? (double)atomic_load(&p->shim_sync_ns) / (double)syncs / 1e3 : 0;

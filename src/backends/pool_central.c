@@ -16,28 +16,30 @@ uint64_t gs_pool_cheap_sync_ns = 50000;
 
 static void list_push(gs_pool_device_t *p, gs_pool_block_t *b)
 {
+    gs_pool_heap_t *h = &p->heaps[b->chunk->heap];
     int c = class_floor(b->size);
     b->prev_free = NULL;
-    b->next_free = p->free_lists[c];
+    b->next_free = h->free_lists[c];
     if (b->next_free)
         b->next_free->prev_free = b;
-    p->free_lists[c] = b;
-    p->bitmap[c / 64] |= 1ull << (c % 64);
+    h->free_lists[c] = b;
+    h->bitmap[c / 64] |= 1ull << (c % 64);
     p->free_bytes += b->size;
     atomic_store_explicit(&b->state, BLOCK_FREE, memory_order_relaxed);
 }
 
 static void list_remove(gs_pool_device_t *p, gs_pool_block_t *b)
 {
+    gs_pool_heap_t *h = &p->heaps[b->chunk->heap];
     int c = class_floor(b->size);
     if (b->prev_free)
         b->prev_free->next_free = b->next_free;
     else
-        p->free_lists[c] = b->next_free;
+        h->free_lists[c] = b->next_free;
     if (b->next_free)
         b->next_free->prev_free = b->prev_free;
-    if (p->free_lists[c] == NULL)
-        p->bitmap[c / 64] &= ~(1ull << (c % 64));
+    if (h->free_lists[c] == NULL)
+        h->bitmap[c / 64] &= ~(1ull << (c % 64));
     p->free_bytes -= b->size;
 }
 
@@ -52,20 +54,37 @@ static gs_pool_block_t *best_in(gs_pool_block_t *list, uint64_t size)
     return best;
 }
 
-/* Best fit: the size's own class first (a block there may fit), then the first non-empty class
- * where every block fits, and the smallest block in it. */
-static gs_pool_block_t *find_free(gs_pool_device_t *p, uint64_t size)
+/* Best fit in one heap: the size's own class first (a block there may fit), then the first
+ * non-empty class where every block fits, and the smallest block in it. */
+static gs_pool_block_t *find_in(const gs_pool_heap_t *h, uint64_t size)
 {
-    gs_pool_block_t *b = best_in(p->free_lists[class_floor(size)], size);
+    gs_pool_block_t *b = best_in(h->free_lists[class_floor(size)], size);
     if (b)
         return b;
     for (int c = class_ceil(size); c < CLASS_COUNT;) {
-        uint64_t word = p->bitmap[c / 64] & (~0ull << (c % 64));
+        uint64_t word = h->bitmap[c / 64] & (~0ull << (c % 64));
         if (word)
-            return best_in(p->free_lists[(c / 64) * 64 + __builtin_ctzll(word)], size);
+            return best_in(h->free_lists[(c / 64) * 64 + __builtin_ctzll(word)], size);
         c = (c / 64 + 1) * 64;
     }
     return NULL;
+}
+
+static inline int heap_for(uint64_t size)
+{
+    return size < SMALL_BLOCK ? HEAP_SMALL : HEAP_LARGE;
+}
+
+static gs_pool_block_t *find_free(gs_pool_device_t *p, uint64_t size)
+{
+    return find_in(&p->heaps[heap_for(size)], size);
+}
+
+/* Memory is short: a block from either heap will do. */
+static gs_pool_block_t *find_anywhere(gs_pool_device_t *p, uint64_t size)
+{
+    gs_pool_block_t *b = find_free(p, size);
+    return b ? b : find_in(&p->heaps[!heap_for(size)], size);
 }
 
 static int map_block(gs_pool_block_t *b)
@@ -582,12 +601,14 @@ void gs_pool_release(gs_pool_device_t *p, gs_pool_block_t *b)
 
 /* ---- growth and release (device lock held) ---------------------------------------------- */
 
+/* Grows the heap that serves need. */
 static CUresult grow(gs_pool_device_t *p, int device, uint64_t need)
 {
     const gs_driver_t *drv = gs_driver();
-    /* Grow by 1/32 of what is reserved already (so unused reserve stays small), between 2 MiB and
-     * GPUSHIM_POOL_CHUNK, or by the request if it is larger; never past the maximum. */
-    uint64_t step = p->reserved / 32;
+    int heap = heap_for(need);
+    /* Grow the heap by 1/32 of what it has already (so unused reserve stays small), between
+     * 2 MiB and GPUSHIM_POOL_CHUNK, or by the request if it is larger; never past the maximum. */
+    uint64_t step = p->heaps[heap].reserved / 32;
     if (step < GS_POOL_GRANULE)
         step = GS_POOL_GRANULE;
     if (step > p->chunk_size)
@@ -611,6 +632,7 @@ static CUresult grow(gs_pool_device_t *p, int device, uint64_t need)
     }
     chunk->base = base;
     chunk->size = size;
+    chunk->heap = heap;
     if (drv->ctx_get_current == NULL || drv->ctx_get_current(&chunk->ctx) != CUDA_SUCCESS)
         chunk->ctx = NULL;
     chunk->first = new_block(p, chunk, base, size, device);
@@ -623,6 +645,7 @@ static CUresult grow(gs_pool_device_t *p, int device, uint64_t need)
     p->chunks = chunk;
     p->chunk_count++;
     p->reserved += size;
+    p->heaps[heap].reserved += size;
     if (p->reserved > p->reserved_peak)
         p->reserved_peak = p->reserved;
     list_push(p, chunk->first);
@@ -655,6 +678,7 @@ static int release_free_chunks(gs_pool_device_t *p, int device, uint64_t keep)
         recycle_block(p, b);
         *link = c->next;
         p->reserved -= c->size;
+        p->heaps[c->heap].reserved -= c->size;
         p->chunk_count--;
         p->releases++;
         free(c);
@@ -704,10 +728,9 @@ void gs_pool_forget_chunks(gs_pool_device_t *p)
         free(c);
     }
     p->chunks = NULL;
-    memset(p->free_lists, 0, sizeof p->free_lists);
-    memset(p->bitmap, 0, sizeof p->bitmap);
+    memset(p->heaps, 0, sizeof p->heaps);
     p->pending = NULL;
-    p->pending_bytes = p->free_bytes = p->reserved = p->chunk_count = 0;
+    p->pending_bytes = p->free_bytes = p->reserved = p->chunk_count = p->initial = 0;
     for (int i = 0; i < MARKS; i++)
         p->marks[i].event = NULL; /* they belonged to the context, as did the departed streams' */
     p->mark_count = 0;
@@ -744,7 +767,9 @@ void gs_pool_device_init(gs_pool_device_t *p, int device)
     atomic_store(&p->completed, 0);
     uint64_t initial = gs_size_resolve(gs_opts.pool_initial, total);
     atomic_store_explicit(&p->ready, true, memory_order_release);
-    if (initial > 0 && grow(p, device, initial) != CUDA_SUCCESS)
+    if (initial > 0 && grow(p, device, initial) == CUDA_SUCCESS)
+        p->initial = p->reserved;
+    else if (initial > 0)
         gs_log_warning("GPUSHIM_POOL_INITIAL: could not reserve %llu bytes on device %d; the pool "
                        "grows on demand",
                        (unsigned long long)initial, device);
@@ -789,6 +814,10 @@ CUresult gs_pool_central_alloc(gs_pool_device_t *p, int device, uint64_t size,
         recycle_pending(p);
         b = find_free(p, size);
     }
+    /* GPUSHIM_POOL_INITIAL promises no driver calls until the pool outgrows it: small blocks
+     * come from the initial chunk too. */
+    if (b == NULL && p->reserved <= p->initial)
+        b = find_anywhere(p, size);
     if (b == NULL) {
         rc = grow(p, device, size);
         if (rc == CUDA_ERROR_OUT_OF_MEMORY) {
@@ -796,7 +825,7 @@ CUresult gs_pool_central_alloc(gs_pool_device_t *p, int device, uint64_t size,
             gs_pool_drain_caches(p, device);
             if (p->pending_bytes)
                 sync_and_recycle(p, device);
-            b = find_free(p, size);
+            b = find_anywhere(p, size);
             if (b == NULL && release_free_chunks(p, device, 0) >= 0)
                 rc = grow(p, device, size);
         }

@@ -479,6 +479,53 @@ static void grows_in_chunks_and_serves_large_requests_whole(void **state)
     assert_int_equal(gs_mem_free(small), CUDA_SUCCESS);
 }
 
+/* Blocks under 256 KiB come from chunks of their own, even where a large block's chunk has room
+ * (mixed in, they would pin the holes between large blocks apart). */
+static void small_blocks_have_chunks_of_their_own(void **state)
+{
+    (void)state;
+    CUdeviceptr large, small;
+    assert_int_equal(gs_mem_alloc(&large, 1 * MiB), CUDA_SUCCESS); /* a 2 MiB chunk */
+    assert_int_equal(gs_mem_alloc(&small, 4096), CUDA_SUCCESS);
+    assert_int_equal(fake.allocs, 2);
+    assert_true(small < large || small >= large + 2 * MiB);
+    CUdeviceptr next_small, next_large;
+    assert_int_equal(gs_mem_alloc(&next_small, 200 * 1024), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_alloc(&next_large, 512 * 1024), CUDA_SUCCESS);
+    assert_int_equal(fake.allocs, 2);
+    assert_int_equal(next_small, small + 4096);
+    assert_int_equal(next_large, large + 1 * MiB);
+}
+
+/* ... but when the driver has no more, either kind takes what the other kind's chunks have. */
+static void short_of_memory_small_blocks_take_room_beside_large_ones(void **state)
+{
+    (void)state;
+    fake.limit = 2 * MiB;
+    CUdeviceptr large, small;
+    assert_int_equal(gs_mem_alloc(&large, 1 * MiB), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_alloc(&small, 4096), CUDA_SUCCESS);
+    assert_int_equal(small, large + 1 * MiB);
+    assert_int_equal(fake.allocs, 1);
+}
+
+/* GPUSHIM_POOL_INITIAL: no driver call until the pool outgrows it, small blocks included. */
+static void the_initial_reservation_serves_small_blocks_too(void **state)
+{
+    (void)state;
+    gs_opts.pool_initial = (gs_size_spec_t){.bytes = 8 * MiB};
+    gs_pool_destroy();
+    CUdeviceptr large, small;
+    assert_int_equal(gs_mem_alloc(&large, 1 * MiB), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_alloc(&small, 4096), CUDA_SUCCESS);
+    assert_int_equal(fake.allocs, 1);
+    CUdeviceptr beyond;
+    assert_int_equal(gs_mem_alloc(&beyond, 7 * MiB), CUDA_SUCCESS); /* outgrown */
+    assert_int_equal(fake.allocs, 2);
+    assert_int_equal(gs_mem_alloc(&small, 4096), CUDA_SUCCESS); /* then their own chunks */
+    assert_int_equal(fake.allocs, 3);
+}
+
 /* Out of device memory: free chunks go back to the driver and the allocation is retried. */
 static void gives_free_chunks_back_before_failing(void **state)
 {
@@ -649,11 +696,10 @@ static void many_threads(void **state)
 
 /* The brief's random pattern: 1000 live blocks, log-uniform 256 B..4 MiB, freed in random order.
  * Peak reserved (what the pool took from the driver) over peak requested. The issue asks for
- * 1.15; this pool reaches 1.21 here under immediate reuse (1.17 on an H200). Not chunk
- * boundaries: in one 1 GiB chunk the highest address used is 1.22x too; without thread caches
- * the central pool alone gives 1.135, and the ratio moves in steps of one growth step (1/32).
- * Safe reuse adds the blocks waiting for a synchronization (1.38 here). The bounds guard
- * against regressions. */
+ * 1.15; this pool gives 1.16 here under both policies, 1.17 on average over 40 seeds
+ * (scripts/fragmentation-model.sh; 1.20 before small blocks had chunks of their own). What is
+ * left: chunk boundaries and the growth step (1/32 of the heap), and the thread caches (1.15
+ * without them). The bound guards against regressions. */
 static void random_pattern_once(const char *policy);
 
 static gs_block_t backend_alloc(CUdeviceptr *ptr)
@@ -707,7 +753,8 @@ static void random_pattern_fragmentation(void **state)
 static void random_pattern_once(const char *policy)
 {
     gs_opts.pool_chunk = (gs_size_spec_t){.bytes = 64 * MiB}; /* the default */
-    unsigned seed = 42;
+    /* scripts/fragmentation-model.sh runs the pattern with other seeds */
+    unsigned seed = getenv("GS_RANDOM_SEED") ? (unsigned)atoi(getenv("GS_RANDOM_SEED")) : 42;
     CUdeviceptr live[1000];
     uint64_t size[1000], in_use = 0, peak = 0;
     double lo = log(256.0), hi = log(4.0 * 1024 * 1024);
@@ -735,7 +782,8 @@ static void random_pattern_once(const char *policy)
     print_message("random pattern, %s reuse: peak reserved %.1f MiB / peak requested %.1f MiB = "
                   "%.3f\n",
                   policy, fake.peak_used / 1048576.0, peak / 1048576.0, ratio);
-    assert_true(ratio <= (strcmp(policy, "safe") == 0 ? 1.45 : 1.25));
+    if (getenv("GS_RANDOM_SEED") == NULL) /* the script collects other seeds' ratios */
+        assert_true(ratio <= 1.19);
 }
 
 /* cudaDeviceReset frees every allocation of the device: the pool must forget its chunks and
@@ -918,6 +966,9 @@ int main(void)
         cmocka_unit_test_setup(too_many_nonblocking_streams_turn_events_off, safe),
         cmocka_unit_test_setup(coalesces_neighbours_back_into_one_block, immediate),
         cmocka_unit_test_setup(grows_in_chunks_and_serves_large_requests_whole, immediate),
+        cmocka_unit_test_setup(small_blocks_have_chunks_of_their_own, immediate),
+        cmocka_unit_test_setup(short_of_memory_small_blocks_take_room_beside_large_ones, immediate),
+        cmocka_unit_test_setup(the_initial_reservation_serves_small_blocks_too, immediate),
         cmocka_unit_test_setup(gives_free_chunks_back_before_failing, immediate),
         cmocka_unit_test_setup(out_of_memory_is_cudas_error_and_counted, safe),
         cmocka_unit_test_setup(pool_max_caps_the_reservation, immediate),
