@@ -44,7 +44,7 @@ for mode in $modes; do
   run_case "cuda -cudart shared" 10 "$mode" -- "$build/alloc_kernel_shared" 10
   run_case "cudaDeviceReset mid-program" 7 "$mode" -- "$build/device_reset"
   run_case "cuCtxDestroy, then a new context" 7 "$mode" -- "$build/context_destroy"
-  run_case "pointer attributes, reused block" 2 "$mode" GPUSHIM_POOL_REUSE=immediate -- "$build/pointer_attributes"
+  run_case "pointer attributes, reused block" 3 "$mode" GPUSHIM_POOL_REUSE=immediate -- "$build/pointer_attributes"
   run_case "graph capture, blocking stream" 28 "$mode" -- "$build/graph_capture" blocking
   run_case "graph capture, non-blocking stream" 28 "$mode" -- "$build/graph_capture" nonblocking
   run_case "pytorch caching allocator" any "$mode" -- python3 tests/gpu/check_torch.py

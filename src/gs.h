@@ -32,6 +32,7 @@ typedef enum { GS_FORMAT_TEXT, GS_FORMAT_JSON } gs_report_format_t;
 typedef enum { GS_REUSE_SAFE, GS_REUSE_IMMEDIATE } gs_reuse_t;
 typedef enum { GS_EVENTS_AUTO, GS_EVENTS_OFF } gs_events_t;
 typedef enum { GS_IDLE_REUSE_AUTO, GS_IDLE_REUSE_OFF } gs_idle_reuse_t;
+typedef enum { GS_EXPANDABLE_AUTO, GS_EXPANDABLE_OFF } gs_expandable_t;
 typedef enum { GS_ADVICE_NONE, GS_ADVICE_PREFERRED, GS_ADVICE_ACCESSED_BY } gs_advice_t;
 typedef enum { GS_ON_OOM_FAIL, GS_ON_OOM_MANAGED } gs_on_oom_t;
 
@@ -57,6 +58,7 @@ typedef struct gs_options {
     gs_reuse_t pool_reuse;
     gs_events_t pool_events;
     gs_idle_reuse_t pool_idle_reuse;
+    gs_expandable_t pool_expandable;
     gs_on_oom_t on_oom;
     bool managed_prefetch;
     gs_advice_t managed_advice;
@@ -143,6 +145,20 @@ uint64_t gs_ticks_to_epoch_ns(uint64_t ticks, double ticks_per_ns);
       CUresult (*)(int *, CUdevice_attribute, CUdevice))                                           \
     X(device_total_mem, "cuDeviceTotalMem_v2", CUresult (*)(size_t *, CUdevice))                   \
     X(device_get_count, "cuDeviceGetCount", CUresult (*)(int *))                                   \
+    X(device_can_access_peer, "cuDeviceCanAccessPeer", CUresult (*)(int *, CUdevice, CUdevice))    \
+    X(mem_address_reserve, "cuMemAddressReserve",                                                  \
+      CUresult (*)(CUdeviceptr *, size_t, size_t, CUdeviceptr, unsigned long long))                \
+    X(mem_create, "cuMemCreate",                                                                   \
+      CUresult (*)(CUmemGenericAllocationHandle *, size_t, const CUmemAllocationProp *,            \
+                   unsigned long long))                                                            \
+    X(mem_release, "cuMemRelease", CUresult (*)(CUmemGenericAllocationHandle))                     \
+    X(mem_map, "cuMemMap",                                                                         \
+      CUresult (*)(CUdeviceptr, size_t, size_t, CUmemGenericAllocationHandle, unsigned long long)) \
+    X(mem_unmap, "cuMemUnmap", CUresult (*)(CUdeviceptr, size_t))                                  \
+    X(mem_set_access, "cuMemSetAccess",                                                            \
+      CUresult (*)(CUdeviceptr, size_t, const CUmemAccessDesc *, size_t))                          \
+    X(mem_get_allocation_granularity, "cuMemGetAllocationGranularity",                             \
+      CUresult (*)(size_t *, const CUmemAllocationProp *, CUmemAllocationGranularity_flags))       \
     X(mem_prefetch_async, "cuMemPrefetchAsync_v2",                                                 \
       CUresult (*)(CUdeviceptr, size_t, CUmemLocation, unsigned int, CUstream))                    \
     X(mem_advise, "cuMemAdvise_v2",                                                                \

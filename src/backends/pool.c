@@ -490,9 +490,10 @@ static int pool_ipc_handle(CUipcMemHandle *handle, CUdeviceptr ptr, CUresult *re
     if (b == NULL || whole_chunk(b))
         return GS_NOT_OURS; /* not ours, or a whole chunk: the driver's handle is right */
     gs_log_warning("cuIpcGetMemHandle refused (CUDA_ERROR_INVALID_VALUE): %#llx is a block inside "
-                   "a pool chunk, and its handle would map the whole chunk; run this program with "
-                   "GPUSHIM_MODE=off to share memory by IPC",
-                   (unsigned long long)ptr);
+                   "%s; run this program with GPUSHIM_MODE=off to share memory by IPC",
+                   (unsigned long long)ptr,
+                   b->chunk->expandable ? "the pool's mapped range, which legacy IPC cannot share"
+                                        : "a pool chunk, and its handle would map the whole chunk");
     *result = CUDA_ERROR_INVALID_VALUE;
     return 0;
 }
@@ -574,7 +575,8 @@ static void pool_report(int device, gs_buf_t *out, bool json)
             "\"cached_in_threads\": %llu, "
             "\"largest_free_block\": %llu, \"event_recycles\": %llu, \"events\": \"%s%s\", "
             "\"mark_waits\": %llu, \"mark_waits_given_up\": %llu, \"mark_wait_mean_us\": %.1f, "
-            "\"idle_reuse\": \"%s%s\", \"idle_frees\": %llu, \"work_functions_watched\": %u}",
+            "\"idle_reuse\": \"%s%s\", \"idle_frees\": %llu, \"work_functions_watched\": %u, "
+            "\"expandable\": \"%s%s\", \"expandable_mapped\": %llu, \"expandable_pieces\": %u}",
             (unsigned long long)p->reserved, (unsigned long long)p->reserved_peak,
             (unsigned long long)p->chunk_count, (unsigned long long)p->grow_calls,
             (unsigned long long)p->releases, ratio, (unsigned long long)hits,
@@ -584,7 +586,9 @@ static void pool_report(int device, gs_buf_t *out, bool json)
             events_off ? "off: " : "on", events_off ? events_off : "",
             (unsigned long long)p->mark_waits, (unsigned long long)p->mark_waits_given_up,
             mark_wait_mean_us, idle_off ? "off: " : "on", idle_off ? idle_off : "",
-            (unsigned long long)quiet_frees, gs_work_wrapper_count());
+            (unsigned long long)quiet_frees, gs_work_wrapper_count(),
+            p->vmm.base ? "on" : "off: ", p->vmm.base ? "" : p->vmm.off,
+            (unsigned long long)p->vmm.mapped, p->vmm.count);
     } else {
         char reserved[32], peak[32], pending[32], large[32], cached_text[32];
         gs_buf_printf(
@@ -594,6 +598,12 @@ static void pool_report(int device, gs_buf_t *out, bool json)
             device, gs_format_bytes(p->reserved, reserved), gs_format_bytes(p->reserved_peak, peak),
             (unsigned long long)p->chunk_count, (unsigned long long)p->grow_calls,
             (unsigned long long)p->releases, ratio);
+        char mapped[32];
+        gs_buf_printf(out,
+                      "gpushim: device %d: pool growth in place (blocks of 256 KiB and more): "
+                      "%s%s; %s mapped in %u pieces at the end of one virtual range\n",
+                      device, p->vmm.base ? "on" : "off, ", p->vmm.base ? "" : p->vmm.off,
+                      gs_format_bytes(p->vmm.mapped, mapped), p->vmm.count);
         gs_buf_printf(out,
                       "gpushim: device %d: pool hit rate %.1f%% (%llu of %llu allocations from "
                       "thread caches, the rest from the pool's free lists or new chunks); %.1f%% "
@@ -698,6 +708,7 @@ static void pool_forget(void)
 void gs_pool_destroy(void)
 {
     for (int d = 0; d < GS_MAX_DEVICES; d++) {
+        free(gs_pools[d].vmm.pieces);
         for (gs_pool_chunk_t *c = gs_pools[d].chunks, *next; c; c = next) {
             next = c->next;
             for (gs_pool_block_t *b = c->first, *after; b; b = after) {

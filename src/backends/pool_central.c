@@ -601,11 +601,97 @@ void gs_pool_release(gs_pool_device_t *p, gs_pool_block_t *b)
 
 /* ---- growth and release (device lock held) ---------------------------------------------- */
 
-/* Grows the heap that serves need. */
+static void add_reserved(gs_pool_device_t *p, int heap, uint64_t bytes)
+{
+    p->reserved += bytes;
+    p->heaps[heap].reserved += bytes;
+    if (p->reserved > p->reserved_peak)
+        p->reserved_peak = p->reserved;
+}
+
+static gs_pool_block_t *last_block(const gs_pool_chunk_t *c)
+{
+    gs_pool_block_t *b = c->first;
+    while (b->next_addr)
+        b = b->next_addr;
+    return b;
+}
+
+/* Grows the large heap's expandable range so that a block of need bytes fits at its end: maps
+ * what the free block there lacks, at least 1/128 of the heap (so growth stays rare without
+ * leaving much unused), never past the maximum. */
+static CUresult expand(gs_pool_device_t *p, int device, uint64_t need)
+{
+    gs_pool_vmm_t *v = &p->vmm;
+    gs_pool_block_t *last = v->chunk ? last_block(v->chunk) : NULL;
+    uint64_t tail = last && atomic_load_explicit(&last->state, memory_order_relaxed) == BLOCK_FREE
+                        ? last->size
+                        : 0;
+    uint64_t lacking = round_up(need - (tail < need ? tail : 0), v->granularity);
+    uint64_t step = round_up(p->heaps[HEAP_LARGE].reserved / 128, v->granularity);
+    if (step > p->chunk_size)
+        step = p->chunk_size;
+    uint64_t bytes = lacking > step ? lacking : step;
+    if (p->reserved + bytes > p->max)
+        bytes = lacking;
+    if (p->reserved + bytes > p->max)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    p->grow_calls++;
+    CUresult rc = gs_pool_vmm_map(p, device, bytes);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    gs_pool_chunk_t *c = v->chunk;
+    if (c == NULL) {
+        gs_pool_block_t *first;
+        if ((c = calloc(1, sizeof *c)) == NULL ||
+            (c->base = v->base, c->heap = HEAP_LARGE, c->expandable = true,
+             first = new_block(p, c, v->base, bytes, device)) == NULL) {
+            free(c);
+            gs_pool_vmm_unmap_from(p, device, 0, UINT64_MAX);
+            return CUDA_ERROR_OUT_OF_MEMORY;
+        }
+        if (gs_driver()->ctx_get_current == NULL ||
+            gs_driver()->ctx_get_current(&c->ctx) != CUDA_SUCCESS)
+            c->ctx = NULL;
+        c->first = first;
+        c->next = p->chunks;
+        p->chunks = c;
+        p->chunk_count++;
+        v->chunk = c;
+        list_push(p, first);
+    } else if (tail) {
+        list_remove(p, last);
+        last->size += bytes;
+        list_push(p, last);
+    } else {
+        gs_pool_block_t *b = new_block(p, c, c->base + c->size, bytes, device);
+        if (b == NULL) {
+            gs_pool_vmm_unmap_from(p, device, c->size, UINT64_MAX);
+            return CUDA_ERROR_OUT_OF_MEMORY;
+        }
+        b->prev_addr = last;
+        last->next_addr = b;
+        list_push(p, b);
+    }
+    c->size = v->mapped;
+    add_reserved(p, HEAP_LARGE, bytes);
+    return CUDA_SUCCESS;
+}
+
+/* Grows the heap that serves need: the large heap's expandable range where there is one (a
+ * request over GPUSHIM_POOL_CHUNK still gets a chunk of its own, which legacy IPC can share),
+ * else a new chunk. */
 static CUresult grow(gs_pool_device_t *p, int device, uint64_t need)
 {
     const gs_driver_t *drv = gs_driver();
     int heap = heap_for(need);
+    if (heap == HEAP_LARGE && p->vmm.base && need <= p->chunk_size) {
+        CUresult rc = expand(p, device, need);
+        if (rc == CUDA_SUCCESS || rc == CUDA_ERROR_OUT_OF_MEMORY)
+            return rc;
+        p->vmm.off = "the driver refused to map memory"; /* chunks from now on */
+        p->vmm.base = 0;
+    }
     /* Grow the heap by 1/32 of what it has already (so unused reserve stays small), between
      * 2 MiB and GPUSHIM_POOL_CHUNK, or by the request if it is larger; never past the maximum. */
     uint64_t step = p->heaps[heap].reserved / 32;
@@ -644,16 +730,53 @@ static CUresult grow(gs_pool_device_t *p, int device, uint64_t need)
     chunk->next = p->chunks;
     p->chunks = chunk;
     p->chunk_count++;
-    p->reserved += size;
-    p->heaps[heap].reserved += size;
-    if (p->reserved > p->reserved_peak)
-        p->reserved_peak = p->reserved;
+    add_reserved(p, heap, size);
     list_push(p, chunk->first);
     return CUDA_SUCCESS;
 }
 
-/* Gives wholly free chunks back to the driver while the free lists hold more than keep bytes;
- * returns how many. */
+/* Unmaps the pieces at the end of the expandable range that its last block, a free one, spans,
+ * while the free lists hold more than keep bytes; returns whether it unmapped any. */
+static bool shrink_expandable(gs_pool_device_t *p, int device, uint64_t keep)
+{
+    gs_pool_chunk_t *c = p->vmm.chunk;
+    gs_pool_block_t *last = last_block(c);
+    if (atomic_load(&last->state) != BLOCK_FREE)
+        return false;
+    uint64_t unmapped =
+        gs_pool_vmm_unmap_from(p, device, last->base - c->base, p->free_bytes - keep);
+    if (unmapped == 0)
+        return false;
+    list_remove(p, last);
+    last->size -= unmapped;
+    c->size = p->vmm.mapped;
+    p->reserved -= unmapped;
+    p->heaps[HEAP_LARGE].reserved -= unmapped;
+    p->releases++;
+    if (last->size > 0) {
+        list_push(p, last);
+        return true;
+    }
+    gs_ptrmap_remove(last->base, NULL);
+    recycle_block(p, last);
+    if (last->prev_addr) {
+        last->prev_addr->next_addr = NULL;
+        return true;
+    }
+    /* Nothing is mapped any more: the chunk goes too (the range stays reserved). */
+    for (gs_pool_chunk_t **link = &p->chunks; *link; link = &(*link)->next)
+        if (*link == c) {
+            *link = c->next;
+            break;
+        }
+    free(c);
+    p->chunk_count--;
+    p->vmm.chunk = NULL;
+    return true;
+}
+
+/* Gives wholly free chunks back to the driver, and the expandable range's free end, while the
+ * free lists hold more than keep bytes; returns how many chunks or ends. */
 static int release_free_chunks(gs_pool_device_t *p, int device, uint64_t keep)
 {
     const gs_driver_t *drv = gs_driver();
@@ -684,6 +807,8 @@ static int release_free_chunks(gs_pool_device_t *p, int device, uint64_t keep)
         free(c);
         released++;
     }
+    if (p->vmm.chunk && p->free_bytes > keep && shrink_expandable(p, device, keep))
+        released++;
     return released;
 }
 
@@ -719,6 +844,7 @@ void gs_pool_forget_streams(int device)
 
 void gs_pool_forget_chunks(gs_pool_device_t *p)
 {
+    gs_pool_vmm_unmap_all(p); /* mapped memory is not the context's: it would stay */
     for (gs_pool_chunk_t *c = p->chunks, *next; c; c = next) {
         next = c->next;
         for (gs_pool_block_t *b = c->first, *after; b; b = after) {
@@ -765,6 +891,7 @@ void gs_pool_device_init(gs_pool_device_t *p, int device)
     p->pitch_align = (uint64_t)align > GS_POOL_ALIGN ? (uint64_t)align : GS_POOL_ALIGN;
     atomic_store(&p->epoch, 1);
     atomic_store(&p->completed, 0);
+    gs_pool_vmm_init(p, device);
     uint64_t initial = gs_size_resolve(gs_opts.pool_initial, total);
     atomic_store_explicit(&p->ready, true, memory_order_release);
     if (initial > 0 && grow(p, device, initial) == CUDA_SUCCESS)

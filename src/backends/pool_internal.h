@@ -16,8 +16,8 @@
 /* Blocks under SMALL_BLOCK are cut from chunks of their own. Mixed in among large blocks, small
  * ones keep the holes beside them from coalescing: on the random pattern (log-uniform
  * 256 B..4 MiB, random free order; scripts/fragmentation-model.sh, 40 seeds) the pool reserved
- * 1.20x the peak in use with one set of chunks, 1.17x with two. Small blocks are 70% of the
- * blocks there but 6% of the bytes. */
+ * 1.20x the peak in use with one set of chunks, 1.17x with two (1.13x growing in place, see
+ * gs_pool_vmm_t). Small blocks are 70% of the blocks there but 6% of the bytes. */
 #define SMALL_BLOCK (256ull << 10)
 enum { HEAP_SMALL, HEAP_LARGE, HEAPS };
 /* A thread cache holds, per size class, a FIFO queue of freed blocks: up to CACHE_DEPTH blocks of
@@ -25,8 +25,10 @@ enum { HEAP_SMALL, HEAP_LARGE, HEAPS };
  * also where freed blocks wait for a synchronization: 256 of them make one synchronization serve
  * 256 allocations (a synchronization of an idle device costs 0.4-1.5 us measured). */
 #define CACHE_DEPTH 256
-#define CACHE_BYTES (32ull << 20)          /* under safe reuse (at most GPUSHIM_POOL_PENDING_MAX) */
-#define CACHE_BYTES_IMMEDIATE (8ull << 20) /* no synchronization to amortize: less held idle */
+#define CACHE_BYTES (32ull << 20) /* under safe reuse (at most GPUSHIM_POOL_PENDING_MAX) */
+/* With no synchronization to amortize, less is held idle: every cached byte is one the pool
+ * may have to grow for (random pattern, growth in place: 1.137x with 8 MiB, 1.126x with 4). */
+#define CACHE_BYTES_IMMEDIATE (4ull << 20)
 #define CACHE_CLASSES (((25 - MIN_FL) << SL_BITS) + 1) /* classes up to CACHE_BYTES (2^25) */
 /* A synchronization this quick (ns) means an idle device: 50 us. A variable so that tests on a
  * loaded machine, where a thread may be preempted mid-synchronization, can raise it. */
@@ -63,8 +65,9 @@ typedef struct gs_pool_block {
 struct gs_pool_chunk {
     CUdeviceptr base;
     uint64_t size;
-    int heap;      /* HEAP_SMALL or HEAP_LARGE: which free lists its blocks go to */
-    CUcontext ctx; /* current when the chunk was allocated: its memory goes with it */
+    int heap;        /* HEAP_SMALL or HEAP_LARGE: which free lists its blocks go to */
+    bool expandable; /* the large heap's range of mapped virtual memory (pool_vmm.c) */
+    CUcontext ctx;   /* current when the chunk was allocated: its memory goes with it */
     gs_pool_block_t *first;
     gs_pool_chunk_t *next;
 };
@@ -82,17 +85,33 @@ typedef struct gs_pool_heap {
     uint64_t reserved; /* bytes of its chunks */
 } gs_pool_heap_t;
 
+/* The large heap grows in place (GPUSHIM_POOL_EXPANDABLE, pool_vmm.c): one range of virtual
+ * addresses per device, mapped from its start in pieces of physical memory (one cuMemCreate
+ * each), unmapped from the end when the pool gives memory back. The chunk that spans
+ * the mapped part grows with it, so blocks may span pieces and growth leaves no chunk boundary. */
+typedef struct gs_pool_vmm {
+    CUdeviceptr base; /* 0: not in use, and off says why */
+    const char *off;
+    uint64_t range, mapped, granularity;
+    gs_pool_chunk_t *chunk; /* spans [base, base + mapped); NULL while nothing is mapped */
+    uint64_t *pieces;       /* the sizes of the mappings, in address order */
+    unsigned count, capacity;
+    CUmemAccessDesc access[GS_MAX_DEVICES]; /* this device, and peers that can reach it */
+    unsigned access_count;
+} gs_pool_vmm_t;
+
 typedef struct gs_pool_device {
     pthread_mutex_t lock;
     atomic_bool ready;
     uint64_t total, max, chunk_size, pending_max, pitch_align;
-    uint64_t initial; /* the GPUSHIM_POOL_INITIAL chunk's size, 0 without one */
+    uint64_t initial;           /* the GPUSHIM_POOL_INITIAL chunk's size, 0 without one */
     uint64_t release_threshold; /* free bytes kept at the program's synchronizations */
     uint64_t cache_budget; /* bytes of small blocks a thread cache holds: CACHE_BYTES_IMMEDIATE,
                               or under safe reuse CACHE_BYTES but at most
                               GPUSHIM_POOL_PENDING_MAX (they may be pending) */
     gs_pool_chunk_t *chunks;
     gs_pool_heap_t heaps[HEAPS];
+    gs_pool_vmm_t vmm;
     gs_pool_block_t *pending; /* central pending list (safe reuse) */
     gs_pool_block_t *spare;   /* recycled records */
     uint64_t pending_bytes, free_bytes, reserved, reserved_peak, chunk_count;
@@ -153,7 +172,7 @@ static inline int class_ceil(uint64_t size)
 /* The block spans its whole chunk (one cuMemAlloc of the driver's, as the program would see it). */
 static inline bool whole_chunk(const gs_pool_block_t *b)
 {
-    return b->base == b->chunk->base && b->size == b->chunk->size;
+    return !b->chunk->expandable && b->base == b->chunk->base && b->size == b->chunk->size;
 }
 
 static inline bool reusable(const gs_pool_device_t *p, const gs_pool_block_t *b)
@@ -197,6 +216,16 @@ void gs_pool_after_sync(int device, uint64_t token);
 /* Why asynchronous reuse by events is off on this device, or NULL if it is on (safe reuse). */
 const char *gs_pool_events_off_reason(const gs_pool_device_t *p);
 void gs_pool_stream_destroying(int device, CUstream stream, void **slot);
+/* pool_vmm.c, lock held. Reserves the device's range, or says why not in vmm.off. */
+void gs_pool_vmm_init(gs_pool_device_t *p, int device);
+/* Maps bytes (a multiple of the granularity) more at the end of the range. */
+CUresult gs_pool_vmm_map(gs_pool_device_t *p, int device, uint64_t bytes);
+/* Unmaps pieces that lie wholly at or past offset from, last first, until unmap_max bytes or
+ * more are unmapped; returns the bytes unmapped. */
+uint64_t gs_pool_vmm_unmap_from(gs_pool_device_t *p, int device, uint64_t from, uint64_t unmap_max);
+/* Unmaps every piece (a reset context, a destroyed one); the range stays reserved. */
+void gs_pool_vmm_unmap_all(gs_pool_device_t *p);
+
 /* pool.c: under memory pressure (lock held), every thread cache of the device is emptied. */
 void gs_pool_drain_caches(gs_pool_device_t *p, int device);
 

@@ -150,6 +150,13 @@ static const gs_option_t gs_option_table[] = {
      "every driver entry point that launches kernels or graphs, copies, sets memory or writes "
      "from a stream); off makes every free wait for a mark or synchronization after it.",
      parse_choice, GS_FIELD(pool_idle_reuse), events_choices},
+    {"GPUSHIM_POOL_EXPANDABLE", "auto, off", "auto",
+     "Pool mode: auto grows the heap of blocks of 256 KiB and more in place, mapping physical "
+     "memory at the end of one reserved virtual range (CUDA's virtual memory management, where the "
+     "device supports it), so it never splits into chunks that blocks cannot span; off takes "
+     "separate chunks from cuMemAlloc. Blocks in the range cannot be shared by legacy CUDA IPC "
+     "(cudaIpcGetMemHandle); requests over GPUSHIM_POOL_CHUNK get chunks of their own either way.",
+     parse_choice, GS_FIELD(pool_expandable), events_choices},
     {"GPUSHIM_POOL_PENDING_MAX", SIZE_ACCEPTED, "256M",
      "Pool mode, safe reuse: freed bytes waiting for a synchronization in the pool; past this "
      "(or past 1/16 of the pool, when it would otherwise grow) the shim synchronizes the device "

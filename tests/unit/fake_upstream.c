@@ -16,6 +16,14 @@ static struct {
     uintptr_t ctx;
 } slots[FAKE_SLOTS];
 
+/* Virtual memory management (while fake.vmm): physical allocations are kept until both
+ * released and unmapped, as the driver keeps them. */
+static struct {
+    uint64_t bytes;
+    CUdeviceptr mapped_at; /* 0: not mapped */
+    bool live, released;
+} handles[FAKE_SLOTS];
+
 static CUresult fake_alloc_unlocked(CUdeviceptr *p, size_t bytes)
 {
     fake.allocs++;
@@ -118,7 +126,9 @@ static CUresult fake_total_mem(size_t *bytes, CUdevice d)
 static CUresult fake_attribute(int *value, CUdevice_attribute attr, CUdevice d)
 {
     (void)d;
-    *value = attr == CU_DEVICE_ATTRIBUTE_TEXTURE_PITCH_ALIGNMENT ? 32 : 0;
+    *value = attr == CU_DEVICE_ATTRIBUTE_TEXTURE_PITCH_ALIGNMENT               ? 32
+             : attr == CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED ? fake.vmm
+                                                                               : 0;
     return CUDA_SUCCESS;
 }
 
@@ -202,7 +212,10 @@ static CUresult fake_primary_reset_unlocked(CUdevice d)
     (void)d;
     fake.resets++;
     memset(slots, 0, sizeof slots);
-    fake.used = 0;
+    fake.used = 0; /* mapped memory is not the context's: it stays (see handles) */
+    for (int i = 0; i < FAKE_SLOTS; i++)
+        if (handles[i].live)
+            fake.used += handles[i].bytes;
     return CUDA_SUCCESS;
 }
 
@@ -261,6 +274,110 @@ static CUresult fake_ctx_destroy_unlocked(CUcontext ctx)
     return CUDA_SUCCESS;
 }
 
+static CUresult fake_reserve_unlocked(CUdeviceptr *p, size_t size, size_t align, CUdeviceptr addr,
+                                      unsigned long long flags)
+{
+    (void)align, (void)addr, (void)flags;
+    *p = fake.next_address;
+    fake.next_address += size + 4096;
+    fake.va_reserved += size;
+    return CUDA_SUCCESS;
+}
+
+static CUresult fake_create_unlocked(CUmemGenericAllocationHandle *h, size_t size,
+                                     const CUmemAllocationProp *prop, unsigned long long flags)
+{
+    (void)prop, (void)flags;
+    fake.vmm_creates++;
+    if (fake.fail_next_allocs > 0) {
+        fake.fail_next_allocs--;
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    if (size % (2u << 20) != 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (fake.used + size > fake.limit)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    for (int i = 0; i < FAKE_SLOTS; i++)
+        if (!handles[i].live) {
+            handles[i].live = true;
+            handles[i].released = false;
+            handles[i].mapped_at = 0;
+            handles[i].bytes = size;
+            fake.used += size;
+            if (fake.used > fake.peak_used)
+                fake.peak_used = fake.used;
+            *h = (CUmemGenericAllocationHandle)i + 1;
+            return CUDA_SUCCESS;
+        }
+    return CUDA_ERROR_OUT_OF_MEMORY;
+}
+
+static void drop_if_unused(int i)
+{
+    if (handles[i].released && handles[i].mapped_at == 0) {
+        handles[i].live = false;
+        fake.used -= handles[i].bytes;
+    }
+}
+
+static CUresult fake_release_unlocked(CUmemGenericAllocationHandle h)
+{
+    if (h == 0 || h > FAKE_SLOTS || !handles[h - 1].live || handles[h - 1].released)
+        return CUDA_ERROR_INVALID_VALUE;
+    handles[h - 1].released = true;
+    drop_if_unused((int)h - 1);
+    return CUDA_SUCCESS;
+}
+
+static CUresult fake_map_unlocked(CUdeviceptr p, size_t size, size_t offset,
+                                  CUmemGenericAllocationHandle h, unsigned long long flags)
+{
+    (void)flags;
+    if (h == 0 || h > FAKE_SLOTS || !handles[h - 1].live || handles[h - 1].mapped_at ||
+        offset != 0 || size != handles[h - 1].bytes)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (fake.fail_next_maps > 0) {
+        fake.fail_next_maps--;
+        return CUDA_ERROR_NOT_SUPPORTED;
+    }
+    handles[h - 1].mapped_at = p;
+    fake.vmm_maps++;
+    return CUDA_SUCCESS;
+}
+
+static CUresult fake_unmap_unlocked(CUdeviceptr p, size_t size)
+{
+    for (int i = 0; i < FAKE_SLOTS; i++)
+        if (handles[i].live && handles[i].mapped_at == p) {
+            if (handles[i].bytes != size)
+                return CUDA_ERROR_INVALID_VALUE; /* whole mappings only */
+            handles[i].mapped_at = 0;
+            fake.vmm_unmaps++;
+            drop_if_unused(i);
+            return CUDA_SUCCESS;
+        }
+    return CUDA_ERROR_INVALID_VALUE;
+}
+
+static CUresult fake_set_access_unlocked(CUdeviceptr p, size_t size, const CUmemAccessDesc *desc,
+                                         size_t count)
+{
+    (void)p, (void)size;
+    fake.vmm_access_devices = (int)count;
+    for (size_t i = 0; i < count; i++)
+        if (desc[i].flags != CU_MEM_ACCESS_FLAGS_PROT_READWRITE)
+            return CUDA_ERROR_INVALID_VALUE;
+    return CUDA_SUCCESS;
+}
+
+static CUresult fake_granularity(size_t *granularity, const CUmemAllocationProp *prop,
+                                 CUmemAllocationGranularity_flags option)
+{
+    (void)prop, (void)option;
+    *granularity = 2u << 20;
+    return CUDA_SUCCESS;
+}
+
 #define LOCKED(name, params, args)                                                                 \
     static CUresult name params                                                                    \
     {                                                                                              \
@@ -277,6 +394,21 @@ LOCKED(fake_range, (CUdeviceptr * base, size_t *size, CUdeviceptr p), (base, siz
 LOCKED(fake_primary_reset, (CUdevice d), (d))
 LOCKED(fake_primary_release, (CUdevice d), (d))
 LOCKED(fake_ctx_destroy, (CUcontext ctx), (ctx))
+LOCKED(fake_reserve,
+       (CUdeviceptr * p, size_t size, size_t align, CUdeviceptr addr, unsigned long long flags),
+       (p, size, align, addr, flags))
+LOCKED(fake_create,
+       (CUmemGenericAllocationHandle * h, size_t size, const CUmemAllocationProp *prop,
+        unsigned long long flags),
+       (h, size, prop, flags))
+LOCKED(fake_release, (CUmemGenericAllocationHandle h), (h))
+LOCKED(fake_map,
+       (CUdeviceptr p, size_t size, size_t offset, CUmemGenericAllocationHandle h,
+        unsigned long long flags),
+       (p, size, offset, h, flags))
+LOCKED(fake_unmap, (CUdeviceptr p, size_t size), (p, size))
+LOCKED(fake_set_access, (CUdeviceptr p, size_t size, const CUmemAccessDesc *desc, size_t count),
+       (p, size, desc, count))
 
 static const gs_driver_t fake_table = {
     .mem_alloc = fake_alloc,
@@ -307,12 +439,20 @@ static const gs_driver_t fake_table = {
     .primary_ctx_get_state = fake_primary_state,
     .ctx_get_current = fake_ctx_get_current,
     .ctx_destroy_v2 = fake_ctx_destroy,
+    .mem_address_reserve = fake_reserve,
+    .mem_create = fake_create,
+    .mem_release = fake_release,
+    .mem_map = fake_map,
+    .mem_unmap = fake_unmap,
+    .mem_set_access = fake_set_access,
+    .mem_get_allocation_granularity = fake_granularity,
 };
 
 void fake_upstream_install(uint64_t limit)
 {
     memset(&fake, 0, sizeof fake);
     memset(slots, 0, sizeof slots);
+    memset(handles, 0, sizeof handles);
     fake.limit = limit;
     fake.next_address = 0x7f0000000000ull;
     gs_driver_override(&fake_table);

@@ -28,6 +28,11 @@ typedef struct fake_upstream {
      * records the context current at the time. */
     uintptr_t ctx;
     int destroyed_allocations;
+    /* Virtual memory management: offered while vmm is set. fail_next_maps: the next N cuMemMap
+     * calls fail (CUDA_ERROR_NOT_SUPPORTED). */
+    bool vmm;
+    int vmm_creates, vmm_maps, vmm_unmaps, vmm_access_devices, fail_next_maps;
+    uint64_t va_reserved;
 } fake_upstream_t;
 
 extern fake_upstream_t fake;

@@ -41,6 +41,15 @@ static int safe(void **state)
     return start(1ull << 30, GS_REUSE_SAFE);
 }
 
+/* The device offers virtual memory management: the large heap grows in place. */
+static int expandable(void **state)
+{
+    (void)state;
+    start(1ull << 30, GS_REUSE_IMMEDIATE);
+    fake.vmm = true;
+    return 0;
+}
+
 static const char *pool_report_text(void);
 
 /* The program issues GPU work, as the shim's wrappers of the driver's launch, copy and memset
@@ -149,7 +158,7 @@ static void a_quiet_device_needs_no_new_marks(void **state)
     assert_true(fake.event_records > 1);
 }
 
-/* A buffer beyond the thread cache's budget (8 MiB for blocks reusable at once), allocated again
+/* A buffer beyond the thread cache's budget (4 MiB for blocks reusable at once), allocated again
  * and again, stays in the thread's cache: the central pool and its lock are not touched. */
 static void one_buffer_beyond_the_budget_stays_in_the_thread_cache(void **state)
 {
@@ -526,6 +535,121 @@ static void the_initial_reservation_serves_small_blocks_too(void **state)
     assert_int_equal(fake.allocs, 3);
 }
 
+/* GPUSHIM_POOL_EXPANDABLE: blocks of 256 KiB and more come from one range that grows in place,
+ * so a block may span two pieces of physical memory; small blocks keep chunks of their own. */
+static void the_large_heap_grows_in_place(void **state)
+{
+    (void)state;
+    CUdeviceptr a, b, small;
+    assert_int_equal(gs_mem_alloc(&a, 1 * MiB), CUDA_SUCCESS);
+    assert_int_equal(fake.vmm_maps, 1);
+    assert_int_equal(fake.used, 2 * MiB);
+    assert_int_equal(gs_mem_alloc(&b, 3 * MiB / 2), CUDA_SUCCESS);
+    assert_int_equal(b, a + 1 * MiB); /* across the boundary of the two pieces */
+    assert_int_equal(fake.vmm_maps, 2);
+    assert_int_equal(fake.used, 4 * MiB);
+    assert_int_equal(fake.vmm_access_devices, 1);
+    assert_int_equal(fake.va_reserved, 1ull << 30); /* addresses for all the pool may take */
+    assert_int_equal(fake.allocs, 0);
+    assert_int_equal(gs_mem_alloc(&small, 4096), CUDA_SUCCESS);
+    assert_int_equal(fake.allocs, 1);
+    assert_true(small < a || small >= a + 4 * MiB);
+    assert_non_null(strstr(pool_report_text(), "pool growth in place (blocks of 256 KiB and more): "
+                                               "on; 4 MiB mapped in 2 pieces"));
+    /* Legacy IPC cannot share mapped memory: refused. */
+    CUipcMemHandle handle;
+    assert_int_equal(gs_ipc_get_mem_handle(&handle, a), CUDA_ERROR_INVALID_VALUE);
+    assert_int_equal(gs_mem_free(a), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_free(b), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_free(small), CUDA_SUCCESS);
+}
+
+/* The free end of the range is unmapped where wholly free chunks would go back: at the
+ * program's synchronization past GPUSHIM_POOL_RELEASE_THRESHOLD, and when memory is short. */
+static void the_free_end_of_the_range_is_unmapped(void **state)
+{
+    (void)state;
+    gs_opts.pool_release_threshold = (gs_size_spec_t){.bytes = 0};
+    CUdeviceptr a, b, c;
+    assert_int_equal(gs_mem_alloc(&a, 2 * MiB), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_alloc(&b, 2 * MiB), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_alloc(&c, 2 * MiB), CUDA_SUCCESS);
+    assert_int_equal(fake.used, 6 * MiB);
+    assert_int_equal(gs_mem_free(b), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_free(c), CUDA_SUCCESS);
+    assert_int_equal(gs_ctx_synchronize(), CUDA_SUCCESS);
+    assert_int_equal(fake.vmm_unmaps, 2); /* c's piece and b's; a's stays */
+    assert_int_equal(fake.used, 2 * MiB);
+    assert_int_equal(gs_mem_alloc(&b, 2 * MiB), CUDA_SUCCESS); /* maps again, in place */
+    assert_int_equal(b, a + 2 * MiB);
+    assert_int_equal(gs_mem_free(a), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_free(b), CUDA_SUCCESS);
+    assert_int_equal(gs_ctx_synchronize(), CUDA_SUCCESS);
+    assert_int_equal(fake.used, 0);
+    assert_int_equal(gs_mem_alloc(&a, 1 * MiB), CUDA_SUCCESS); /* from the start again */
+    assert_int_equal(fake.used, 2 * MiB);
+    assert_int_equal(gs_mem_free(a), CUDA_SUCCESS);
+}
+
+/* Short of memory, the range's free end goes back before the allocation fails; past it, CUDA's
+ * out-of-memory error. A request over GPUSHIM_POOL_CHUNK gets a chunk of its own. */
+static void the_range_gives_way_when_memory_is_short(void **state)
+{
+    (void)state;
+    fake.limit = 10 * MiB;
+    gs_opts.pool_chunk = (gs_size_spec_t){.bytes = 4 * MiB};
+    CUdeviceptr a, b, whole;
+    assert_int_equal(gs_mem_alloc(&a, 4 * MiB), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_alloc(&b, 2 * MiB), CUDA_SUCCESS);
+    assert_int_equal(fake.vmm_maps, 2);
+    assert_int_equal(gs_mem_free(b), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_alloc(&whole, 6 * MiB), CUDA_SUCCESS); /* b's piece went back */
+    assert_int_equal(fake.allocs,
+                     1); /* after the unmapping: the pool max (10 MiB) said no before */
+    assert_int_equal(fake.vmm_unmaps, 1);
+    assert_int_equal(fake.used, 10 * MiB);
+    assert_int_equal(gs_mem_alloc(&b, 2 * MiB), CUDA_ERROR_OUT_OF_MEMORY);
+    gs_device_stats_t s;
+    gs_stats_snapshot(0, &s);
+    assert_int_equal(s.failures, 1);
+    assert_int_equal(gs_mem_free(a), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_free(whole), CUDA_SUCCESS);
+}
+
+/* Where the device has no virtual memory management, or the driver refuses a mapping, the pool
+ * takes chunks as before, and the report says why. */
+static void without_mappings_the_pool_takes_chunks(void **state)
+{
+    (void)state;
+    CUdeviceptr a, b;
+    fake.fail_next_maps = 1;
+    assert_int_equal(gs_mem_alloc(&a, 1 * MiB), CUDA_SUCCESS);
+    assert_int_equal(fake.allocs, 1);
+    assert_int_equal(fake.used, 2 * MiB); /* the refused piece was given back */
+    assert_non_null(strstr(pool_report_text(), "pool growth in place (blocks of 256 KiB and more): "
+                                               "off, the driver refused to map memory"));
+    assert_int_equal(gs_mem_free(a), CUDA_SUCCESS);
+    start(1ull << 30, GS_REUSE_IMMEDIATE); /* fake.vmm off */
+    assert_int_equal(gs_mem_alloc(&b, 1 * MiB), CUDA_SUCCESS);
+    assert_non_null(strstr(pool_report_text(), "off, the driver or device has no virtual memory "
+                                               "management"));
+    assert_int_equal(gs_mem_free(b), CUDA_SUCCESS);
+}
+
+/* cudaDeviceReset: mapped memory is not the context's, so the pool unmaps it itself. */
+static void a_reset_unmaps_the_range(void **state)
+{
+    (void)state;
+    CUdeviceptr a;
+    assert_int_equal(gs_mem_alloc(&a, 3 * MiB), CUDA_SUCCESS);
+    assert_int_equal(fake.used, 4 * MiB);
+    assert_int_equal(gs_primary_ctx_reset(0, true), CUDA_SUCCESS);
+    assert_int_equal(fake.used, 0);
+    assert_int_equal(gs_mem_alloc(&a, 3 * MiB), CUDA_SUCCESS);
+    assert_int_equal(fake.used, 4 * MiB);
+    assert_int_equal(gs_mem_free(a), CUDA_SUCCESS);
+}
+
 /* Out of device memory: free chunks go back to the driver and the allocation is retried. */
 static void gives_free_chunks_back_before_failing(void **state)
 {
@@ -700,7 +824,7 @@ static void many_threads(void **state)
  * (scripts/fragmentation-model.sh; 1.20 before small blocks had chunks of their own). What is
  * left: chunk boundaries and the growth step (1/32 of the heap), and the thread caches (1.15
  * without them). The bound guards against regressions. */
-static void random_pattern_once(const char *policy);
+static void random_pattern_once(const char *policy, bool in_place);
 
 static gs_block_t backend_alloc(CUdeviceptr *ptr)
 {
@@ -744,13 +868,15 @@ static void blocks_tell_whether_this_thread_touched_them_last(void **state)
 static void random_pattern_fragmentation(void **state)
 {
     (void)state;
-    for (int policy = 0; policy < 2; policy++) {
-        start(1ull << 30, policy ? GS_REUSE_SAFE : GS_REUSE_IMMEDIATE);
-        random_pattern_once(policy ? "safe" : "immediate");
-    }
+    for (int in_place = 0; in_place < 2; in_place++)
+        for (int policy = 0; policy < 2; policy++) {
+            start(1ull << 30, policy ? GS_REUSE_SAFE : GS_REUSE_IMMEDIATE);
+            fake.vmm = in_place;
+            random_pattern_once(policy ? "safe" : "immediate", in_place);
+        }
 }
 
-static void random_pattern_once(const char *policy)
+static void random_pattern_once(const char *policy, bool in_place)
 {
     gs_opts.pool_chunk = (gs_size_spec_t){.bytes = 64 * MiB}; /* the default */
     /* scripts/fragmentation-model.sh runs the pattern with other seeds */
@@ -779,11 +905,12 @@ static void random_pattern_once(const char *policy)
     for (int i = 0; i < 1000; i++)
         assert_int_equal(gs_mem_free(live[i]), CUDA_SUCCESS);
     double ratio = (double)fake.peak_used / (double)peak;
-    print_message("random pattern, %s reuse: peak reserved %.1f MiB / peak requested %.1f MiB = "
-                  "%.3f\n",
-                  policy, fake.peak_used / 1048576.0, peak / 1048576.0, ratio);
+    print_message("random pattern, %s reuse, %s: peak reserved %.1f MiB / peak requested %.1f "
+                  "MiB = %.3f\n",
+                  policy, in_place ? "expandable" : "chunks", fake.peak_used / 1048576.0,
+                  peak / 1048576.0, ratio);
     if (getenv("GS_RANDOM_SEED") == NULL) /* the script collects other seeds' ratios */
-        assert_true(ratio <= 1.19);
+        assert_true(ratio <= (in_place ? 1.15 : 1.19));
 }
 
 /* cudaDeviceReset frees every allocation of the device: the pool must forget its chunks and
@@ -969,6 +1096,11 @@ int main(void)
         cmocka_unit_test_setup(small_blocks_have_chunks_of_their_own, immediate),
         cmocka_unit_test_setup(short_of_memory_small_blocks_take_room_beside_large_ones, immediate),
         cmocka_unit_test_setup(the_initial_reservation_serves_small_blocks_too, immediate),
+        cmocka_unit_test_setup(the_large_heap_grows_in_place, expandable),
+        cmocka_unit_test_setup(the_free_end_of_the_range_is_unmapped, expandable),
+        cmocka_unit_test_setup(the_range_gives_way_when_memory_is_short, expandable),
+        cmocka_unit_test_setup(without_mappings_the_pool_takes_chunks, expandable),
+        cmocka_unit_test_setup(a_reset_unmaps_the_range, expandable),
         cmocka_unit_test_setup(gives_free_chunks_back_before_failing, immediate),
         cmocka_unit_test_setup(out_of_memory_is_cudas_error_and_counted, safe),
         cmocka_unit_test_setup(pool_max_caps_the_reservation, immediate),
