@@ -601,9 +601,10 @@ static void pool_report(int device, gs_buf_t *out, bool json)
         char mapped[32];
         gs_buf_printf(out,
                       "gpushim: device %d: pool growth in place (blocks of 256 KiB and more): "
-                      "%s%s; %s mapped in %u pieces at the end of one virtual range\n",
+                      "%s%s; %s mapped in %u piece%s at the end of one virtual range\n",
                       device, p->vmm.base ? "on" : "off, ", p->vmm.base ? "" : p->vmm.off,
-                      gs_format_bytes(p->vmm.mapped, mapped), p->vmm.count);
+                      gs_format_bytes(p->vmm.mapped, mapped), p->vmm.count,
+                      p->vmm.count == 1 ? "" : "s");
         gs_buf_printf(out,
                       "gpushim: device %d: pool hit rate %.1f%% (%llu of %llu allocations from "
                       "thread caches, the rest from the pool's free lists or new chunks); %.1f%% "
