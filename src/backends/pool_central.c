@@ -628,6 +628,8 @@ static CUresult expand(gs_pool_device_t *p, int device, uint64_t need)
                         ? last->size
                         : 0;
     uint64_t lacking = round_up(need - (tail < need ? tail : 0), v->granularity);
+    if (lacking == 0)
+        lacking = v->granularity;
     uint64_t step = round_up(p->heaps[HEAP_LARGE].reserved / 128, v->granularity);
     if (step > p->chunk_size)
         step = p->chunk_size;
