@@ -20,6 +20,10 @@
  * they touch a live allocation, so a program handed stale memory fails as on a GPU.
  *   FAKECUDA_EVENT_QUERIES=N    an event answers CUDA_ERROR_NOT_READY to its first N queries (as
  *                               if its stream were busy), unless a cuCtxSynchronize came since
+ *   FAKECUDA_VMM=1              the devices offer virtual memory management (cuMemAddressReserve,
+ *                               cuMemCreate, cuMemMap...): a reserved range is inaccessible host
+ *                               address space, a mapping makes a piece of it memory. Mapped memory
+ *                               is not a context's: a reset leaves it (the shim unmaps it itself)
  * Managed memory is host memory with no device limit: oversubscription works, as on a real GPU.
  */
 #include <cuda.h>
@@ -30,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #undef cuGetProcAddress
@@ -38,7 +43,7 @@
 #define MAX_DEVICES 8
 #define MAX_BLOCKS 65536
 
-enum { KIND_DEVICE, KIND_MANAGED, KIND_ASYNC, KIND_POOL };
+enum { KIND_DEVICE, KIND_MANAGED, KIND_ASYNC, KIND_POOL, KIND_MAPPED };
 
 typedef struct block {
     uintptr_t base;
@@ -56,6 +61,7 @@ static size_t high_water; /* blocks[] beyond this index are all empty */
 static size_t memory_per_device = 1ull << 30;
 static int device_count = 1;
 static int event_queries; /* FAKECUDA_EVENT_QUERIES */
+static bool vmm;          /* FAKECUDA_VMM */
 static atomic_ulong sync_generation;
 static atomic_bool initialized;
 /* A context handle: the device ordinal + 1 for a primary context; 0x1000 + 16 n + the device
@@ -83,7 +89,9 @@ static atomic_int contexts_made;
     X(cuGetProcAddress_v2) X(cuMemPrefetchAsync_v2) X(cuMemAdvise_v2)                              \
     X(cuEventCreate) X(cuEventRecord) X(cuEventQuery) X(cuEventDestroy_v2)                         \
     X(cuStreamCreate) X(cuStreamCreateWithPriority) X(cuStreamQuery) X(cuStreamDestroy_v2)        \
-    X(cuStreamBeginCapture_v2) X(cuStreamEndCapture) X(cuLaunchKernel) X(cuLaunchKernel_ptsz)
+    X(cuStreamBeginCapture_v2) X(cuStreamEndCapture) X(cuLaunchKernel) X(cuLaunchKernel_ptsz)     \
+    X(cuDeviceCanAccessPeer) X(cuMemAddressReserve) X(cuMemCreate) X(cuMemRelease) X(cuMemMap)    \
+    X(cuMemUnmap) X(cuMemSetAccess) X(cuMemGetAllocationGranularity)
 /* clang-format on */
 
 enum {
@@ -186,6 +194,8 @@ __attribute__((constructor)) static void fake_load(void)
         parse_faults(s);
     if ((s = getenv("FAKECUDA_EVENT_QUERIES")))
         event_queries = atoi(s);
+    if ((s = getenv("FAKECUDA_VMM")))
+        vmm = atoi(s) != 0;
 }
 
 __attribute__((destructor)) static void fake_unload(void)
@@ -268,7 +278,7 @@ static CUresult fake_free(CUdeviceptr dptr)
         return CUDA_SUCCESS;
     pthread_mutex_lock(&lock);
     block_t *b = find_containing((uintptr_t)dptr);
-    if (b == NULL || b->base != (uintptr_t)dptr) {
+    if (b == NULL || b->base != (uintptr_t)dptr || b->kind == KIND_MAPPED) {
         pthread_mutex_unlock(&lock);
         return CUDA_ERROR_INVALID_VALUE;
     }
@@ -333,6 +343,9 @@ FAKE_EXPORT CUresult cuDeviceGetAttribute(int *value, CUdevice_attribute attr, C
         return CUDA_SUCCESS;
     case CU_DEVICE_ATTRIBUTE_MAX_PITCH:
         *value = 2147483647;
+        return CUDA_SUCCESS;
+    case CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED:
+        *value = vmm;
         return CUDA_SUCCESS;
     default:
         *value = 0;
@@ -794,14 +807,189 @@ FAKE_EXPORT CUresult cuIpcGetMemHandle(CUipcMemHandle *handle, CUdeviceptr ptr)
     return CUDA_SUCCESS;
 }
 
-/* Whether [p, p + bytes) lies in one live allocation (what a GPU would not fault on). */
+/* Whether [p, p + bytes) lies in live memory (what a GPU would not fault on): one allocation, or
+ * mappings that follow each other. */
 static bool live_range(CUdeviceptr p, size_t bytes)
 {
     pthread_mutex_lock(&lock);
-    block_t *b = find_containing((uintptr_t)p);
-    bool ok = b && (uintptr_t)p + bytes <= b->base + b->size;
+    uintptr_t at = (uintptr_t)p, end = at + bytes;
+    block_t *b = find_containing(at);
+    while (b && b->kind == KIND_MAPPED && b->base + b->size < end)
+        b = find_containing(b->base + b->size);
+    bool ok = b && end <= b->base + b->size;
     pthread_mutex_unlock(&lock);
     return ok;
+}
+
+/* ---- virtual memory management (FAKECUDA_VMM=1) ---- */
+
+#define GRANULARITY (2u << 20)
+static struct {
+    size_t size;
+    int device;
+    bool live, released;
+    uintptr_t mapped_at; /* 0: not mapped */
+} handles[1024];
+
+FAKE_EXPORT CUresult cuDeviceCanAccessPeer(int *can, CUdevice device, CUdevice peer)
+{
+    ENTER(cuDeviceCanAccessPeer);
+    if (can == NULL || device < 0 || device >= device_count || peer < 0 || peer >= device_count)
+        return CUDA_ERROR_INVALID_VALUE;
+    *can = device != peer;
+    return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuMemGetAllocationGranularity(size_t *granularity,
+                                                   const CUmemAllocationProp *prop,
+                                                   CUmemAllocationGranularity_flags option)
+{
+    ENTER(cuMemGetAllocationGranularity);
+    (void)option;
+    if (!vmm)
+        return CUDA_ERROR_NOT_SUPPORTED;
+    if (granularity == NULL || prop == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    *granularity = GRANULARITY;
+    return CUDA_SUCCESS;
+}
+
+/* Inaccessible address space, aligned to the granularity. */
+FAKE_EXPORT CUresult cuMemAddressReserve(CUdeviceptr *ptr, size_t size, size_t alignment,
+                                         CUdeviceptr addr, unsigned long long flags)
+{
+    ENTER(cuMemAddressReserve);
+    (void)alignment, (void)addr, (void)flags;
+    if (!vmm)
+        return CUDA_ERROR_NOT_SUPPORTED;
+    if (ptr == NULL || size == 0 || size % GRANULARITY)
+        return CUDA_ERROR_INVALID_VALUE;
+    void *space = mmap(NULL, size + GRANULARITY, PROT_NONE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (space == MAP_FAILED)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    *ptr = ((uintptr_t)space + GRANULARITY - 1) & ~(uintptr_t)(GRANULARITY - 1);
+    return CUDA_SUCCESS;
+}
+
+FAKE_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size,
+                                 const CUmemAllocationProp *prop, unsigned long long flags)
+{
+    ENTER(cuMemCreate);
+    (void)flags;
+    if (!vmm)
+        return CUDA_ERROR_NOT_SUPPORTED;
+    if (handle == NULL || prop == NULL || size == 0 || size % GRANULARITY ||
+        prop->location.id < 0 || prop->location.id >= device_count)
+        return CUDA_ERROR_INVALID_VALUE;
+    int device = prop->location.id;
+    pthread_mutex_lock(&lock);
+    CUresult rc = CUDA_ERROR_OUT_OF_MEMORY;
+    for (size_t i = 1; i < sizeof handles / sizeof handles[0]; i++)
+        if (!handles[i].live && used[device] + size <= memory_per_device) {
+            handles[i].size = size;
+            handles[i].device = device;
+            handles[i].live = true;
+            handles[i].released = false;
+            handles[i].mapped_at = 0;
+            used[device] += size;
+            *handle = i;
+            rc = CUDA_SUCCESS;
+            break;
+        }
+    pthread_mutex_unlock(&lock);
+    return rc;
+}
+
+/* Memory goes once its handle is released and it is mapped nowhere (lock held). */
+static void drop_if_unused(size_t h)
+{
+    if (handles[h].released && handles[h].mapped_at == 0) {
+        handles[h].live = false;
+        used[handles[h].device] -= handles[h].size;
+    }
+}
+
+static bool live_handle(CUmemGenericAllocationHandle h)
+{
+    return h > 0 && h < sizeof handles / sizeof handles[0] && handles[h].live;
+}
+
+FAKE_EXPORT CUresult cuMemRelease(CUmemGenericAllocationHandle handle)
+{
+    ENTER(cuMemRelease);
+    pthread_mutex_lock(&lock);
+    CUresult rc =
+        live_handle(handle) && !handles[handle].released ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+    if (rc == CUDA_SUCCESS) {
+        handles[handle].released = true;
+        drop_if_unused(handle);
+    }
+    pthread_mutex_unlock(&lock);
+    return rc;
+}
+
+FAKE_EXPORT CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset,
+                              CUmemGenericAllocationHandle handle, unsigned long long flags)
+{
+    ENTER(cuMemMap);
+    (void)flags;
+    pthread_mutex_lock(&lock);
+    CUresult rc = CUDA_ERROR_INVALID_VALUE;
+    size_t slot = 0;
+    while (slot < MAX_BLOCKS && blocks[slot].base)
+        slot++;
+    if (live_handle(handle) && handles[handle].mapped_at == 0 && offset == 0 &&
+        size == handles[handle].size && ptr % GRANULARITY == 0 && slot < MAX_BLOCKS &&
+        find_containing((uintptr_t)ptr) == NULL &&
+        mmap((void *)(uintptr_t)ptr, size, PROT_READ | PROT_WRITE,
+             MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED) {
+        memset((void *)(uintptr_t)ptr, 0xA5, size); /* like real memory: not zeroed */
+        static unsigned long long mappings_made;
+        blocks[slot] = (block_t){(uintptr_t)ptr, size, handles[handle].device,
+                                 KIND_MAPPED,    0,    (1ull << 40) + ++mappings_made};
+        if (slot + 1 > high_water)
+            high_water = slot + 1;
+        handles[handle].mapped_at = (uintptr_t)ptr;
+        rc = CUDA_SUCCESS;
+    }
+    pthread_mutex_unlock(&lock);
+    return rc;
+}
+
+/* Only whole mappings, as the driver; the range becomes inaccessible again. */
+FAKE_EXPORT CUresult cuMemUnmap(CUdeviceptr ptr, size_t size)
+{
+    ENTER(cuMemUnmap);
+    pthread_mutex_lock(&lock);
+    CUresult rc = CUDA_ERROR_INVALID_VALUE;
+    block_t *b = find_containing((uintptr_t)ptr);
+    if (b && b->kind == KIND_MAPPED && b->base == (uintptr_t)ptr && b->size == size) {
+        for (size_t h = 1; h < sizeof handles / sizeof handles[0]; h++)
+            if (handles[h].live && handles[h].mapped_at == (uintptr_t)ptr) {
+                handles[h].mapped_at = 0;
+                drop_if_unused(h);
+            }
+        mmap((void *)(uintptr_t)ptr, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
+             0);
+        memset(b, 0, sizeof *b);
+        rc = CUDA_SUCCESS;
+    }
+    pthread_mutex_unlock(&lock);
+    return rc;
+}
+
+FAKE_EXPORT CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessDesc *desc,
+                                    size_t count)
+{
+    ENTER(cuMemSetAccess);
+    if (desc == NULL || count == 0 || !live_range(ptr, size))
+        return CUDA_ERROR_INVALID_VALUE;
+    for (size_t i = 0; i < count; i++)
+        if (desc[i].location.type != CU_MEM_LOCATION_TYPE_DEVICE || desc[i].location.id < 0 ||
+            desc[i].location.id >= device_count)
+            return CUDA_ERROR_INVALID_DEVICE;
+    return CUDA_SUCCESS;
 }
 
 FAKE_EXPORT CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void *src, size_t bytes)

@@ -371,6 +371,51 @@ static void pool_mode_serves_the_same_programs(void **state)
     run_free(&r);
 }
 
+/* Where the driver maps memory (the fake's FAKECUDA_VMM=1), blocks of 256 KiB and more come from
+ * one range that grows in place: the programs run as they do in chunks, their data intact in
+ * blocks that span two mappings, and the report says so. A refused mapping falls back to
+ * chunks, and a program that resets the device runs as before (the unit tests check that the
+ * reset unmaps the range). */
+static void pool_grows_in_place_where_the_driver_maps(void **state)
+{
+    (void)state;
+    run_result_t r = run_shim(ENV("GPUSHIM_MODE=pool", "FAKECUDA_VMM=1", "FAKECUDA_STATS=stderr"),
+                              ARGV(path_of("GS_RUNTIME_LIKE"), "basic", "100"));
+    EXPECT_STATUS(r, 0);
+    EXPECT_IN(r, out, "ok basic 100");
+    EXPECT_IN(r, err, "device 0: 100 allocations, 100 frees, 0 failed");
+    EXPECT_IN(r, err, "pool growth in place (blocks of 256 KiB and more): on; ");
+    assert_true(number_after(r.err, "fakecuda: calls cuMemMap ") >= 2);
+    assert_true(strstr(r.err, "fakecuda: calls cuMemUnmap") == NULL); /* nothing given back */
+    run_free(&r);
+
+    static const char *const scenarios[][3] = {
+        {"all", NULL, NULL}, {"threads", "8", "300"}, {"devices", NULL, NULL}, {"fork", NULL, NULL}};
+    for (size_t i = 0; i < sizeof scenarios / sizeof scenarios[0]; i++) {
+        r = run_shim(ENV("GPUSHIM_MODE=pool", "FAKECUDA_VMM=1", "FAKECUDA_DEVICES=2"),
+                     ARGV(path_of("GS_RUNTIME_LIKE"), scenarios[i][0], scenarios[i][1], scenarios[i][2]));
+        EXPECT_STATUS(r, 0);
+        EXPECT_IN(r, err, "0 B in 0 live allocations");
+        run_free(&r);
+    }
+
+    r = run_shim(ENV("GPUSHIM_MODE=pool", "FAKECUDA_VMM=1", "FAKECUDA_FAIL=cuMemMap:1=801"),
+                 ARGV(path_of("GS_RUNTIME_LIKE"), "basic", "100"));
+    EXPECT_STATUS(r, 0);
+    EXPECT_IN(r, out, "ok basic 100");
+    EXPECT_IN(r, err, "off, the driver refused to map memory; 0 B mapped");
+    run_free(&r);
+
+    static const char *const ways[] = {"reset", "release"};
+    for (size_t w = 0; w < 2; w++) {
+        r = run_shim(ENV("GPUSHIM_MODE=pool", "FAKECUDA_VMM=1", "GPUSHIM_POOL_REUSE=immediate"),
+                     ARGV(path_of("GS_RUNTIME_LIKE"), "reset", ways[w]));
+        EXPECT_STATUS(r, 0);
+        EXPECT_IN(r, out, "ok reset\n");
+        run_free(&r);
+    }
+}
+
 /* The pool's retries exhausted: CUDA's out-of-memory error, counted, and the program goes on. */
 static void pool_out_of_memory_is_cudas_error(void **state)
 {
@@ -921,6 +966,7 @@ int main(void)
         cmocka_unit_test(unused_shim_is_invisible),
         cmocka_unit_test(rtld_next_of_other_preload_libraries_still_works),
         cmocka_unit_test(pool_mode_serves_the_same_programs),
+        cmocka_unit_test(pool_grows_in_place_where_the_driver_maps),
         cmocka_unit_test(pool_out_of_memory_is_cudas_error),
         cmocka_unit_test(managed_mode_oversubscribes_the_device),
         cmocka_unit_test(managed_mode_asks_xla_for_managed_memory),

@@ -796,15 +796,19 @@ static void *stress_thread(void *arg)
     return NULL;
 }
 
-/* Many threads, both policies (safe with and without events): counts stay exact, nothing is
- * handed out twice (the fake's ledger would refuse), every byte comes back. Run under
- * ThreadSanitizer by scripts/test.sh. */
+/* Many threads, both policies (safe with and without events), and the large heap growing in
+ * place while the program's synchronizations unmap its free end (both policies): counts stay
+ * exact, nothing is handed out twice (the fake's ledger would refuse), every byte comes back.
+ * Run under ThreadSanitizer by scripts/test.sh. */
 static void many_threads(void **state)
 {
     (void)state;
-    for (int policy = 0; policy < 3; policy++) {
-        start(4ull << 30, policy == 2 ? GS_REUSE_IMMEDIATE : GS_REUSE_SAFE);
-        fake.events = policy == 1;
+    for (int round = 0; round < 5; round++) {
+        start(4ull << 30, round == 2 || round == 3 ? GS_REUSE_IMMEDIATE : GS_REUSE_SAFE);
+        fake.events = round == 1 || round == 4;
+        fake.vmm = round >= 3;
+        if (fake.vmm)
+            gs_opts.pool_release_threshold = (gs_size_spec_t){.bytes = 0};
         pthread_t t[16];
         for (int i = 0; i < 16; i++)
             pthread_create(&t[i], NULL, stress_thread, (void *)(uintptr_t)(i + 1));
@@ -815,15 +819,17 @@ static void many_threads(void **state)
         assert_int_equal(s.allocations, s.frees);
         assert_int_equal(s.in_use, 0);
         assert_int_equal(s.failures, 0);
+        if (fake.vmm) /* it grew in place, and gave the end back */
+            assert_true(fake.vmm_maps > 1 && fake.vmm_unmaps > 0);
     }
 }
 
 /* The brief's random pattern: 1000 live blocks, log-uniform 256 B..4 MiB, freed in random order.
  * Peak reserved (what the pool took from the driver) over peak requested. The issue asks for
- * 1.15; this pool gives 1.16 here under both policies, 1.17 on average over 40 seeds
- * (scripts/fragmentation-model.sh; 1.20 before small blocks had chunks of their own). What is
- * left: chunk boundaries and the growth step (1/32 of the heap), and the thread caches (1.15
- * without them). The bound guards against regressions. */
+ * 1.15; the large heap growing in place (as on GPUs with virtual memory management) gives 1.131
+ * here, 1.126 on average over 40 seeds (scripts/fragmentation-model.sh); in chunks, 1.155 and
+ * 1.158 (1.20 before small blocks had chunks of their own). The bounds guard against
+ * regressions. */
 static void random_pattern_once(const char *policy, bool in_place);
 
 static gs_block_t backend_alloc(CUdeviceptr *ptr)
