@@ -818,6 +818,8 @@ int gs_pool_chunks_of_context(const gs_pool_device_t *p, CUcontext ctx)
 {
     int of_ctx = 0, others = 0;
     for (const gs_pool_chunk_t *c = p->chunks; c; c = c->next) {
+        if (c->expandable)
+            continue; /* mapped memory is not a context's: it survives the context */
         if (c->ctx == ctx)
             of_ctx++;
         else

@@ -207,7 +207,8 @@ void gs_pool_forget_chunks(gs_pool_device_t *p);
 /* Empties the destroyed streams' event list; destroy_events: with a driver call each (tests; a
  * reset context took them along). */
 void gs_pool_drop_departed(gs_pool_device_t *p, bool destroy_events);
-/* After cuCtxDestroy (lock held): 1 if every chunk came from ctx, -1 if some did, else 0. */
+/* After cuCtxDestroy (lock held): 1 if every chunk came from ctx, -1 if some did, else 0; the
+ * expandable range belongs to no context. */
 int gs_pool_chunks_of_context(const gs_pool_device_t *p, CUcontext ctx);
 void gs_pool_forget_streams(int device); /* the same, for its marked streams' state; no lock */
 bool gs_pool_sync_if_cheap(gs_pool_device_t *p, int device);
