@@ -24,6 +24,14 @@ static struct {
     bool live, released;
 } handles[FAKE_SLOTS];
 
+/* Device memory taken: used, and its peak. */
+static void charge(uint64_t bytes)
+{
+    fake.used += bytes;
+    if (fake.used > fake.peak_used)
+        fake.peak_used = fake.used;
+}
+
 static CUresult fake_alloc_unlocked(CUdeviceptr *p, size_t bytes)
 {
     fake.allocs++;
@@ -43,9 +51,7 @@ static CUresult fake_alloc_unlocked(CUdeviceptr *p, size_t bytes)
             slots[i].ctx = fake.ctx;
             *p = fake.next_address;
             fake.next_address += rounded + 4096; /* gaps: chunks are never adjacent */
-            fake.used += rounded;
-            if (fake.used > fake.peak_used)
-                fake.peak_used = fake.used;
+            charge(rounded);
             return CUDA_SUCCESS;
         }
     }
@@ -303,9 +309,7 @@ static CUresult fake_create_unlocked(CUmemGenericAllocationHandle *h, size_t siz
             handles[i].released = false;
             handles[i].mapped_at = 0;
             handles[i].bytes = size;
-            fake.used += size;
-            if (fake.used > fake.peak_used)
-                fake.peak_used = fake.used;
+            charge(size);
             *h = (CUmemGenericAllocationHandle)i + 1;
             return CUDA_SUCCESS;
         }
