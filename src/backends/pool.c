@@ -543,6 +543,7 @@ static void pool_report(int device, gs_buf_t *out, bool json)
     const char *idle_off = gs_opts.pool_idle_reuse == GS_IDLE_REUSE_OFF
                                ? "GPUSHIM_POOL_IDLE_REUSE=off"
                                : gs_work_blind_reason();
+    const char *vmm_off = p->vmm.off ? p->vmm.off : p->vmm.base ? NULL : "not started";
     gs_device_stats_t s;
     gs_stats_snapshot(device, &s);
     uint64_t served = hits + misses, cached = cached_bytes(device);
@@ -586,9 +587,8 @@ static void pool_report(int device, gs_buf_t *out, bool json)
             events_off ? "off: " : "on", events_off ? events_off : "",
             (unsigned long long)p->mark_waits, (unsigned long long)p->mark_waits_given_up,
             mark_wait_mean_us, idle_off ? "off: " : "on", idle_off ? idle_off : "",
-            (unsigned long long)quiet_frees, gs_work_wrapper_count(),
-            p->vmm.base ? "on" : "off: ", p->vmm.base ? "" : p->vmm.off,
-            (unsigned long long)p->vmm.mapped, p->vmm.count);
+            (unsigned long long)quiet_frees, gs_work_wrapper_count(), vmm_off ? "off: " : "on",
+            vmm_off ? vmm_off : "", (unsigned long long)p->vmm.mapped, p->vmm.count);
     } else {
         char reserved[32], peak[32], pending[32], large[32], cached_text[32];
         gs_buf_printf(
@@ -602,7 +602,7 @@ static void pool_report(int device, gs_buf_t *out, bool json)
         gs_buf_printf(out,
                       "gpushim: device %d: pool growth in place (blocks of 256 KiB and more): "
                       "%s%s; %s mapped in %u piece%s at the end of one virtual range\n",
-                      device, p->vmm.base ? "on" : "off, ", p->vmm.base ? "" : p->vmm.off,
+                      device, vmm_off ? "off, " : "on", vmm_off ? vmm_off : "",
                       gs_format_bytes(p->vmm.mapped, mapped), p->vmm.count,
                       p->vmm.count == 1 ? "" : "s");
         gs_buf_printf(out,

@@ -643,11 +643,15 @@ static CUresult expand(gs_pool_device_t *p, int device, uint64_t need)
     if (rc != CUDA_SUCCESS)
         return rc;
     gs_pool_chunk_t *c = v->chunk;
-    if (c == NULL) {
-        gs_pool_block_t *first;
-        if ((c = calloc(1, sizeof *c)) == NULL ||
-            (c->base = v->base, c->heap = HEAP_LARGE, c->expandable = true,
-             first = new_block(p, c, v->base, bytes, device)) == NULL) {
+    if (c == NULL) { /* the first piece: the chunk that spans the range starts */
+        c = calloc(1, sizeof *c);
+        if (c) {
+            c->base = v->base;
+            c->heap = HEAP_LARGE;
+            c->expandable = true;
+            c->first = new_block(p, c, v->base, bytes, device);
+        }
+        if (c == NULL || c->first == NULL) {
             free(c);
             gs_pool_vmm_unmap_from(p, device, 0, UINT64_MAX);
             return CUDA_ERROR_OUT_OF_MEMORY;
@@ -655,12 +659,11 @@ static CUresult expand(gs_pool_device_t *p, int device, uint64_t need)
         if (gs_driver()->ctx_get_current == NULL ||
             gs_driver()->ctx_get_current(&c->ctx) != CUDA_SUCCESS)
             c->ctx = NULL;
-        c->first = first;
         c->next = p->chunks;
         p->chunks = c;
         p->chunk_count++;
         v->chunk = c;
-        list_push(p, first);
+        list_push(p, c->first);
     } else if (tail) {
         list_remove(p, last);
         last->size += bytes;
@@ -687,12 +690,11 @@ static CUresult grow(gs_pool_device_t *p, int device, uint64_t need)
 {
     const gs_driver_t *drv = gs_driver();
     int heap = heap_for(need);
-    if (heap == HEAP_LARGE && p->vmm.base && need <= p->chunk_size) {
+    if (heap == HEAP_LARGE && p->vmm.base && p->vmm.off == NULL && need <= p->chunk_size) {
         CUresult rc = expand(p, device, need);
         if (rc == CUDA_SUCCESS || rc == CUDA_ERROR_OUT_OF_MEMORY)
             return rc;
         p->vmm.off = "the driver refused to map memory"; /* chunks from now on */
-        p->vmm.base = 0;
     }
     /* Grow the heap by 1/32 of what it has already (so unused reserve stays small), between
      * 2 MiB and GPUSHIM_POOL_CHUNK, or by the request if it is larger; never past the maximum. */
@@ -759,10 +761,11 @@ static bool shrink_expandable(gs_pool_device_t *p, int device, uint64_t keep)
         list_push(p, last);
         return true;
     }
+    gs_pool_block_t *before = last->prev_addr;
     gs_ptrmap_remove(last->base, NULL);
     recycle_block(p, last);
-    if (last->prev_addr) {
-        last->prev_addr->next_addr = NULL;
+    if (before) {
+        before->next_addr = NULL;
         return true;
     }
     /* Nothing is mapped any more: the chunk goes too (the range stays reserved). */

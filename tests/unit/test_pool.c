@@ -636,6 +636,28 @@ static void without_mappings_the_pool_takes_chunks(void **state)
     assert_int_equal(gs_mem_free(b), CUDA_SUCCESS);
 }
 
+/* A mapping refused later: the pool takes chunks from then on, and what it had mapped still
+ * serves and still goes back. */
+static void a_refused_mapping_keeps_what_is_mapped(void **state)
+{
+    (void)state;
+    gs_opts.pool_release_threshold = (gs_size_spec_t){.bytes = 0};
+    CUdeviceptr a, b;
+    assert_int_equal(gs_mem_alloc(&a, 1 * MiB), CUDA_SUCCESS);
+    fake.fail_next_maps = 1;
+    assert_int_equal(gs_mem_alloc(&b, 3 * MiB), CUDA_SUCCESS); /* a chunk */
+    assert_int_equal(fake.allocs, 1);
+    assert_int_equal(gs_mem_free(a), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_alloc(&a, 1 * MiB), CUDA_SUCCESS); /* the range still serves */
+    assert_int_equal(gs_mem_free(a), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_free(b), CUDA_SUCCESS);
+    assert_int_equal(gs_ctx_synchronize(), CUDA_SUCCESS);
+    assert_int_equal(fake.vmm_unmaps, 1);
+    assert_int_equal(fake.used, 0);
+    assert_non_null(
+        strstr(pool_report_text(), "off, the driver refused to map memory; 0 B mapped"));
+}
+
 /* cudaDeviceReset: mapped memory is not the context's, so the pool unmaps it itself. */
 static void a_reset_unmaps_the_range(void **state)
 {
@@ -1130,6 +1152,7 @@ int main(void)
         cmocka_unit_test_setup(the_free_end_of_the_range_is_unmapped, expandable),
         cmocka_unit_test_setup(the_range_gives_way_when_memory_is_short, expandable),
         cmocka_unit_test_setup(without_mappings_the_pool_takes_chunks, expandable),
+        cmocka_unit_test_setup(a_refused_mapping_keeps_what_is_mapped, expandable),
         cmocka_unit_test_setup(a_reset_unmaps_the_range, expandable),
         cmocka_unit_test_setup(a_destroyed_context_leaves_the_range, expandable),
         cmocka_unit_test_setup(gives_free_chunks_back_before_failing, immediate),
