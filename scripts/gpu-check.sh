@@ -87,6 +87,20 @@ for variant in off pool pool-chunks; do
   [[ "$line" == PASS* || "$line" == SKIP* ]] || failures=$((failures + 1))
   cat "$work"/two-$variant-*.txt 2>/dev/null | grep -E "device [0-9]: [0-9]+ allocations|pool reserved|growth in place"
 done
+echo "--- PyTorch DistributedDataParallel over NCCL, 2 ranks (needs two GPUs; torchrun)"
+if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
+  for variant in off pool pool-nocaching; do
+    mode=${variant%-nocaching}; extra=()
+    [ "$variant" = pool-nocaching ] && extra=(PYTORCH_NO_CUDA_MEMORY_CACHING=1)
+    line=$(env "${extra[@]}" LD_PRELOAD="$shim" GPUSHIM_MODE=$mode GPUSHIM_REPORT="$work/ddp-$variant-%p.txt" \
+      timeout 300 torchrun --nproc_per_node=2 --master_port=29511 tests/gpu/check_ddp.py 2>&1 | grep -E "^(PASS|FAIL) ddp" | head -1)
+    echo "$variant: ${line:-FAIL ddp: no result}"
+    [[ "$line" == PASS* ]] || failures=$((failures + 1))
+    cat "$work"/ddp-$variant-*.txt 2>/dev/null | grep -E "device [0-9]: [0-9]+ allocations|growth in place" | sort | uniq -c
+  done
+else
+  echo "SKIP ddp: one device"
+fi
 echo "--- invisible where unused: bash under the shim prints [$(LD_PRELOAD="$shim" GPUSHIM_MODE=pool bash -c 'echo hi' 2>&1)]"
 echo "--- libraries the shim links: $(readelf -d "$shim" | sed -n 's/.*NEEDED.*\[\(.*\)\]/\1/p' | tr '\n' ' ')"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | sed 's/^/--- card: /'
