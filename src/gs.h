@@ -472,46 +472,6 @@ extern bool gs_tracing;
 /* same_thread: gs_block_t.same_thread (false when unsure). */
 void gs_trace_record(int action, CUdeviceptr ptr, uint64_t bytes, CUstream stream,
                      bool same_thread);
-
-/* One record as the allocation path stores it into its thread's buffer (trace.c formats it). */
-typedef struct gs_trace_rec {
-    uint64_t ticks_action, ptr, bytes, stream; /* the action in the top bits of the ticks */
-} gs_trace_rec_t;
-#define GS_TRACE_RECORDS 8192 /* a buffer: 256 KiB */
-#define GS_TRACE_ACTION_SHIFT 62
-
-/* The calling thread's trace state; trace.c keeps it, gs_trace_event reads it. */
-typedef struct gs_trace_thread {
-    gs_trace_rec_t *records; /* the thread's current buffer, NULL while it has none */
-    _Atomic size_t *count;   /* the records in it */
-    uint64_t last;           /* ticks of the thread's last clock read; 0: none yet */
-    uint32_t skips;          /* events that may still take `last` (a tight run) ... */
-    uint32_t run;            /* ... out of this many when it was read */
-    uint64_t retry;          /* ticks: when to ask for the clock's rate again */
-} gs_trace_thread_t;
-extern GS_TLS gs_trace_thread_t gs_trace_thread;
-
-/* gs_trace_record with its common case inline, where every allocation and free pays for a call
- * otherwise: room in the buffer and no clock to read (see read_clock in trace.c). */
-static inline void gs_trace_event(int action, CUdeviceptr ptr, uint64_t bytes, CUstream stream,
-                                  bool same_thread)
-{
-    gs_trace_thread_t *t = &gs_trace_thread;
-    if (__builtin_expect(same_thread && t->skips != 0 && t->records != NULL, 1)) {
-        size_t n = atomic_load_explicit(t->count, memory_order_relaxed);
-        if (__builtin_expect(n != GS_TRACE_RECORDS, 1)) {
-            t->skips--;
-            t->records[n] = (gs_trace_rec_t){.ticks_action = t->last | (uint64_t)action
-                                                                           << GS_TRACE_ACTION_SHIFT,
-                                             .ptr = ptr,
-                                             .bytes = bytes,
-                                             .stream = (uint64_t)(uintptr_t)stream};
-            atomic_store_explicit(t->count, n + 1, memory_order_release);
-            return;
-        }
-    }
-    gs_trace_record(action, ptr, bytes, stream, same_thread);
-}
 void gs_trace_flush(void);  /* at exit: every thread's buffer */
 void gs_trace_forget(void); /* fork child */
 

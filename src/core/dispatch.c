@@ -118,10 +118,10 @@ static CUresult allocate(gs_alloc_req_t *req, CUdeviceptr *dptr, size_t *pitch)
             gs_stats_oom(req->device, asked_bytes(req));
     }
     if (__builtin_expect(gs_tracing, 0))
-        gs_trace_event(rc == CUDA_SUCCESS ? GS_TRACE_ALLOCATE : GS_TRACE_ALLOCATE_FAILURE,
-                       rc == CUDA_SUCCESS ? *dptr : 0,
-                       rc == CUDA_SUCCESS ? block.bytes : asked_bytes(req), req->stream,
-                       rc == CUDA_SUCCESS && block.same_thread);
+        gs_trace_record(rc == CUDA_SUCCESS ? GS_TRACE_ALLOCATE : GS_TRACE_ALLOCATE_FAILURE,
+                        rc == CUDA_SUCCESS ? *dptr : 0,
+                        rc == CUDA_SUCCESS ? block.bytes : asked_bytes(req), req->stream,
+                        rc == CUDA_SUCCESS && block.same_thread);
     call_end(call, req->device);
     return rc;
 }
@@ -189,7 +189,7 @@ static CUresult release(CUdeviceptr ptr, const gs_free_req_t *req)
         if (result == CUDA_SUCCESS && block.base != 0) {
             gs_stats_free(device, block.bytes);
             if (__builtin_expect(gs_tracing, 0))
-                gs_trace_event(GS_TRACE_FREE, ptr, block.bytes, req->stream, block.same_thread);
+                gs_trace_record(GS_TRACE_FREE, ptr, block.bytes, req->stream, block.same_thread);
         }
     }
     call_end(call, device);

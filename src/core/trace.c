@@ -6,8 +6,7 @@
  * Actions: allocate, allocate failure, free. Time is UTC wall-clock HH:MM:SS:microseconds, as
  * rmm::mr::logging_resource_adaptor writes it; RMM's replay benchmark and `gpushim replay` read it.
  *
- * Cost on the allocation path (gs_trace_event, inline in gs.h: a call cost as much as the rest,
- * measured in instructions): a 32-byte store into the thread's buffer, and a tick count
+ * Cost on the allocation path: a 32-byte store into the thread's buffer, and a tick count
  * (rdtsc: 16-23 ns on the hosts measured, more than the rest) unless the thread allocates in a
  * tight loop (see read_clock). Formatting a line costs more than a pool allocation, so a full
  * buffer goes to a queue that a writer thread formats and writes; the thread takes an empty
@@ -25,9 +24,15 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#define TRACE_RECORDS 8192 /* 256 KiB a buffer */
 #define TRACE_QUEUED_MAX 32
+#define TRACE_ACTION_SHIFT 62 /* the action rides in the tick count's top bits */
 
 bool gs_tracing;
+
+typedef struct trace_record {
+    uint64_t ticks_action, ptr, bytes, stream;
+} trace_record_t;
 
 typedef struct trace_buffer {
     struct trace_buffer *next;  /* on the queue or the spare list */
@@ -35,7 +40,7 @@ typedef struct trace_buffer {
     uint32_t thread;            /* whose records these are */
     atomic_bool writing;        /* at exit, a thread and the exit flush may both try */
     _Atomic size_t count;
-    gs_trace_rec_t records[GS_TRACE_RECORDS];
+    trace_record_t records[TRACE_RECORDS];
 } trace_buffer_t;
 
 /* gs_trace_lock guards the file, gs_queue_lock the lists and the writer's state. Order: the
@@ -145,11 +150,11 @@ static const struct {
 
 /* One CSV line: Thread,Time,Action,Pointer,Size,Stream. At most about 130 bytes. */
 static char *put_record(char *out, const char *thread, size_t thread_len, time_format_t *f,
-                        const gs_trace_rec_t *r)
+                        const trace_record_t *r)
 {
     memcpy(out, thread, thread_len);
-    out = put_time(out + thread_len, f, r->ticks_action & ((1ull << GS_TRACE_ACTION_SHIFT) - 1));
-    unsigned action = (unsigned)(r->ticks_action >> GS_TRACE_ACTION_SHIFT);
+    out = put_time(out + thread_len, f, r->ticks_action & ((1ull << TRACE_ACTION_SHIFT) - 1));
+    unsigned action = (unsigned)(r->ticks_action >> TRACE_ACTION_SHIFT);
     memcpy(out, action_fields[action].text, action_fields[action].len);
     out = put_hex(out + action_fields[action].len, r->ptr);
     *out++ = ',';
@@ -295,20 +300,11 @@ static trace_buffer_t *hand_off(trace_buffer_t *b, bool want_another)
     return next;
 }
 
-/* Makes b the calling thread's buffer (NULL: none), for gs_trace_event too. */
-static trace_buffer_t *use_buffer(trace_buffer_t *b)
-{
-    gs_my_trace = b;
-    gs_trace_thread.records = b ? b->records : NULL;
-    gs_trace_thread.count = b ? &b->count : NULL;
-    return b;
-}
-
 /* A thread ends: its records go to the writer, its buffer is not its any more. */
 static void release_buffer(void *arg)
 {
     if (gs_my_trace == arg)
-        use_buffer(NULL);
+        gs_my_trace = NULL;
     hand_off(arg, false);
 }
 
@@ -338,7 +334,12 @@ static trace_buffer_t *my_buffer(void)
 #define SKIP_MAX 255
 uint64_t gs_trace_tight_ns = 200; /* a variable so that tests need not be fast */
 
-GS_TLS gs_trace_thread_t gs_trace_thread; /* run - skips: events since the last clock read */
+static GS_TLS struct {
+    uint64_t last;  /* ticks of the thread's last clock read; 0: none yet */
+    uint32_t skips; /* events that may still take `last` ... */
+    uint32_t run;   /* ... out of this many when it was read (run - skips: events since) */
+    uint64_t retry; /* ticks: when to ask for the clock's rate again */
+} gs_trace_clock;
 
 static double gs_trace_rate; /* ticks per ns; 0 until known */
 
@@ -347,56 +348,71 @@ static uint64_t read_clock(void)
     uint64_t now = gs_ticks();
     double rate;
     __atomic_load(&gs_trace_rate, &rate, __ATOMIC_RELAXED);
-    if (__builtin_expect(rate == 0, 0) && now >= gs_trace_thread.retry) {
+    if (__builtin_expect(rate == 0, 0) && now >= gs_trace_clock.retry) {
         /* Known 1 ms after load (10% would do); until then, asked every 2^20 ticks. */
         rate = gs_ticks_per_ns_since_start(1000000);
         __atomic_store(&gs_trace_rate, &rate, __ATOMIC_RELAXED);
-        gs_trace_thread.retry = now + (1u << 20);
+        gs_trace_clock.retry = now + (1u << 20);
     }
     uint64_t tight = (uint64_t)(rate * (double)gs_trace_tight_ns);
-    uint64_t events = (uint64_t)(gs_trace_thread.run - gs_trace_thread.skips) + 1;
-    uint64_t elapsed = gs_trace_thread.last ? now - gs_trace_thread.last : UINT64_MAX;
+    uint64_t events = (uint64_t)(gs_trace_clock.run - gs_trace_clock.skips) + 1;
+    uint64_t elapsed = gs_trace_clock.last ? now - gs_trace_clock.last : UINT64_MAX;
     uint64_t run = 0;
     if (elapsed < events * tight) /* a tight run: skip what ten times that takes at this pace */
         run = elapsed == 0 ? SKIP_MAX : 10 * tight * events / elapsed;
     if (run > SKIP_MAX)
         run = SKIP_MAX;
-    gs_trace_thread.skips = gs_trace_thread.run = (uint32_t)run;
-    gs_trace_thread.last = now;
+    gs_trace_clock.skips = gs_trace_clock.run = (uint32_t)run;
+    gs_trace_clock.last = now;
     return now;
 }
 
 static inline void put(trace_buffer_t *b, size_t n, uint64_t ticks, int action, CUdeviceptr ptr,
                        uint64_t bytes, CUstream stream)
 {
-    b->records[n] =
-        (gs_trace_rec_t){.ticks_action = ticks | (uint64_t)action << GS_TRACE_ACTION_SHIFT,
-                         .ptr = ptr,
-                         .bytes = bytes,
-                         .stream = (uint64_t)(uintptr_t)stream};
+    b->records[n] = (trace_record_t){.ticks_action = ticks | (uint64_t)action << TRACE_ACTION_SHIFT,
+                                     .ptr = ptr,
+                                     .bytes = bytes,
+                                     .stream = (uint64_t)(uintptr_t)stream};
     atomic_store_explicit(&b->count, n + 1, memory_order_release);
 }
 
-/* What gs_trace_event leaves: the clock to read, no buffer yet, or a full one. */
-void gs_trace_record(int action, CUdeviceptr ptr, uint64_t bytes, CUstream stream, bool same_thread)
+/* gs_trace_record's other cases: the clock to read, no buffer yet, or a full one. */
+static __attribute__((noinline)) void record_slow(int action, CUdeviceptr ptr, uint64_t bytes,
+                                                  CUstream stream, bool same_thread)
 {
     trace_buffer_t *b = gs_my_trace;
     if (b == NULL) {
-        if ((b = use_buffer(my_buffer())) == NULL)
+        if ((b = gs_my_trace = my_buffer()) == NULL)
             return;
-    } else if (atomic_load_explicit(&b->count, memory_order_relaxed) == GS_TRACE_RECORDS) {
-        b = use_buffer(hand_off(b, true));
+    } else if (atomic_load_explicit(&b->count, memory_order_relaxed) == TRACE_RECORDS) {
+        b = gs_my_trace = hand_off(b, true);
         pthread_setspecific(gs_trace_key, b);
         if (b == NULL) /* out of host memory: this record is lost, the next may find a buffer */
             return;
-        if (atomic_load_explicit(&b->count, memory_order_relaxed) == GS_TRACE_RECORDS)
+        if (atomic_load_explicit(&b->count, memory_order_relaxed) == TRACE_RECORDS)
             return; /* the exit flush has it in hand: too late for this record */
     }
-    uint64_t ticks = same_thread && gs_trace_thread.skips
-                         ? (gs_trace_thread.skips--, gs_trace_thread.last)
+    uint64_t ticks = same_thread && gs_trace_clock.skips
+                         ? (gs_trace_clock.skips--, gs_trace_clock.last)
                          : read_clock();
     put(b, atomic_load_explicit(&b->count, memory_order_relaxed), ticks, action, ptr, bytes,
         stream);
+}
+
+/* The common case first, with no call: room in the buffer and no clock to read. */
+void gs_trace_record(int action, CUdeviceptr ptr, uint64_t bytes, CUstream stream, bool same_thread)
+{
+    trace_buffer_t *b = gs_my_trace;
+    if (__builtin_expect(b != NULL && same_thread && gs_trace_clock.skips != 0, 1)) {
+        size_t n = atomic_load_explicit(&b->count, memory_order_relaxed);
+        if (__builtin_expect(n != TRACE_RECORDS, 1)) {
+            gs_trace_clock.skips--;
+            put(b, n, gs_trace_clock.last, action, ptr, bytes, stream);
+            return;
+        }
+    }
+    record_slow(action, ptr, bytes, stream, same_thread);
 }
 
 /* At exit: the writer finishes the buffer in its hands and takes no other; then the queue, then
