@@ -20,6 +20,8 @@ with() {
   cat "$work"/report-*.txt 2>/dev/null >"$work/last-report.txt"
 }
 result() { sed -n "s/^RESULT $1 //p" "$2"; }
+# cell KIND BACKEND SIZE: "median (mean)" for that size from $work/KIND-BACKEND.txt
+cell() { awk -v s="$3" '$1 == s {printf "%s (%s)", $2, $3}' <(result "$1" "$work/$1-$2.txt"); }
 
 for b in none safe immediate; do
   with $b "$build/bench_alloc" sizes malloc >"$work/sizes-$b.txt"
@@ -62,11 +64,10 @@ echo "## allocation latency, ns per cudaMalloc+cudaFree pair: median of 20-pair 
 echo "| size | cudaMalloc (no shim) | shim pool, safe | shim pool, immediate | cudaMallocAsync, retained | PyTorch caching | safe vs torch | immediate vs torch |"
 echo "|---|---|---|---|---|---|---|---|"
 for size in 256 4096 65536 1048576 16777216 268435456; do
-  cell() { awk -v s=$size '$1 == s {printf "%s (%s)", $2, $3}' <(result sizes "$work/sizes-$1.txt"); }
   s=$(awk -v s=$size '$1 == s {print $2}' <(result sizes "$work/sizes-safe.txt"))
   i=$(awk -v s=$size '$1 == s {print $2}' <(result sizes "$work/sizes-immediate.txt"))
   t=$(awk -v s=$size '$1 == s {print $2}' <(result torch_alloc "$work/torch-alloc.txt"))
-  echo "| $size | $(cell none) | $(cell safe) | $(cell immediate) | $(cell async) | $t | $(awk -v x="$s" -v y="$t" 'BEGIN {if (y > 0) printf "%.2fx", x / y}') | $(awk -v x="$i" -v y="$t" 'BEGIN {if (y > 0) printf "%.2fx", x / y}') |"
+  echo "| $size | $(cell sizes none $size) | $(cell sizes safe $size) | $(cell sizes immediate $size) | $(cell sizes async $size) | $t | $(awk -v x="$s" -v y="$t" 'BEGIN {if (y > 0) printf "%.2fx", x / y}') | $(awk -v x="$i" -v y="$t" 'BEGIN {if (y > 0) printf "%.2fx", x / y}') |"
 done
 echo "idle-device synchronization (median): $(result idle_sync_ns "$work/context.txt") ns; rdtsc: $(result rdtsc_ns "$work/context.txt" | cut -d' ' -f1) ns; CPU: $(lscpu | sed -n 's/^Model name: *//p' | head -1)"
 for b in safe immediate; do
@@ -78,8 +79,7 @@ echo "## the same with a kernel launched on each block before its free (work in 
 echo "| size | cudaMalloc (no shim) | shim pool, safe | shim pool, immediate | cudaMallocAsync, retained |"
 echo "|---|---|---|---|---|"
 for size in 4096 1048576 268435456; do
-  cell() { awk -v s=$size '$1 == s {printf "%s (%s)", $2, $3}' <(result busy "$work/busy-$1.txt"); }
-  echo "| $size | $(cell none) | $(cell safe) | $(cell immediate) | $(cell async) |"
+  echo "| $size | $(cell busy none $size) | $(cell busy safe $size) | $(cell busy immediate $size) | $(cell busy async $size) |"
 done
 grep -h "synchronizations made\|reuse by events\|in flight" "$work"/busy-safe-report.txt 2>/dev/null | head -3
 echo

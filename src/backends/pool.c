@@ -543,7 +543,7 @@ static void pool_report(int device, gs_buf_t *out, bool json)
     const char *idle_off = gs_opts.pool_idle_reuse == GS_IDLE_REUSE_OFF
                                ? "GPUSHIM_POOL_IDLE_REUSE=off"
                                : gs_work_blind_reason();
-    const char *vmm_off = p->vmm.off ? p->vmm.off : p->vmm.base ? NULL : "not started";
+    const char *vmm_off = p->vmm.off;
     gs_device_stats_t s;
     gs_stats_snapshot(device, &s);
     uint64_t served = hits + misses, cached = cached_bytes(device);

@@ -609,6 +609,13 @@ static void add_reserved(gs_pool_device_t *p, int heap, uint64_t bytes)
         p->reserved_peak = p->reserved;
 }
 
+static void remove_reserved(gs_pool_device_t *p, int heap, uint64_t bytes)
+{
+    p->reserved -= bytes;
+    p->heaps[heap].reserved -= bytes;
+    p->releases++;
+}
+
 static gs_pool_block_t *last_block(const gs_pool_chunk_t *c)
 {
     gs_pool_block_t *b = c->first;
@@ -628,8 +635,6 @@ static CUresult expand(gs_pool_device_t *p, int device, uint64_t need)
                         ? last->size
                         : 0;
     uint64_t lacking = round_up(need - (tail < need ? tail : 0), v->granularity);
-    if (lacking == 0)
-        lacking = v->granularity;
     uint64_t step = round_up(p->heaps[HEAP_LARGE].reserved / 128, v->granularity);
     if (step > p->chunk_size)
         step = p->chunk_size;
@@ -690,7 +695,7 @@ static CUresult grow(gs_pool_device_t *p, int device, uint64_t need)
 {
     const gs_driver_t *drv = gs_driver();
     int heap = heap_for(need);
-    if (heap == HEAP_LARGE && p->vmm.base && p->vmm.off == NULL && need <= p->chunk_size) {
+    if (heap == HEAP_LARGE && p->vmm.off == NULL && need <= p->chunk_size) {
         CUresult rc = expand(p, device, need);
         if (rc == CUDA_SUCCESS || rc == CUDA_ERROR_OUT_OF_MEMORY)
             return rc;
@@ -754,9 +759,7 @@ static bool shrink_expandable(gs_pool_device_t *p, int device, uint64_t keep)
     list_remove(p, last);
     last->size -= unmapped;
     c->size = p->vmm.mapped;
-    p->reserved -= unmapped;
-    p->heaps[HEAP_LARGE].reserved -= unmapped;
-    p->releases++;
+    remove_reserved(p, HEAP_LARGE, unmapped);
     if (last->size > 0) {
         list_push(p, last);
         return true;
@@ -805,10 +808,8 @@ static int release_free_chunks(gs_pool_device_t *p, int device, uint64_t keep)
         }
         recycle_block(p, b);
         *link = c->next;
-        p->reserved -= c->size;
-        p->heaps[c->heap].reserved -= c->size;
+        remove_reserved(p, c->heap, c->size);
         p->chunk_count--;
-        p->releases++;
         free(c);
         released++;
     }
@@ -950,7 +951,7 @@ CUresult gs_pool_central_alloc(gs_pool_device_t *p, int device, uint64_t size,
     }
     /* GPUSHIM_POOL_INITIAL promises no driver calls until the pool outgrows it: small blocks
      * come from the initial chunk too. */
-    if (b == NULL && p->reserved <= p->initial)
+    if (b == NULL && p->initial && p->reserved <= p->initial)
         b = find_anywhere(p, size);
     if (b == NULL) {
         rc = grow(p, device, size);
@@ -960,8 +961,10 @@ CUresult gs_pool_central_alloc(gs_pool_device_t *p, int device, uint64_t size,
             if (p->pending_bytes)
                 sync_and_recycle(p, device);
             b = find_anywhere(p, size);
-            if (b == NULL && release_free_chunks(p, device, 0) >= 0)
+            if (b == NULL) {
+                release_free_chunks(p, device, 0);
                 rc = grow(p, device, size);
+            }
         }
         if (b == NULL && rc == CUDA_SUCCESS)
             b = find_free(p, size);

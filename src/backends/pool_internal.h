@@ -90,8 +90,8 @@ typedef struct gs_pool_heap {
  * each), unmapped from the end when the pool gives memory back. The chunk that spans
  * the mapped part grows with it, so blocks may span pieces and growth leaves no chunk boundary. */
 typedef struct gs_pool_vmm {
-    CUdeviceptr base; /* the range; 0 if none was reserved */
-    const char *off;  /* why the heap does not grow in place (NULL: it does) */
+    CUdeviceptr base; /* the range; 0 if none was reserved (then off says why) */
+    const char *off;  /* why the heap does not grow in place; NULL (once set up): it does */
     uint64_t range, mapped, granularity;
     gs_pool_chunk_t *chunk; /* spans [base, base + mapped); NULL while nothing is mapped */
     uint64_t *pieces;       /* the sizes of the mappings, in address order */
