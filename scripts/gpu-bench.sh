@@ -10,11 +10,14 @@ shim=$PWD/$build/src/libgpushim.so
 work=$(mktemp -d)
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 
-# with BACKEND CMD...: none | safe | immediate ; writes the shim report to $work/last-report.txt
+# with BACKEND CMD...: none | floor | safe | immediate ; writes the shim report to
+# $work/last-report.txt. floor: bench/floor.c, an empty allocator where the shim sits.
 with() {
   local backend=$1; shift
   rm -f "$work"/report-*.txt
-  if [ "$backend" = none ]; then "$@"; else
+  if [ "$backend" = none ]; then "$@"; elif [ "$backend" = floor ]; then
+    LD_PRELOAD="$PWD/$build/libfloor.so" "$@"
+  else
     LD_PRELOAD="$shim" GPUSHIM_MODE=pool GPUSHIM_POOL_REUSE="$backend" GPUSHIM_REPORT="$work/report-%p.txt" "$@"
   fi
   cat "$work"/report-*.txt 2>/dev/null >"$work/last-report.txt"
@@ -23,6 +26,7 @@ result() { sed -n "s/^RESULT $1 //p" "$2"; }
 # cell KIND BACKEND SIZE: "median (mean)" for that size from $work/KIND-BACKEND.txt
 cell() { awk -v s="$3" '$1 == s {printf "%s (%s)", $2, $3}' <(result "$1" "$work/$1-$2.txt"); }
 
+with floor "$build/bench_alloc" sizes malloc >"$work/sizes-floor.txt"
 for b in none safe immediate; do
   with $b "$build/bench_alloc" sizes malloc >"$work/sizes-$b.txt"
   cp "$work/last-report.txt" "$work/sizes-$b-report.txt"
@@ -41,6 +45,14 @@ python3 bench/bench_torch.py random >"$work/torch-random.txt" 2>&1
 "$build/bench_alloc" context malloc >"$work/context.txt"
 # The shim alone: cuMemAlloc/cuMemFree taken from the runtime's entry-point table, no cudaMalloc.
 for b in safe immediate; do with $b "$build/bench_alloc" sizes driver >"$work/driver-$b.txt"; done
+# The host's speed changes from minute to minute (up to 1.7x for the same code): rounds that
+# alternate the floor and both policies, so each round compares them at one speed.
+rounds=${PAIR_ROUNDS:-4} # not GPUSHIM_*: the shim refuses variables it does not know
+for round in $(seq 1 "$rounds"); do
+  for b in floor safe immediate; do
+    with $b "$build/bench_alloc" sizes malloc | sed -n "s/^RESULT sizes /$round $b /p"
+  done
+done >"$work/pair-rounds.txt"
 
 python3 bench/bench_torch.py mlp >"$work/mlp-caching.txt" 2>&1
 PYTORCH_NO_CUDA_MEMORY_CACHING=1 python3 bench/bench_torch.py mlp >"$work/mlp-raw.txt" 2>&1
@@ -61,19 +73,30 @@ for f in "$work"/mlp-*-report.txt "$work"/random-*-report.txt; do echo "--- $(ba
 
 echo
 echo "## allocation latency, ns per cudaMalloc+cudaFree pair: median of 20-pair batches (mean over all), $card"
-echo "| size | cudaMalloc (no shim) | shim pool, safe | shim pool, immediate | cudaMallocAsync, retained | PyTorch caching | safe vs torch | immediate vs torch |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "(floor: bench/floor.c, an empty allocator where the shim sits: the CUDA runtime's own share)"
+echo "| size | cudaMalloc (no shim) | floor | shim pool, safe | shim pool, immediate | cudaMallocAsync, retained | PyTorch caching | safe vs torch | immediate vs torch |"
+echo "|---|---|---|---|---|---|---|---|---|"
 for size in 256 4096 65536 1048576 16777216 268435456; do
   s=$(awk -v s=$size '$1 == s {print $2}' <(result sizes "$work/sizes-safe.txt"))
   i=$(awk -v s=$size '$1 == s {print $2}' <(result sizes "$work/sizes-immediate.txt"))
   t=$(awk -v s=$size '$1 == s {print $2}' <(result torch_alloc "$work/torch-alloc.txt"))
-  echo "| $size | $(cell sizes none $size) | $(cell sizes safe $size) | $(cell sizes immediate $size) | $(cell sizes async $size) | $t | $(awk -v x="$s" -v y="$t" 'BEGIN {if (y > 0) printf "%.2fx", x / y}') | $(awk -v x="$i" -v y="$t" 'BEGIN {if (y > 0) printf "%.2fx", x / y}') |"
+  echo "| $size | $(cell sizes none $size) | $(cell sizes floor $size) | $(cell sizes safe $size) | $(cell sizes immediate $size) | $(cell sizes async $size) | $t | $(awk -v x="$s" -v y="$t" 'BEGIN {if (y > 0) printf "%.2fx", x / y}') | $(awk -v x="$i" -v y="$t" 'BEGIN {if (y > 0) printf "%.2fx", x / y}') |"
 done
 echo "idle-device synchronization (median): $(result idle_sync_ns "$work/context.txt") ns; rdtsc: $(result rdtsc_ns "$work/context.txt" | cut -d' ' -f1) ns; CPU: $(lscpu | sed -n 's/^Model name: *//p' | head -1)"
 for b in safe immediate; do
   echo "shim alone ($b; cuMemAlloc+cuMemFree from the runtime's entry-point table, no cudaMalloc), ns median per size: $(result sizes "$work/driver-$b.txt" | awk '{printf "%s ", $2}')"
 done
 grep -h "synchronizations made\|in flight" "$work"/sizes-safe-report.txt 2>/dev/null | head -3
+echo
+echo "## pairs in alternating rounds: ns per pair (median of 20-pair batches) at 256 B .. 256 MiB, $card"
+echo "| round | floor | shim pool, safe | shim pool, immediate | safe less floor (max) | immediate less floor (max) |"
+echo "|---|---|---|---|---|---|"
+awk '{ v[$1, $2] = v[$1, $2] " " $4; d[$1, $2, $3] = $4; r[$1] = 1; s[$3] = 1 }
+  END { for (i = 1; i in r; i++) {
+      for (b = 1; b <= 2; b++) { m[b] = -1e9; for (z in s) {
+          x = d[i, b == 1 ? "safe" : "immediate", z] - d[i, "floor", z]; if (x > m[b]) m[b] = x } }
+      printf "| %d |%s |%s |%s | %.0f | %.0f |\n", i, v[i, "floor"], v[i, "safe"], v[i, "immediate"], m[1], m[2] } }' \
+  "$work/pair-rounds.txt"
 echo
 echo "## the same with a kernel launched on each block before its free (work in flight at every free), $card"
 echo "| size | cudaMalloc (no shim) | shim pool, safe | shim pool, immediate | cudaMallocAsync, retained |"

@@ -23,3 +23,6 @@ flags=(-O2 -std=c++17 -arch=sm_90)
 "$nvcc" "${flags[@]}" tests/gpu/graph_capture.cu -o "$build/graph_capture"
 "$nvcc" "${flags[@]}" tests/gpu/context_destroy.cu -lcuda -o "$build/context_destroy"
 "$nvcc" "${flags[@]}" tests/gpu/pointer_attributes.cu -lcuda -o "$build/pointer_attributes"
+# The benchmark's floor (bench/floor.c): the runtime's share of a pair, with an empty allocator.
+cc -O2 -shared -fPIC -I"$(meson configure "$build" | awk '$1 == "toolkit_include_dir" {print $2}')" \
+  bench/floor.c -o "$build/libfloor.so" -ldl

@@ -25,6 +25,8 @@ shim=$PWD/$build/src/libgpushim.so
 rm -f "$trace"
 rounds=${TRACE_ROUNDS:-8} # not GPUSHIM_*: the shim refuses variables it does not know
 for round in $(seq 1 "$rounds"); do
+  # The floor (bench/floor.c, an empty allocator) tells the host's speed in this round.
+  LD_PRELOAD=$PWD/$build/libfloor.so "$build/bench_alloc" sizes malloc | sed -n "s/^RESULT sizes /f /p"
   for traced in 0 1; do
     file=; [ "$traced" = 1 ] && file=/tmp/gpushim-bench-trace.csv
     LD_PRELOAD=$shim GPUSHIM_MODE=pool GPUSHIM_POOL_REUSE=immediate GPUSHIM_REPORT=off \
@@ -33,9 +35,11 @@ for round in $(seq 1 "$rounds"); do
     rm -f /tmp/gpushim-bench-trace.csv
   done
 done | awk '
+  $1 == "f" { floor = floor " " $3; next }
   !($2 in size) { size[$2] = 1; order[++sizes] = $2 }
   { v[$1, $2, ++n[$1, $2]] = $3; line[$1] = line[$1] " " $3 }
-  $2 == 268435456 { print "round " ++r[$1] (($1) ? " traced:" : " plain: ") line[$1]; line[$1] = "" }
+  $2 == 268435456 && $1 == 0 { print "round " ++r " floor: " floor; floor = "" }
+  $2 == 268435456 { print "round " r (($1) ? " traced:" : " plain: ") line[$1]; line[$1] = "" }
   function median(t, s,   i, j, k, a, m) {
     m = n[t, s]; for (i = 1; i <= m; i++) a[i] = v[t, s, i]
     for (i = 2; i <= m; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { k = a[j]; a[j] = a[j - 1]; a[j - 1] = k }
