@@ -159,11 +159,64 @@ static void an_event_on_another_threads_block_reads_the_clock(void **state)
     unlink(path);
 }
 
+/* The fields after Time, byte for byte, at the edges of the number formatting (two digits a
+ * step): lengths odd and even, zero, the largest values, a stream. snprintf is the reference. */
+static void numbers_are_written_exactly(void **state)
+{
+    (void)state;
+    gs_trace_forget();
+    const char *path = trace_to_new_file();
+    gs_tracing = true;
+    static const uint64_t values[] = {0,
+                                      1,
+                                      9,
+                                      10,
+                                      99,
+                                      100,
+                                      101,
+                                      0xabc,
+                                      0xfff,
+                                      0x1000,
+                                      123456789,
+                                      4096,
+                                      512,
+                                      1 << 20,
+                                      0x7f5d599ff200ull,
+                                      0x8000000000000000ull,
+                                      10000000000000000000ull,
+                                      UINT64_MAX};
+    enum { N = sizeof values / sizeof values[0] };
+    for (int i = 0; i < N; i++)
+        gs_trace_record(i % 2 ? GS_TRACE_ALLOCATE_FAILURE : GS_TRACE_ALLOCATE, values[i],
+                        values[N - 1 - i], (CUstream)(uintptr_t)values[(i + 5) % N], false);
+    gs_trace_flush();
+
+    size_t len;
+    char *text = read_all(path, &len);
+    char *line = text; /* no header: after gs_trace_forget the file is appended to */
+    for (int i = 0; i < N; i++) {
+        char *end = strchr(line, '\n');
+        assert_non_null(end);
+        *end = '\0';
+        char expected[160];
+        snprintf(expected, sizeof expected, ",%s,0x%llx,%llu,%llu",
+                 i % 2 ? "allocate failure" : "allocate", (unsigned long long)values[i],
+                 (unsigned long long)values[N - 1 - i], (unsigned long long)values[(i + 5) % N]);
+        char *fields = strchr(strchr(line, ',') + 1, ','); /* past Thread and Time */
+        assert_string_equal(fields, expected);
+        line = end + 1;
+    }
+    assert_int_equal(*line, '\0');
+    free(text);
+    unlink(path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(every_record_once_from_many_threads),
         cmocka_unit_test(an_event_on_another_threads_block_reads_the_clock),
+        cmocka_unit_test(numbers_are_written_exactly),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
