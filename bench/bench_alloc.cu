@@ -1,7 +1,8 @@
 // bench_alloc.cu: allocation latency through the CUDA runtime, whatever backend is underneath
 // (run it with and without the shim; scripts/gpu-bench.sh does all of that side by side).
-//   bench_alloc sizes  API        ns per alloc+free pair for 256 B .. 256 MiB: median of 20-pair
-//                                 batches, and the mean over all of them (syncs, flushes included)
+//   bench_alloc sizes  API [SIZE] ns per alloc+free pair for 256 B .. 256 MiB (or SIZE alone):
+//                                 median of 20-pair batches, and the mean over all of them (syncs,
+//                                 flushes included)
 //   bench_alloc busy   API        the same with a kernel launched on each block before its free
 //                                 (work in flight at every free), for 4 KiB, 1 MiB and 256 MiB
 //   bench_alloc random API        1000 live blocks, log-uniform 256 B..4 MiB, random free order
@@ -84,12 +85,14 @@ __global__ void use_block(void *p)
     (void)p;
 }
 
-static void sizes(bool busy)
+// only: one size instead of the list (0: the list), for short runs that alternate quickly.
+static void sizes(bool busy, size_t only)
 {
     const size_t all[] = {256, 4096, 65536, 1 << 20, 16 << 20, 256 << 20};
     const size_t some[] = {4096, 1 << 20, 256 << 20};
-    std::vector<size_t> list = busy ? std::vector<size_t>(some, some + 3)
-                                    : std::vector<size_t>(all, all + 6);
+    std::vector<size_t> list = only   ? std::vector<size_t>(1, only)
+                               : busy ? std::vector<size_t>(some, some + 3)
+                                      : std::vector<size_t>(all, all + 6);
     auto pair = [&](size_t bytes) {
         void *p = alloc(bytes);
         if (busy)
@@ -219,7 +222,7 @@ static void context()
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        std::fprintf(stderr, "usage: bench_alloc sizes|busy|random|threads|context malloc|async|driver [threads]\n");
+        std::fprintf(stderr, "usage: bench_alloc sizes|busy|random|threads|context malloc|async|driver [threads|size]\n");
         return 64;
     }
     use_async = std::strcmp(argv[2], "async") == 0;
@@ -239,7 +242,7 @@ int main(int argc, char **argv)
     }
     setup_stream();
     if (std::strcmp(argv[1], "sizes") == 0 || std::strcmp(argv[1], "busy") == 0)
-        sizes(std::strcmp(argv[1], "busy") == 0);
+        sizes(std::strcmp(argv[1], "busy") == 0, argc > 3 ? std::strtoull(argv[3], nullptr, 10) : 0);
     else if (std::strcmp(argv[1], "random") == 0)
         random_pattern();
     else if (std::strcmp(argv[1], "threads") == 0)

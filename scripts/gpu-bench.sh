@@ -45,12 +45,15 @@ python3 bench/bench_torch.py random >"$work/torch-random.txt" 2>&1
 "$build/bench_alloc" context malloc >"$work/context.txt"
 # The shim alone: cuMemAlloc/cuMemFree taken from the runtime's entry-point table, no cudaMalloc.
 for b in safe immediate; do with $b "$build/bench_alloc" sizes driver >"$work/driver-$b.txt"; done
-# The host's speed changes from minute to minute (up to 1.7x for the same code): rounds that
-# alternate the floor and both policies, so each round compares them at one speed.
+# The host's speed changes from one second to the next (up to 1.7x for the same code): short
+# runs of one size each, alternating the floor and both policies, so that each round compares
+# them a second apart.
 rounds=${PAIR_ROUNDS:-4} # not GPUSHIM_*: the shim refuses variables it does not know
 for round in $(seq 1 "$rounds"); do
-  for b in floor safe immediate; do
-    with $b "$build/bench_alloc" sizes malloc | sed -n "s/^RESULT sizes /$round $b /p"
+  for size in 256 4096 65536 1048576 16777216 268435456; do
+    for b in floor safe immediate; do
+      with $b "$build/bench_alloc" sizes malloc $size | sed -n "s/^RESULT sizes /$round $b /p"
+    done
   done
 done >"$work/pair-rounds.txt"
 
@@ -88,14 +91,18 @@ for b in safe immediate; do
 done
 grep -h "synchronizations made\|in flight" "$work"/sizes-safe-report.txt 2>/dev/null | head -3
 echo
-echo "## pairs in alternating rounds: ns per pair (median of 20-pair batches) at 256 B .. 256 MiB, $card"
-echo "| round | floor | shim pool, safe | shim pool, immediate | safe less floor (max) | immediate less floor (max) |"
-echo "|---|---|---|---|---|---|"
-awk '{ v[$1, $2] = v[$1, $2] " " $4; d[$1, $2, $3] = $4; r[$1] = 1; s[$3] = 1 }
-  END { for (i = 1; i in r; i++) {
-      for (b = 1; b <= 2; b++) { m[b] = -1e9; for (z in s) {
-          x = d[i, b == 1 ? "safe" : "immediate", z] - d[i, "floor", z]; if (x > m[b]) m[b] = x } }
-      printf "| %d |%s |%s |%s | %.0f | %.0f |\n", i, v[i, "floor"], v[i, "safe"], v[i, "immediate"], m[1], m[2] } }' \
+echo "## pairs in alternating rounds (one size a run, floor / safe / immediate, a second apart): ns per pair, $card"
+echo "| size | rounds | floor | safe | immediate | safe less floor (median of rounds) | immediate less floor | rounds with safe <= 150 ns | with immediate <= 150 ns |"
+echo "|---|---|---|---|---|---|---|---|---|"
+awk '{ v[$1, $2, $3] = $4; r[$1] = 1; if (!($3 in seen)) { seen[$3] = 1; order[++sizes] = $3 } }
+  function median(a, m,   i, j, k) {
+    for (i = 2; i <= m; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { k = a[j]; a[j] = a[j - 1]; a[j - 1] = k }
+    return (m % 2) ? a[(m + 1) / 2] : (a[m / 2] + a[m / 2 + 1]) / 2 }
+  END { for (z = 1; z <= sizes; z++) { s = order[z]; m = 0; ks = ki = 0; fl = sa = im = ds = di = ""
+      for (i = 1; i in r; i++) { m++; f[m] = v[i, "floor", s]; a[m] = v[i, "safe", s]; b[m] = v[i, "immediate", s]
+        c[m] = a[m] - f[m]; d[m] = b[m] - f[m]; ks += a[m] <= 150; ki += b[m] <= 150
+        fl = fl " " f[m]; sa = sa " " a[m]; im = im " " b[m] }
+      printf "| %s | %d |%s |%s |%s | %.0f | %.0f | %d | %d |\n", s, m, fl, sa, im, median(c, m), median(d, m), ks, ki } }' \
   "$work/pair-rounds.txt"
 echo
 echo "## the same with a kernel launched on each block before its free (work in flight at every free), $card"
