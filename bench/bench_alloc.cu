@@ -1,8 +1,8 @@
 // bench_alloc.cu: allocation latency through the CUDA runtime, whatever backend is underneath
 // (run it with and without the shim; scripts/gpu-bench.sh does all of that side by side).
 //   bench_alloc sizes  API [SIZE] ns per alloc+free pair for 256 B .. 256 MiB (or SIZE alone):
-//                                 median of 20-pair batches, and the mean over all of them (syncs,
-//                                 flushes included)
+//                                 median of 20-pair batches, the mean over all of them (syncs,
+//                                 flushes included), and the core's speed (see core_clock_ns)
 //   bench_alloc busy   API        the same with a kernel launched on each block before its free
 //                                 (work in flight at every free), for 4 KiB, 1 MiB and 256 MiB
 //   bench_alloc random API        1000 live blocks, log-uniform 256 B..4 MiB, random free order
@@ -73,6 +73,20 @@ static void setup_stream()
         cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
 }
 
+// The CPU core's speed now: ns per step of a dependent multiply-add chain (about 2 ms), printed
+// beside each result. The host at times slows the core (on the CPU test machine this chain went
+// from 0.67 to 1.5 ns a step, in step with the shim's pairs); a result measured then says so.
+static double core_clock_ns()
+{
+    uint64_t y = 1;
+    auto t0 = clk::now();
+    for (int i = 0; i < 2000000; i++) {
+        y = y * 3 + (y >> 7);
+        __asm__ volatile("" : "+r"(y));
+    }
+    return std::chrono::duration<double, std::nano>(clk::now() - t0).count() / 2000000;
+}
+
 static double median(std::vector<double> v)
 {
     std::sort(v.begin(), v.end());
@@ -99,13 +113,16 @@ static void sizes(bool busy, size_t only)
             use_block<<<1, 1, 0, stream>>>(p);
         release(p);
     };
-    // A warm-up pass over every size first (50 ms each, not measured): the first size measured
-    // must not pay for clocks ramping up, first synchronizations or the pool's first chunks.
+    // A warm-up pass over every size first (600 ms in all, however many sizes, not measured):
+    // the first size measured must not pay for clocks ramping up, first synchronizations, the
+    // pool's first chunks, or the driver's own work after start-up.
+    const auto warm = std::chrono::milliseconds(600 / list.size());
     for (size_t bytes : list)
-        for (auto end = clk::now() + std::chrono::milliseconds(50); clk::now() < end;)
+        for (auto end = clk::now() + warm; clk::now() < end;)
             pair(bytes);
     for (size_t bytes : list) {
         pair(bytes); // warm: chunk, pool, context
+        double clock_before = core_clock_ns();
         std::vector<double> per_pair;
         const int batch = 20;
         auto start = clk::now(), deadline = start + std::chrono::milliseconds(300);
@@ -118,8 +135,9 @@ static void sizes(bool busy, size_t only)
         }
         double mean = std::chrono::duration<double, std::nano>(clk::now() - start).count() /
                       (double)(per_pair.size() * batch);
-        std::printf("RESULT %s %zu %.0f %.0f\n", busy ? "busy" : "sizes", bytes, median(per_pair),
-                    mean);
+        double clock = (clock_before + core_clock_ns()) / 2;
+        std::printf("RESULT %s %zu %.0f %.0f %.2f\n", busy ? "busy" : "sizes", bytes,
+                    median(per_pair), mean, clock);
     }
 }
 

@@ -23,8 +23,8 @@ with() {
   cat "$work"/report-*.txt 2>/dev/null >"$work/last-report.txt"
 }
 result() { sed -n "s/^RESULT $1 //p" "$2"; }
-# cell KIND BACKEND SIZE: "median (mean)" for that size from $work/KIND-BACKEND.txt
-cell() { awk -v s="$3" '$1 == s {printf "%s (%s)", $2, $3}' <(result "$1" "$work/$1-$2.txt"); }
+# cell KIND BACKEND SIZE: "median (mean; core speed)" for that size from $work/KIND-BACKEND.txt
+cell() { awk -v s="$3" '$1 == s {printf "%s (%s; %s)", $2, $3, $4}' <(result "$1" "$work/$1-$2.txt"); }
 
 with floor "$build/bench_alloc" sizes malloc >"$work/sizes-floor.txt"
 for b in none safe immediate; do
@@ -45,9 +45,9 @@ python3 bench/bench_torch.py random >"$work/torch-random.txt" 2>&1
 "$build/bench_alloc" context malloc >"$work/context.txt"
 # The shim alone: cuMemAlloc/cuMemFree taken from the runtime's entry-point table, no cudaMalloc.
 for b in safe immediate; do with $b "$build/bench_alloc" sizes driver >"$work/driver-$b.txt"; done
-# The host's speed changes from one second to the next (up to 1.7x for the same code): short
-# runs of one size each, alternating the floor and both policies, so that each round compares
-# them a second apart.
+# The shim's pair time changes between processes, and at times within one (on H100 machines: the
+# shim alone 43-50 or 75-95 ns), while the floor's hardly does (README, Limits): short runs of
+# one size each, alternating the floor and both policies, a second apart.
 rounds=${PAIR_ROUNDS:-4} # not GPUSHIM_*: the shim refuses variables it does not know
 for round in $(seq 1 "$rounds"); do
   for size in 256 4096 65536 1048576 16777216 268435456; do
@@ -75,8 +75,10 @@ for b in safe immediate; do with $b python3 bench/bench_cupy.py none >"$work/cup
 for f in "$work"/mlp-*-report.txt "$work"/random-*-report.txt; do echo "--- $(basename "$f")"; cat "$f"; done
 
 echo
-echo "## allocation latency, ns per cudaMalloc+cudaFree pair: median of 20-pair batches (mean over all), $card"
-echo "(floor: bench/floor.c, an empty allocator where the shim sits: the CUDA runtime's own share)"
+echo "## allocation latency, ns per cudaMalloc+cudaFree pair: median of 20-pair batches (mean over all; core speed), $card"
+echo "(floor: bench/floor.c, an empty allocator where the shim sits: the CUDA runtime's own share."
+echo " core speed: ns per step of a dependent multiply-add chain, measured around each cell: a"
+echo " slow core (the host's doing) shows there; a slow shim at full core speed does not)"
 echo "| size | cudaMalloc (no shim) | floor | shim pool, safe | shim pool, immediate | cudaMallocAsync, retained | PyTorch caching | safe vs torch | immediate vs torch |"
 echo "|---|---|---|---|---|---|---|---|---|"
 for size in 256 4096 65536 1048576 16777216 268435456; do
@@ -92,16 +94,17 @@ done
 grep -h "synchronizations made\|in flight" "$work"/sizes-safe-report.txt 2>/dev/null | head -3
 echo
 echo "## pairs in alternating rounds (one size a run, floor / safe / immediate, a second apart): ns per pair, $card"
+echo "(each value: ns per pair @ core speed, ns per step)"
 echo "| size | rounds | floor | safe | immediate | safe less floor (median of rounds) | immediate less floor | rounds with safe <= 150 ns | with immediate <= 150 ns |"
 echo "|---|---|---|---|---|---|---|---|---|"
-awk '{ v[$1, $2, $3] = $4; r[$1] = 1; if (!($3 in seen)) { seen[$3] = 1; order[++sizes] = $3 } }
+awk '{ v[$1, $2, $3] = $4; w[$1, $2, $3] = $6; r[$1] = 1; if (!($3 in seen)) { seen[$3] = 1; order[++sizes] = $3 } }
   function median(a, m,   i, j, k) {
     for (i = 2; i <= m; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { k = a[j]; a[j] = a[j - 1]; a[j - 1] = k }
     return (m % 2) ? a[(m + 1) / 2] : (a[m / 2] + a[m / 2 + 1]) / 2 }
   END { for (z = 1; z <= sizes; z++) { s = order[z]; m = 0; ks = ki = 0; fl = sa = im = ds = di = ""
       for (i = 1; i in r; i++) { m++; f[m] = v[i, "floor", s]; a[m] = v[i, "safe", s]; b[m] = v[i, "immediate", s]
         c[m] = a[m] - f[m]; d[m] = b[m] - f[m]; ks += a[m] <= 150; ki += b[m] <= 150
-        fl = fl " " f[m]; sa = sa " " a[m]; im = im " " b[m] }
+        fl = fl " " f[m] "@" w[i, "floor", s]; sa = sa " " a[m] "@" w[i, "safe", s]; im = im " " b[m] "@" w[i, "immediate", s] }
       printf "| %s | %d |%s |%s |%s | %.0f | %.0f | %d | %d |\n", s, m, fl, sa, im, median(c, m), median(d, m), ks, ki } }' \
   "$work/pair-rounds.txt"
 echo

@@ -18,11 +18,11 @@ echo "--- gpushim report"; "$cli" report "$out"/torch-*.json
 echo "--- gpushim replay"; GPUSHIM_MANAGED_LIMIT=25% "$cli" replay "$trace" --mode off --mode pool --mode managed
 echo "--- gpushim plot"; "$cli" plot "$trace" -o "$out/torch-trace.svg"
 echo "--- trace cost on the pool pair benchmark (immediate reuse; ns per pair, median of 20-pair"
-echo "    batches; the trace written to a file on local disk). The host's speed changes from one"
-echo "    second to the next (an empty allocator, the floor, took 74-191 ns on an H100 in one"
-echo "    call): so short runs of one size each, alternating floor, untraced and traced, in many"
-echo "    rounds; each round's ratio compares runs a second apart, and the median over rounds is"
-echo "    the estimate"
+echo "    batches; the trace written to a file on local disk). The shim's pair time changes from"
+echo "    one process to the next, and at times within one (README, Limits): so short runs of one"
+echo "    size each, alternating floor, untraced and traced, in many rounds; each round's ratio"
+echo "    compares runs a second apart, and the median over rounds is the estimate; the core speed"
+echo "    tells rounds where the host slowed the core apart"
 shim=$PWD/$build/src/libgpushim.so
 rm -f "$trace"
 rounds=${TRACE_ROUNDS:-12} # not GPUSHIM_*: the shim refuses variables it does not know
@@ -39,20 +39,22 @@ for round in $(seq 1 "$rounds"); do
     done
   done
 done | awk '
-  { v[$1, $2, $3] = $4; r[$1] = 1; if (!($3 in seen)) { seen[$3] = 1; order[++sizes] = $3 } }
+  { v[$1, $2, $3] = $4; w[$1, $2, $3] = $6; r[$1] = 1; if (!($3 in seen)) { seen[$3] = 1; order[++sizes] = $3 } }
   function median(a, m,   i, j, k) {
     for (i = 2; i <= m; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { k = a[j]; a[j] = a[j - 1]; a[j - 1] = k }
     return (m % 2) ? a[(m + 1) / 2] : (a[m / 2] + a[m / 2 + 1]) / 2 }
   END {
-    print "| round | size | floor | no trace | trace | ratio |"
-    print "|---|---|---|---|---|---|"
+    print "| round | size | floor | no trace | trace | ratio | core speed (ns per step): no trace, trace |"
+    print "|---|---|---|---|---|---|---|"
     for (i = 1; i in r; i++) for (z = 1; z <= sizes; z++) { s = order[z]
-      printf "| %d | %s | %s | %s | %s | %.3f |\n", i, s, v[i, "floor", s], v[i, "plain", s], v[i, "traced", s],
-        v[i, "traced", s] / v[i, "plain", s] }
+      printf "| %d | %s | %s | %s | %s | %.3f | %s, %s |\n", i, s, v[i, "floor", s], v[i, "plain", s], v[i, "traced", s],
+        v[i, "traced", s] / v[i, "plain", s], w[i, "plain", s], w[i, "traced", s] }
     print ""
-    print "| size | rounds | floor (median) | no trace (median) | trace (median) | median of the ratios per round |"
-    print "|---|---|---|---|---|---|"
-    for (z = 1; z <= sizes; z++) { s = order[z]; m = 0
-      for (i = 1; i in r; i++) { m++; f[m] = v[i, "floor", s]; p[m] = v[i, "plain", s]; t[m] = v[i, "traced", s]; q[m] = t[m] / p[m] }
-      printf "| %s | %d | %.1f | %.1f | %.1f | %.3fx |\n", s, m, median(f, m), median(p, m), median(t, m), median(q, m) } }'
+    print "| size | rounds | floor (median) | no trace (median) | trace (median) | median of the ratios per round | the same, rounds where both ran at one core speed (within 10%) |"
+    print "|---|---|---|---|---|---|---|"
+    for (z = 1; z <= sizes; z++) { s = order[z]; m = 0; n = 0
+      for (i = 1; i in r; i++) { m++; f[m] = v[i, "floor", s]; p[m] = v[i, "plain", s]; t[m] = v[i, "traced", s]; q[m] = t[m] / p[m]
+        a = w[i, "plain", s]; b = w[i, "traced", s]; if (a > 0 && b > 0 && (a > b ? a / b : b / a) <= 1.1) e[++n] = q[m] }
+      printf "| %s | %d | %.1f | %.1f | %.1f | %.3fx | %s (%d rounds) |\n", s, m, median(f, m), median(p, m), median(t, m), median(q, m),
+        n ? sprintf("%.3fx", median(e, n)) : "-", n } }'
 nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | sed 's/^/card: /'
