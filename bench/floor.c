@@ -10,12 +10,15 @@
  * driver at the first allocation; anything larger, and any other pointer's free, goes to the
  * driver. Lookups with RTLD_NEXT/RTLD_DEFAULT resolve relative to this library (a C wrapper, not
  * the shim's trampoline): the benchmark does not make any. */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <cuda.h>
 #include <dlfcn.h>
 #include <string.h>
 
 #define FLOOR_BYTES (256ull << 20)
+#define EXPORT __attribute__((visibility("default"))) /* builds with hidden by default too */
 
 #undef cuGetProcAddress
 
@@ -56,8 +59,8 @@ static CUresult floor_free(CUdeviceptr ptr)
     return real_free(ptr);
 }
 
-CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int version, cuuint64_t flags,
-                             CUdriverProcAddressQueryResult *status)
+EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int version, cuuint64_t flags,
+                                    CUdriverProcAddressQueryResult *status)
 {
     CUresult rc = real_get_proc(symbol, pfn, version, flags, status);
     if (rc != CUDA_SUCCESS || symbol == NULL || pfn == NULL || *pfn == NULL)
@@ -74,7 +77,7 @@ CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int version, cuuint
     return rc;
 }
 
-void *dlsym(void *handle, const char *name)
+EXPORT void *dlsym(void *handle, const char *name)
 {
     void *symbol = real_dlsym()(handle, name);
     if (symbol && handle != RTLD_DEFAULT && handle != RTLD_NEXT &&

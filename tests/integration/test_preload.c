@@ -53,6 +53,25 @@ static void runtime_like_counts_every_allocation(void **state)
     run_free(&r);
 }
 
+/* bench/floor.c, preloaded instead of the shim, answers the runtime's cuMemAlloc/cuMemFree
+ * itself: one block from the driver, then nothing reaches it (GPU benchmarks take it for the
+ * CUDA runtime's own share of a pair, so it must never fall through to the driver). */
+static void the_benchmark_floor_takes_the_shims_place(void **state)
+{
+    (void)state;
+    char library_path[4096], preload[4096];
+    snprintf(library_path, sizeof library_path, "LD_LIBRARY_PATH=%s", path_of("GS_FAKE_DIR"));
+    snprintf(preload, sizeof preload, "LD_PRELOAD=%s", path_of("GS_FLOOR"));
+    run_result_t r = run_env(ENV(library_path, preload, "FAKECUDA_STATS=stderr"),
+                             ARGV(path_of("GS_RUNTIME_LIKE"), "pairs", "50", "4096"));
+    EXPECT_STATUS(r, 0);
+    EXPECT_IN(r, out, "ok pairs: 4096 B");
+    EXPECT_IN(r, err, "fakecuda: calls cuMemAlloc_v2 1\n"); /* 1000 pairs, one driver block */
+    assert_null(strstr(r.err, "cuMemFree_v2"));
+    assert_null(strstr(r.err, "gpushim"));
+    run_free(&r);
+}
+
 static void without_the_shim_there_is_no_report(void **state)
 {
     (void)state;
@@ -948,6 +967,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(runtime_like_counts_every_allocation),
+        cmocka_unit_test(the_benchmark_floor_takes_the_shims_place),
         cmocka_unit_test(without_the_shim_there_is_no_report),
         cmocka_unit_test(directly_linked_program_is_counted),
         cmocka_unit_test(error_codes_are_the_drivers),
