@@ -48,7 +48,7 @@ for b in safe immediate; do with $b "$build/bench_alloc" sizes driver >"$work/dr
 # The shim's pair time changes between processes, and at times within one (on H100 machines: the
 # shim alone 43-50 or 75-95 ns), while the floor's hardly does (README, Limits): short runs of
 # one size each, alternating the floor and both policies, a second apart.
-rounds=${PAIR_ROUNDS:-4} # not GPUSHIM_*: the shim refuses variables it does not know
+rounds=${PAIR_ROUNDS:-3} # not GPUSHIM_*: the shim refuses variables it does not know
 for round in $(seq 1 "$rounds"); do
   for size in 256 4096 65536 1048576 16777216 268435456; do
     for b in floor safe immediate; do
@@ -101,7 +101,7 @@ awk '{ v[$1, $2, $3] = $4; w[$1, $2, $3] = $6; r[$1] = 1; if (!($3 in seen)) { s
   function median(a, m,   i, j, k) {
     for (i = 2; i <= m; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { k = a[j]; a[j] = a[j - 1]; a[j - 1] = k }
     return (m % 2) ? a[(m + 1) / 2] : (a[m / 2] + a[m / 2 + 1]) / 2 }
-  END { for (z = 1; z <= sizes; z++) { s = order[z]; m = 0; ks = ki = 0; fl = sa = im = ds = di = ""
+  END { for (z = 1; z <= sizes; z++) { s = order[z]; m = 0; ks = ki = 0; fl = sa = im = ""
       for (i = 1; i in r; i++) { m++; f[m] = v[i, "floor", s]; a[m] = v[i, "safe", s]; b[m] = v[i, "immediate", s]
         c[m] = a[m] - f[m]; d[m] = b[m] - f[m]; ks += a[m] <= 150; ki += b[m] <= 150
         fl = fl " " f[m] "@" w[i, "floor", s]; sa = sa " " a[m] "@" w[i, "safe", s]; im = im " " b[m] "@" w[i, "immediate", s] }

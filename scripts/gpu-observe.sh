@@ -25,7 +25,7 @@ echo "    compares runs a second apart, and the median over rounds is the estima
 echo "    tells rounds where the host slowed the core apart"
 shim=$PWD/$build/src/libgpushim.so
 rm -f "$trace"
-rounds=${TRACE_ROUNDS:-12} # not GPUSHIM_*: the shim refuses variables it does not know
+rounds=${TRACE_ROUNDS:-10} # not GPUSHIM_*: the shim refuses variables it does not know
 for round in $(seq 1 "$rounds"); do
   for size in 4096 16777216; do
     LD_PRELOAD=$PWD/$build/libfloor.so "$build/bench_alloc" sizes malloc $size |
