@@ -3,7 +3,7 @@
  * cuGetProcAddress) with the least an allocator can do: every allocation gets the same block, and
  * its free does nothing. So a cudaMalloc+cudaFree pair under it costs the CUDA runtime's own share
  * plus two calls: no allocator in the shim's place can be faster. gpu-bench.sh runs the pair
- * benchmark under it beside the shim, in the same call, so the host's speed at that moment is
+ * benchmark under it beside the shim, in the same call, so the runtime's share at that time is
  * known (issue 3 quotes 80 ns for such a bump allocator on an H200).
  *
  * Only for bench_alloc's single-threaded size loop: one block of FLOOR_BYTES, taken from the
