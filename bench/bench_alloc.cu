@@ -2,7 +2,8 @@
 // (run it with and without the shim; scripts/gpu-bench.sh does all of that side by side).
 //   bench_alloc sizes  API [SIZE] ns per alloc+free pair for 256 B .. 256 MiB (or SIZE alone):
 //                                 median of 20-pair batches, the mean over all of them (syncs,
-//                                 flushes included), and the core's speed (see core_clock_ns)
+//                                 flushes included), and the core's speed (core_speed.h: latency
+//                                 and throughput probes, ns a step)
 //   bench_alloc busy   API        the same with a kernel launched on each block before its free
 //                                 (work in flight at every free), for 4 KiB, 1 MiB and 256 MiB
 //   bench_alloc random API        1000 live blocks, log-uniform 256 B..4 MiB, random free order
@@ -14,6 +15,7 @@
 // driver (cuMemAlloc_v2/cuMemFree_v2 straight from the driver's entry points).
 // Lines starting with RESULT are machine-readable.
 #include <cuda.h>
+#include "core_speed.h"
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -73,20 +75,6 @@ static void setup_stream()
         cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
 }
 
-// The CPU core's speed now: ns per step of a dependent multiply-add chain (about 2 ms), printed
-// beside each result. The host at times slows the core (on the CPU test machine this chain went
-// from 0.67 to 1.5 ns a step, in step with the shim's pairs); a result measured then says so.
-static double core_clock_ns()
-{
-    uint64_t y = 1;
-    auto t0 = clk::now();
-    for (int i = 0; i < 2000000; i++) {
-        y = y * 3 + (y >> 7);
-        __asm__ volatile("" : "+r"(y));
-    }
-    return std::chrono::duration<double, std::nano>(clk::now() - t0).count() / 2000000;
-}
-
 static double median(std::vector<double> v)
 {
     std::sort(v.begin(), v.end());
@@ -122,7 +110,8 @@ static void sizes(bool busy, size_t only)
             pair(bytes);
     for (size_t bytes : list) {
         pair(bytes); // warm: chunk, pool, context
-        double clock_before = core_clock_ns();
+        double lat_before, thr_before, lat_after, thr_after;
+        core_speed(&lat_before, &thr_before);
         std::vector<double> per_pair;
         const int batch = 20;
         auto start = clk::now(), deadline = start + std::chrono::milliseconds(300);
@@ -135,9 +124,10 @@ static void sizes(bool busy, size_t only)
         }
         double mean = std::chrono::duration<double, std::nano>(clk::now() - start).count() /
                       (double)(per_pair.size() * batch);
-        double clock = (clock_before + core_clock_ns()) / 2;
-        std::printf("RESULT %s %zu %.0f %.0f %.2f\n", busy ? "busy" : "sizes", bytes,
-                    median(per_pair), mean, clock);
+        core_speed(&lat_after, &thr_after);
+        std::printf("RESULT %s %zu %.0f %.0f %.2f %.2f\n", busy ? "busy" : "sizes", bytes,
+                    median(per_pair), mean, (lat_before + lat_after) / 2,
+                    (thr_before + thr_after) / 2);
     }
 }
 

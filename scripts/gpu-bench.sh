@@ -24,7 +24,7 @@ with() {
 }
 result() { sed -n "s/^RESULT $1 //p" "$2"; }
 # cell KIND BACKEND SIZE: "median (mean; core speed)" for that size from $work/KIND-BACKEND.txt
-cell() { awk -v s="$3" '$1 == s {printf "%s (%s; %s)", $2, $3, $4}' <(result "$1" "$work/$1-$2.txt"); }
+cell() { awk -v s="$3" '$1 == s {printf "%s (%s; %s/%s)", $2, $3, $4, $5}' <(result "$1" "$work/$1-$2.txt"); }
 
 with floor "$build/bench_alloc" sizes malloc >"$work/sizes-floor.txt"
 for b in none safe immediate; do
@@ -77,8 +77,9 @@ for f in "$work"/mlp-*-report.txt "$work"/random-*-report.txt; do echo "--- $(ba
 echo
 echo "## allocation latency, ns per cudaMalloc+cudaFree pair: median of 20-pair batches (mean over all; core speed), $card"
 echo "(floor: bench/floor.c, an empty allocator where the shim sits: the CUDA runtime's own share."
-echo " core speed: ns per step of a dependent multiply-add chain, measured around each cell: a"
-echo " slow core (the host's doing) shows there; a slow shim at full core speed does not)"
+echo " core speed: bench/core_speed.h's latency/throughput probes, ns a step, around each cell:"
+echo " the latency probe slows with the core's clock, the throughput probe also when another"
+echo " thread shares the core)"
 echo "| size | cudaMalloc (no shim) | floor | shim pool, safe | shim pool, immediate | cudaMallocAsync, retained | PyTorch caching | safe vs torch | immediate vs torch |"
 echo "|---|---|---|---|---|---|---|---|---|"
 for size in 256 4096 65536 1048576 16777216 268435456; do
@@ -94,10 +95,10 @@ done
 grep -h "synchronizations made\|in flight" "$work"/sizes-safe-report.txt 2>/dev/null | head -3
 echo
 echo "## pairs in alternating rounds (one size a run, floor / safe / immediate, a second apart): ns per pair, $card"
-echo "(each value: ns per pair @ core speed, ns per step)"
+echo "(each value: ns per pair @ core speed, latency/throughput probe in ns a step)"
 echo "| size | rounds | floor | safe | immediate | safe less floor (median of rounds) | immediate less floor | rounds with safe <= 150 ns | with immediate <= 150 ns |"
 echo "|---|---|---|---|---|---|---|---|---|"
-awk '{ v[$1, $2, $3] = $4; w[$1, $2, $3] = $6; r[$1] = 1; if (!($3 in seen)) { seen[$3] = 1; order[++sizes] = $3 } }
+awk '{ v[$1, $2, $3] = $4; w[$1, $2, $3] = $6 "/" $7; r[$1] = 1; if (!($3 in seen)) { seen[$3] = 1; order[++sizes] = $3 } }
   function median(a, m,   i, j, k) {
     for (i = 2; i <= m; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { k = a[j]; a[j] = a[j - 1]; a[j - 1] = k }
     return (m % 2) ? a[(m + 1) / 2] : (a[m / 2] + a[m / 2 + 1]) / 2 }

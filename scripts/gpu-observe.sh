@@ -22,7 +22,7 @@ echo "    batches; the trace written to a file on local disk). The shim's pair t
 echo "    one process to the next, and at times within one (README, Limits): so short runs of one"
 echo "    size each, alternating floor, untraced and traced, in many rounds; each round's ratio"
 echo "    compares runs a second apart, and the median over rounds is the estimate; the core speed"
-echo "    tells rounds where the host slowed the core apart"
+echo "    (bench/core_speed.h) tells rounds where the core ran slower apart"
 shim=$PWD/$build/src/libgpushim.so
 rm -f "$trace"
 rounds=${TRACE_ROUNDS:-10} # not GPUSHIM_*: the shim refuses variables it does not know
@@ -39,22 +39,23 @@ for round in $(seq 1 "$rounds"); do
     done
   done
 done | awk '
-  { v[$1, $2, $3] = $4; w[$1, $2, $3] = $6; r[$1] = 1; if (!($3 in seen)) { seen[$3] = 1; order[++sizes] = $3 } }
+  { v[$1, $2, $3] = $4; w[$1, $2, $3] = $6 "/" $7; lat[$1, $2, $3] = $6; thr[$1, $2, $3] = $7; r[$1] = 1; if (!($3 in seen)) { seen[$3] = 1; order[++sizes] = $3 } }
+  function near(a, b) { return a > 0 && b > 0 && (a > b ? a / b : b / a) <= 1.1 }
   function median(a, m,   i, j, k) {
     for (i = 2; i <= m; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { k = a[j]; a[j] = a[j - 1]; a[j - 1] = k }
     return (m % 2) ? a[(m + 1) / 2] : (a[m / 2] + a[m / 2 + 1]) / 2 }
   END {
-    print "| round | size | floor | no trace | trace | ratio | core speed (ns per step): no trace, trace |"
+    print "| round | size | floor | no trace | trace | ratio | core speed (latency/throughput probe, ns a step): no trace, trace |"
     print "|---|---|---|---|---|---|---|"
     for (i = 1; i in r; i++) for (z = 1; z <= sizes; z++) { s = order[z]
       printf "| %d | %s | %s | %s | %s | %.3f | %s, %s |\n", i, s, v[i, "floor", s], v[i, "plain", s], v[i, "traced", s],
         v[i, "traced", s] / v[i, "plain", s], w[i, "plain", s], w[i, "traced", s] }
     print ""
-    print "| size | rounds | floor (median) | no trace (median) | trace (median) | median of the ratios per round | the same, rounds where both ran at one core speed (within 10%) |"
+    print "| size | rounds | floor (median) | no trace (median) | trace (median) | median of the ratios per round | the same, rounds where both ran at one core speed (both probes within 10%) |"
     print "|---|---|---|---|---|---|---|"
     for (z = 1; z <= sizes; z++) { s = order[z]; m = 0; n = 0
       for (i = 1; i in r; i++) { m++; f[m] = v[i, "floor", s]; p[m] = v[i, "plain", s]; t[m] = v[i, "traced", s]; q[m] = t[m] / p[m]
-        a = w[i, "plain", s]; b = w[i, "traced", s]; if (a > 0 && b > 0 && (a > b ? a / b : b / a) <= 1.1) e[++n] = q[m] }
+        if (near(lat[i, "plain", s], lat[i, "traced", s]) && near(thr[i, "plain", s], thr[i, "traced", s])) e[++n] = q[m] }
       printf "| %s | %d | %.1f | %.1f | %.1f | %.3fx | %s (%d rounds) |\n", s, m, median(f, m), median(p, m), median(t, m), median(q, m),
         n ? sprintf("%.3fx", median(e, n)) : "-", n } }'
 nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | sed 's/^/card: /'

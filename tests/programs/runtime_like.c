@@ -16,6 +16,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../../bench/core_speed.h"
+
 #undef cuGetProcAddress
 
 typedef CUresult (*get_proc_fn)(const char *, void **, int, cuuint64_t,
@@ -260,27 +262,13 @@ static int compare_doubles(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* The CPU core's speed now, as bench_alloc measures it: ns per step of a dependent
- * multiply-add chain. */
-static double core_clock_ns(void)
-{
-    struct timespec t0, t1;
-    uint64_t y = 1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (int i = 0; i < 2000000; i++) {
-        y = y * 3 + (y >> 7);
-        __asm__ volatile("" : "+r"(y));
-    }
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    return ((double)(t1.tv_sec - t0.tv_sec) * 1e9 + (double)(t1.tv_nsec - t0.tv_nsec)) / 2000000;
-}
-
 /* The benchmark's loop on the CPU (for profiling; no test asserts a time): batches of 20
  * alloc+free pairs of one size; prints the median and the mean ns a pair, and the core's speed
  * before and after (the host changes it: compare runs at one speed). */
 static int scenario_pairs(int batches, int bytes)
 {
-    double clock_before = core_clock_ns();
+    double lat_before, thr_before, lat_after, thr_after;
+    core_speed(&lat_before, &thr_before);
     double *per_pair = calloc((size_t)batches, sizeof *per_pair);
     struct timespec start, t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &start);
@@ -297,9 +285,11 @@ static int scenario_pairs(int batches, int bytes)
     }
     double total = (double)(t1.tv_sec - start.tv_sec) * 1e9 + (double)(t1.tv_nsec - start.tv_nsec);
     qsort(per_pair, (size_t)batches, sizeof *per_pair, compare_doubles);
-    printf("ok pairs: %d B, median %.1f ns, mean %.1f ns a pair; core %.2f then %.2f ns a step\n",
-           bytes, per_pair[batches / 2], total / ((double)batches * 20), clock_before,
-           core_clock_ns());
+    core_speed(&lat_after, &thr_after);
+    printf("ok pairs: %d B, median %.1f ns, mean %.1f ns a pair; core speed (latency, throughput) "
+           "%.2f %.2f then %.2f %.2f ns a step\n",
+           bytes, per_pair[batches / 2], total / ((double)batches * 20), lat_before, thr_before,
+           lat_after, thr_after);
     free(per_pair);
     return 0;
 }
