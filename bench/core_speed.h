@@ -7,10 +7,11 @@
  *   throughput: six independent xor-shift-add chains (several instructions a cycle, as the shim's
  *               own code runs): slows with the clock too, and also when another thread shares
  *               the core's execution units.
- * On the CPU test machine the latency probe went from 0.67 to 1.5 ns a step in step with the
- * shim's pairs (45 and 75 ns). On H100 machines the shim's pairs took 1.8x in some processes
- * while the runtime's own share did not change; which probe follows that is for a GPU run to
- * show. */
+ * On the CPU test machine the shim's pairs went from about 45 to 75 ns at times with the latency
+ * probe (0.67 to 1.5 ns a step), and more often with the throughput probe alone (1.65-1.82 to
+ * 1.83-2.89 ns, the latency probe staying near 0.7). On H100 machines the shim's pairs took 1.8x
+ * in some processes while the runtime's own share did not change; which probe follows that is
+ * for a GPU run to show. */
 #ifndef GS_CORE_SPEED_H
 #define GS_CORE_SPEED_H
 
