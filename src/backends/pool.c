@@ -618,7 +618,7 @@ static void pool_report(int device, gs_buf_t *out, bool json)
                       device, reuse, gs_format_bytes(p->pending_bytes, pending),
                       (unsigned long long)syncs, sync_mean_us, gs_format_bytes(cached, cached_text),
                       gs_format_bytes(largest, large));
-        if (gs_opts.pool_reuse == GS_REUSE_SAFE)
+        if (gs_opts.pool_reuse == GS_REUSE_SAFE) {
             gs_buf_printf(out,
                           "gpushim: device %d: pool reuse by events: %s%s; %llu "
                           "events made pending blocks reusable without a wait; the pool waited "
@@ -627,13 +627,13 @@ static void pool_report(int device, gs_buf_t *out, bool json)
                           device, events_off ? "off, " : "on", events_off ? events_off : "",
                           (unsigned long long)p->event_recycles, (unsigned long long)p->mark_waits,
                           mark_wait_mean_us, (unsigned long long)p->mark_waits_given_up);
-        if (gs_opts.pool_reuse == GS_REUSE_SAFE)
             gs_buf_printf(out,
                           "gpushim: device %d: pool reuse while no GPU work was in flight: %s%s; "
                           "%llu frees were reusable at once (%u work-issuing driver functions "
                           "watched)\n",
                           device, idle_off ? "off, " : "on", idle_off ? idle_off : "",
                           (unsigned long long)quiet_frees, gs_work_wrapper_count());
+        }
     }
     pthread_mutex_unlock(&p->lock);
     gs_backend_managed.report(device, out, json); /* what spilled, if anything */

@@ -616,6 +616,15 @@ static void remove_reserved(gs_pool_device_t *p, int heap, uint64_t bytes)
     p->releases++;
 }
 
+/* A new chunk joins the pool, its one block free. */
+static void link_chunk(gs_pool_device_t *p, gs_pool_chunk_t *c)
+{
+    c->next = p->chunks;
+    p->chunks = c;
+    p->chunk_count++;
+    list_push(p, c->first);
+}
+
 static gs_pool_block_t *last_block(const gs_pool_chunk_t *c)
 {
     gs_pool_block_t *b = c->first;
@@ -648,7 +657,7 @@ static CUresult expand(gs_pool_device_t *p, int device, uint64_t need)
     if (rc != CUDA_SUCCESS)
         return rc;
     gs_pool_chunk_t *c = v->chunk;
-    if (c == NULL) { /* the first piece: the chunk that spans the range starts */
+    if (c == NULL) { /* the first piece: the chunk that spans the range starts, of no context */
         c = calloc(1, sizeof *c);
         if (c) {
             c->base = v->base;
@@ -661,14 +670,8 @@ static CUresult expand(gs_pool_device_t *p, int device, uint64_t need)
             gs_pool_vmm_unmap_from(p, device, 0, UINT64_MAX);
             return CUDA_ERROR_OUT_OF_MEMORY;
         }
-        if (gs_driver()->ctx_get_current == NULL ||
-            gs_driver()->ctx_get_current(&c->ctx) != CUDA_SUCCESS)
-            c->ctx = NULL;
-        c->next = p->chunks;
-        p->chunks = c;
-        p->chunk_count++;
+        link_chunk(p, c);
         v->chunk = c;
-        list_push(p, c->first);
     } else if (tail) {
         list_remove(p, last);
         last->size += bytes;
@@ -736,11 +739,8 @@ static CUresult grow(gs_pool_device_t *p, int device, uint64_t need)
         free(chunk);
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
-    chunk->next = p->chunks;
-    p->chunks = chunk;
-    p->chunk_count++;
+    link_chunk(p, chunk);
     add_reserved(p, heap, size);
-    list_push(p, chunk->first);
     return CUDA_SUCCESS;
 }
 

@@ -89,7 +89,10 @@ __attribute__((used)) void gs_work_after_call(void)
 /* A named thunk called before any lookup told us its function: look it up in libcuda. */
 __attribute__((used)) void *gs_work_resolve(unsigned index)
 {
-    if (index >= NAMED || gs_driver() == NULL || gs_driver_handle == NULL)
+    if (index >= NAMED)
+        return NULL;
+    gs_driver(); /* loads libcuda, which sets gs_driver_handle */
+    if (gs_driver_handle == NULL)
         return NULL;
     void *real = gs_resolve_real_dlsym()(gs_driver_handle, gs_work_names[index]);
     void *expected = NULL;
