@@ -166,17 +166,21 @@ static inline bool fits(const gs_pool_block_t *b, uint64_t size)
     return b->size >= size && b->size - size <= b->size / 8;
 }
 
-static gs_pool_block_t *cache_take(gs_pool_device_t *p, thread_cache_t *c, int device,
-                                   uint64_t size)
+/* The cache may serve this thread now: the device's context was not reset since it was filled
+ * (else its records are dropped) and no thread short of memory asked for it back. */
+static inline bool cache_usable(const gs_pool_device_t *p, thread_cache_t *c)
 {
-    discard_stale(p, c);
-    if (__builtin_expect(atomic_load_explicit(&c->drain_requested, memory_order_relaxed), 0)) {
-        atomic_store(&c->drain_requested, false);
-        pthread_mutex_lock(&p->lock);
-        cache_drain(p, c);
-        pthread_mutex_unlock(&p->lock);
-        return NULL;
-    }
+    return atomic_load_explicit(&c->generation, memory_order_relaxed) ==
+               atomic_load_explicit(&p->generation, memory_order_acquire) &&
+           !atomic_load_explicit(&c->drain_requested, memory_order_relaxed);
+}
+
+/* Takes the cached block that serves size out of the cache, or returns NULL. may_sync: if the
+ * oldest block of a full queue is pending, one synchronization (when cheap) makes the whole queue
+ * reusable; without it (the express path) a pending block is a miss, left for the full path. */
+static inline gs_pool_block_t *cache_take(gs_pool_device_t *p, thread_cache_t *c, int device,
+                                          uint64_t size, bool may_sync)
+{
     gs_pool_block_t *b = NULL;
     if (size <= CACHE_BYTES) {
         int first = class_floor(size);
@@ -186,10 +190,9 @@ static gs_pool_block_t *cache_take(gs_pool_device_t *p, thread_cache_t *c, int d
             if (r->head && fits(r->head, size))
                 b = r->head;
         }
-        /* The oldest block is pending: if the queue is full (or the byte budget is), one
-         * synchronization now makes the whole queue reusable. */
         if (b && (reusable(p, b) ||
-                  ((r->count == CACHE_DEPTH ||
+                  (may_sync &&
+                   (r->count == CACHE_DEPTH ||
                     atomic_load_explicit(&c->small_bytes, memory_order_relaxed) + size >
                         p->cache_budget) &&
                    gs_pool_sync_if_cheap(p, device) && reusable(p, b)))) {
@@ -198,21 +201,36 @@ static gs_pool_block_t *cache_take(gs_pool_device_t *p, thread_cache_t *c, int d
                 r->tail = NULL;
             r->count--;
             OWNER_ADD(c->small_bytes, -b->size);
-            goto hit;
+            OWNER_ADD(c->hits, 1);
+            return b;
         }
     }
     /* The one block beyond the budget (see cache_put). */
     b = c->large;
     if (b == NULL || !fits(b, size) || !reusable(p, b))
-        goto miss; /* a pending one takes the central path's synchronization rules */
+        return NULL; /* a pending one takes the central path's synchronization rules */
     c->large = NULL;
     OWNER_ADD(c->large_bytes, -b->size);
-hit:
     OWNER_ADD(c->hits, 1);
     return b;
-miss:
-    OWNER_ADD(c->misses, 1);
-    return NULL;
+}
+
+/* The full path's look in the cache (owner only): counts the misses too. */
+static gs_pool_block_t *cache_lookup(gs_pool_device_t *p, thread_cache_t *c, int device,
+                                     uint64_t size)
+{
+    discard_stale(p, c);
+    if (__builtin_expect(atomic_load_explicit(&c->drain_requested, memory_order_relaxed), 0)) {
+        atomic_store(&c->drain_requested, false);
+        pthread_mutex_lock(&p->lock);
+        cache_drain(p, c);
+        pthread_mutex_unlock(&p->lock);
+        return NULL;
+    }
+    gs_pool_block_t *b = cache_take(p, c, device, size, true);
+    if (b == NULL)
+        OWNER_ADD(c->misses, 1);
+    return b;
 }
 
 /* Keeps a freed block in the thread's cache. Returns what goes to the central pool instead:
@@ -299,6 +317,20 @@ static uint64_t buffer_id(thread_cache_t *c)
     return 1ull << 63 | (c->index & 0x7fffff) << 40 | (++c->allocations & ((1ull << 40) - 1));
 }
 
+/* Hands b out for requested bytes (owner of its cache, or of the pool's lock): its record, and
+ * this thread's memory of it for the free. Returns its address. */
+static inline CUdeviceptr hand_out(thread_cache_t *c, gs_pool_block_t *b, uint64_t requested)
+{
+    b->requested = requested;
+    b->buffer_id = buffer_id(c);
+    atomic_store_explicit(&b->state, BLOCK_LIVE, memory_order_release); /* from CACHED */
+    size_t slot = recent_slot(b->base);
+    gs_recent[slot].base = b->base;
+    gs_recent[slot].block = b;
+    gs_recent[slot].generation = atomic_load_explicit(&b->generation, memory_order_relaxed);
+    return b->base;
+}
+
 static CUresult pool_alloc(const gs_alloc_req_t *req, CUdeviceptr *ptr, size_t *pitch,
                            gs_block_t *block)
 {
@@ -312,7 +344,7 @@ static CUresult pool_alloc(const gs_alloc_req_t *req, CUdeviceptr *ptr, size_t *
         return CUDA_ERROR_INVALID_VALUE; /* as cuMemAlloc(0) */
     uint64_t size = round_up(requested, GS_POOL_ALIGN);
     thread_cache_t *cache = my_cache(req->device);
-    gs_pool_block_t *b = cache ? cache_take(p, cache, req->device, size) : NULL;
+    gs_pool_block_t *b = cache ? cache_lookup(p, cache, req->device, size) : NULL;
     if (b == NULL) {
         CUresult rc = gs_pool_central_alloc(p, req->device, size, &b);
         if (rc == CUDA_ERROR_OUT_OF_MEMORY && gs_opts.on_oom == GS_ON_OOM_MANAGED)
@@ -321,14 +353,7 @@ static CUresult pool_alloc(const gs_alloc_req_t *req, CUdeviceptr *ptr, size_t *
             return rc;
         b->size_class = class_floor(b->size); /* a block from the pool: its size may be new */
     }
-    b->requested = requested;
-    b->buffer_id = buffer_id(cache);
-    atomic_store_explicit(&b->state, BLOCK_LIVE, memory_order_release); /* from CACHED */
-    *ptr = b->base;
-    size_t slot = recent_slot(b->base);
-    gs_recent[slot].base = b->base;
-    gs_recent[slot].block = b;
-    gs_recent[slot].generation = atomic_load_explicit(&b->generation, memory_order_relaxed);
+    *ptr = hand_out(cache, b, requested);
     *block = (gs_block_t){.base = b->base,
                           .bytes = requested,
                           .device = req->device,
@@ -347,17 +372,39 @@ static inline bool claim(gs_pool_block_t *b, CUdeviceptr ptr)
            atomic_compare_exchange_strong(&b->state, &live, BLOCK_CACHED);
 }
 
-static int pool_free(CUdeviceptr ptr, const gs_free_req_t *req, CUresult *result, gs_block_t *block)
+/* The block this thread allocated lately at ptr, or NULL: the map decides. The generation tells
+ * whether the record still describes that block: a live block's record cannot be recycled, so if
+ * the generation is unchanged and the block is live, it is the one at ptr. */
+static inline gs_pool_block_t *recent_block(CUdeviceptr ptr, size_t slot)
 {
-    /* Fast: this thread allocated it lately. The generation tells whether the record still
-     * describes that block: a live block's record cannot be recycled, so if the generation is
-     * unchanged and the block is live, it is the one at ptr. Otherwise the map decides. */
-    size_t slot = recent_slot(ptr);
-    gs_pool_block_t *b = NULL;
     if (gs_recent[slot].base == ptr &&
         atomic_load_explicit(&gs_recent[slot].block->generation, memory_order_acquire) ==
             gs_recent[slot].generation)
-        b = gs_recent[slot].block;
+        return gs_recent[slot].block;
+    return NULL;
+}
+
+/* Keeps a claimed block: stamped for safe reuse, into this thread's cache or the central pool. */
+static inline void keep(gs_pool_device_t *p, thread_cache_t *cache, gs_pool_block_t *b)
+{
+    /* Stamp before publishing: a synchronization that starts after this covers the free; or, if
+     * no GPU work was issued since the last mark or synchronization, that one does. */
+    bool quiet;
+    b->epoch = gs_pool_free_epoch(p, b->device, &quiet);
+    if (quiet && cache)
+        OWNER_ADD(cache->quiet_frees, 1);
+    gs_pool_block_t *central = cache ? cache_put(p, cache, b) : b;
+    if (central == NULL)
+        return;
+    pthread_mutex_lock(&p->lock);
+    gs_pool_release(p, central);
+    pthread_mutex_unlock(&p->lock);
+}
+
+static int pool_free(CUdeviceptr ptr, const gs_free_req_t *req, CUresult *result, gs_block_t *block)
+{
+    size_t slot = recent_slot(ptr);
+    gs_pool_block_t *b = recent_block(ptr, slot);
     gs_recent[slot].base = 0;
     if (b == NULL || !claim(b, ptr)) {
         gs_block_t entry;
@@ -374,8 +421,6 @@ static int pool_free(CUdeviceptr ptr, const gs_free_req_t *req, CUresult *result
             return 0;
         }
     }
-    gs_pool_device_t *p = &gs_pools[b->device];
-    thread_cache_t *cache = my_cache(b->device);
     *block = (gs_block_t){.base = b->base,
                           .bytes = b->requested,
                           .device = b->device,
@@ -384,20 +429,43 @@ static int pool_free(CUdeviceptr ptr, const gs_free_req_t *req, CUresult *result
                           .same_thread = b->last_thread == gs_recent};
     b->last_thread = gs_recent;
     *result = CUDA_SUCCESS;
-    /* Stamp before publishing: a synchronization that starts after this covers the free; or, if
-     * no GPU work was issued since the last mark or synchronization, that one does. */
-    bool quiet;
-    b->epoch = gs_pool_free_epoch(p, b->device, &quiet);
-    if (quiet && cache)
-        OWNER_ADD(cache->quiet_frees, 1);
-    gs_pool_block_t *central = cache ? cache_put(p, cache, b) : b;
-    if (central == NULL)
-        return 0;
-    pthread_mutex_lock(&p->lock);
-    gs_pool_release(p, central);
-    pthread_mutex_unlock(&p->lock);
+    keep(&gs_pools[b->device], my_cache(b->device), b);
     (void)req; /* a stream-ordered free of a pool block: the same epoch rule covers it */
     return 0;
+}
+
+/* ---- the express path ------------------------------------------------------------------- */
+
+/* The commonest calls, cuMemAlloc and cuMemFree on device 0 of a one-device process with no
+ * trace (gs_backend_t.express_alloc says when the core takes it), served by this thread's cache
+ * in a third of the full path's instructions: on hosts whose cores are shared, as on the GPU
+ * machines' VMs, the shim's time follows its instruction count (README, Limits). Whatever it
+ * cannot serve without waiting, locking or asking the driver, it leaves untouched for the full
+ * path. Neither sets last_thread, which only the trace reads. */
+static bool pool_express_alloc(size_t bytes, CUdeviceptr *ptr)
+{
+    gs_pool_device_t *p = &gs_pools[0];
+    thread_cache_t *c = gs_my_caches[0];
+    if (__builtin_expect(c == NULL || bytes == 0 || !cache_usable(p, c), 0))
+        return false;
+    gs_pool_block_t *b = cache_take(p, c, 0, round_up(bytes, GS_POOL_ALIGN), false);
+    if (b == NULL)
+        return false;
+    *ptr = hand_out(c, b, bytes);
+    return true;
+}
+
+static uint64_t pool_express_free(CUdeviceptr ptr)
+{
+    size_t slot = recent_slot(ptr);
+    gs_pool_block_t *b = recent_block(ptr, slot);
+    thread_cache_t *c = gs_my_caches[0];
+    if (__builtin_expect(b == NULL || b->device != 0 || c == NULL, 0) || !claim(b, ptr))
+        return 0;
+    gs_recent[slot].base = 0;
+    uint64_t bytes = b->requested; /* before keep: the pool may hand it out again */
+    keep(&gs_pools[0], c, b);
+    return bytes;
 }
 
 /* The live pool block containing ptr (interior pointers too), or NULL. */
@@ -739,6 +807,8 @@ const gs_backend_t gs_backend_pool = {
     .start = pool_start,
     .alloc = pool_alloc,
     .free = pool_free,
+    .express_alloc = pool_express_alloc,
+    .express_free = pool_express_free,
     .mem_get_info = pool_mem_get_info,
     .address_range = pool_address_range,
     .pointer_attribute = pool_pointer_attribute,

@@ -7,6 +7,7 @@
  * not hand out (foreign, double free) goes to the driver; nested calls (the driver calling a
  * symbol we export while we are inside it) go straight to the driver. */
 #include "gs.h"
+#include "stats.h"
 
 #include <pthread.h>
 
@@ -17,9 +18,18 @@ static const gs_backend_t *gs_backend = &gs_backend_passthrough;
 static pthread_once_t gs_backend_once = PTHREAD_ONCE_INIT;
 static atomic_bool gs_backend_started;
 
+/* 1: the process sees one device, so the current one is 0 without asking the driver (a driver
+ * call on every allocation costs more than the whole pool fast path); 0: several; -1: unknown. */
+static _Atomic int gs_single_device = -1;
+
+/* The backend has an express path (gs_backend_t.express_alloc); express_open says when it runs. */
+static atomic_bool gs_express;
+
 void gs_dispatch_use(const gs_backend_t *backend)
 {
     gs_backend = backend;
+    atomic_store(&gs_express, backend->express_alloc && backend->express_free);
+    atomic_store(&gs_single_device, -1); /* tests: the next allocation asks the driver again */
 }
 
 const gs_backend_t *gs_dispatch_backend(void)
@@ -33,10 +43,6 @@ static void start_backend(void)
         gs_backend->start();
     atomic_store_explicit(&gs_backend_started, true, memory_order_release);
 }
-
-/* 1: the process sees one device, so the current one is 0 without asking the driver (a driver
- * call on every allocation costs more than the whole pool fast path); 0: several; -1: unknown. */
-static _Atomic int gs_single_device = -1;
 
 int gs_current_device(void)
 {
@@ -88,6 +94,29 @@ static inline void call_end(gs_call_t call, int device)
     gs_depth--;
 }
 
+/* The express path (gs_backend_t.express_alloc) runs while no trace is written (it leaves out
+ * what the trace needs) and the first allocation found one device. It needs no depth bracket:
+ * it calls nothing that could come back into the shim. It is timed as call_begin times. */
+static inline bool express_open(void)
+{
+    return atomic_load_explicit(&gs_express, memory_order_relaxed) && !gs_tracing &&
+           atomic_load_explicit(&gs_single_device, memory_order_relaxed) == 1;
+}
+
+static inline uint64_t express_begin(void)
+{
+    uint64_t n = gs_calls++;
+    return (n < 64 || (n & 31) == 0) ? gs_ticks() : 0;
+}
+
+static inline void express_end(uint64_t start, bool served)
+{
+    if (!served)
+        gs_calls--; /* the full path counts and times it */
+    else if (start)
+        gs_stats_time(0, gs_ticks() - start);
+}
+
 CUresult gs_pitch_layout(const gs_alloc_req_t *req, uint64_t align, size_t *pitch, uint64_t *bytes)
 {
     if (req->width == 0 || req->height == 0 ||
@@ -111,7 +140,7 @@ static CUresult allocate(gs_alloc_req_t *req, CUdeviceptr *dptr, size_t *pitch)
     gs_block_t block; /* filled by the backend on success */
     CUresult rc = gs_backend->alloc(req, dptr, pitch, &block);
     if (rc == CUDA_SUCCESS) {
-        gs_stats_alloc(req->device, block.bytes);
+        gs_count_alloc(req->device, block.bytes);
     } else {
         gs_stats_alloc_failed(req->device);
         if (rc == CUDA_ERROR_OUT_OF_MEMORY)
@@ -130,6 +159,15 @@ CUresult gs_mem_alloc(CUdeviceptr *dptr, size_t bytes)
 {
     if (gs_depth > 0 || dptr == NULL)
         return GS_RAW(mem_alloc, dptr, bytes);
+    if (express_open()) {
+        uint64_t start = express_begin();
+        bool served = gs_backend->express_alloc(bytes, dptr);
+        if (served)
+            gs_count_alloc(0, bytes);
+        express_end(start, served);
+        if (served)
+            return CUDA_SUCCESS;
+    }
     gs_alloc_req_t req = {.kind = GS_KIND_DEVICE, .bytes = bytes};
     return allocate(&req, dptr, NULL);
 }
@@ -187,7 +225,7 @@ static CUresult release(CUdeviceptr ptr, const gs_free_req_t *req)
     } else {
         device = block.device;
         if (result == CUDA_SUCCESS && block.base != 0) {
-            gs_stats_free(device, block.bytes);
+            gs_count_free(device, block.bytes);
             if (__builtin_expect(gs_tracing, 0))
                 gs_trace_record(GS_TRACE_FREE, ptr, block.bytes, req->stream, block.same_thread);
         }
@@ -198,6 +236,15 @@ static CUresult release(CUdeviceptr ptr, const gs_free_req_t *req)
 
 CUresult gs_mem_free(CUdeviceptr ptr)
 {
+    if (gs_depth == 0 && ptr != 0 && express_open()) {
+        uint64_t start = express_begin();
+        uint64_t bytes = gs_backend->express_free(ptr);
+        if (bytes)
+            gs_count_free(0, bytes);
+        express_end(start, bytes != 0);
+        if (bytes)
+            return CUDA_SUCCESS;
+    }
     gs_free_req_t req = {.stream_ordered = false};
     return release(ptr, &req);
 }
@@ -330,7 +377,7 @@ static void count_released(void *ctx, const gs_block_t *block)
         return; /* a pool block not handed out */
     r->count++;
     r->bytes += live;
-    gs_stats_free(block->device, live);
+    gs_count_free(block->device, live);
     if (__builtin_expect(gs_tracing, 0))
         gs_trace_record(GS_TRACE_FREE, block->base, live, NULL, false);
 }

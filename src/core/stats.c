@@ -8,34 +8,13 @@
  * is exact and needs no shared write at all; once several do, each folds its delta into the
  * global count when it passes GS_FOLD_BYTES, so the peak can read low by at most that much per
  * other allocating thread. */
-#include "gs.h"
+#include "stats.h"
 
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define GS_FOLD_BYTES (16 << 20)
-
-typedef struct gs_counters {
-    _Atomic uint64_t allocations, frees, failures, foreign_frees;
-    _Atomic uint64_t bytes_requested, bytes_freed;
-    _Atomic uint64_t driver_calls, timed_calls, shim_ticks;
-    _Atomic int64_t unfolded; /* in-use bytes not yet in gs_global[].in_use */
-    _Atomic uint64_t histogram[GS_HISTOGRAM_BUCKETS];
-} gs_counters_t;
-
-typedef struct gs_shard {
-    gs_counters_t device[GS_MAX_DEVICES];
-    struct gs_shard *next;
-    atomic_bool owned;
-} gs_shard_t;
-
-static struct {
-    _Atomic int64_t in_use;
-    _Atomic int64_t peak;
-    _Atomic uint64_t peak_ticks;
-    char pad[40]; /* one device per cache line */
-} gs_global[GS_MAX_DEVICES];
+gs_global_count_t gs_global[GS_MAX_DEVICES];
 
 static struct {
     pthread_mutex_t lock;
@@ -52,16 +31,11 @@ static gs_shard_t *_Atomic gs_shards;
 static pthread_mutex_t gs_shards_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_key_t gs_shard_key;
 static pthread_once_t gs_shard_key_once = PTHREAD_ONCE_INIT;
-static atomic_int gs_shard_count; /* shards ever made: 1 means one allocating thread */
-static GS_TLS gs_shard_t *gs_my_shard;
-
-#define BUMP(field, amount)                                                                        \
-    atomic_store_explicit(&(field),                                                                \
-                          atomic_load_explicit(&(field), memory_order_relaxed) + (amount),         \
-                          memory_order_relaxed)
+atomic_int gs_shard_count;
+GS_TLS gs_shard_t *gs_my_shard;
 
 /* Raises the device's peak to now, remembering when (a clock read only on a new peak). */
-static inline void raise_peak(int device, int64_t now)
+void gs_stats_raise_peak(int device, int64_t now)
 {
     int64_t peak = atomic_load_explicit(&gs_global[device].peak, memory_order_relaxed);
     while (now > peak) {
@@ -73,14 +47,14 @@ static inline void raise_peak(int device, int64_t now)
     }
 }
 
-static void fold(int device, gs_counters_t *c)
+void gs_stats_fold(int device, gs_counters_t *c)
 {
     /* Owner only: a plain load and store, no locked instruction. */
     int64_t delta = atomic_load_explicit(&c->unfolded, memory_order_relaxed);
     atomic_store_explicit(&c->unfolded, 0, memory_order_relaxed);
     int64_t now =
         atomic_fetch_add_explicit(&gs_global[device].in_use, delta, memory_order_relaxed) + delta;
-    raise_peak(device, now);
+    gs_stats_raise_peak(device, now);
 }
 
 /* A thread ends: its counts stay (the report sums them), its shard goes to the next thread. */
@@ -88,7 +62,7 @@ static void release_shard(void *arg)
 {
     gs_shard_t *shard = arg;
     for (int d = 0; d < GS_MAX_DEVICES; d++)
-        fold(d, &shard->device[d]);
+        gs_stats_fold(d, &shard->device[d]);
     atomic_store_explicit(&shard->owned, false, memory_order_release);
     gs_my_shard = NULL;
 }
@@ -123,73 +97,41 @@ static gs_shard_t *claim_shard(void)
     return shard;
 }
 
-static inline gs_counters_t *counters(int device)
+gs_counters_t *gs_stats_claim(int device)
 {
-    if (__builtin_expect(gs_my_shard == NULL, 0)) {
-        gs_my_shard = claim_shard();
-        if (gs_my_shard == NULL)
-            return NULL;
-    }
-    if ((unsigned)device >= GS_MAX_DEVICES)
-        device = 0;
-    return &gs_my_shard->device[device];
-}
-
-static inline void track_in_use(int device, gs_counters_t *c, int64_t delta)
-{
-    int64_t local = atomic_load_explicit(&c->unfolded, memory_order_relaxed) + delta;
-    atomic_store_explicit(&c->unfolded, local, memory_order_relaxed);
-    if ((local >= GS_FOLD_BYTES || local <= -GS_FOLD_BYTES) &&
-        atomic_load_explicit(&gs_shard_count, memory_order_relaxed) > 1) {
-        fold(device, c);
-        return;
-    }
-    if (delta > 0)
-        raise_peak(device,
-                   atomic_load_explicit(&gs_global[device].in_use, memory_order_relaxed) + local);
+    gs_my_shard = claim_shard();
+    return gs_my_shard ? &gs_my_shard->device[device] : NULL;
 }
 
 void gs_stats_alloc(int device, uint64_t bytes)
 {
-    gs_counters_t *c = counters(device);
-    if (c == NULL)
-        return;
-    BUMP(c->allocations, 1);
-    BUMP(c->bytes_requested, bytes);
-    int bucket = bytes <= 1 ? 0 : 64 - __builtin_clzll(bytes - 1); /* ceil(log2(bytes)) */
-    BUMP(c->histogram[bucket < GS_HISTOGRAM_BUCKETS ? bucket : GS_HISTOGRAM_BUCKETS - 1], 1);
-    track_in_use((unsigned)device < GS_MAX_DEVICES ? device : 0, c, (int64_t)bytes);
+    gs_count_alloc(device, bytes);
 }
 
 void gs_stats_alloc_failed(int device)
 {
-    gs_counters_t *c = counters(device);
+    gs_counters_t *c = gs_counters(device);
     if (c)
-        BUMP(c->failures, 1);
+        GS_BUMP(c->failures, 1);
 }
 
 void gs_stats_free(int device, uint64_t bytes)
 {
-    gs_counters_t *c = counters(device);
-    if (c == NULL)
-        return;
-    BUMP(c->frees, 1);
-    BUMP(c->bytes_freed, bytes);
-    track_in_use((unsigned)device < GS_MAX_DEVICES ? device : 0, c, -(int64_t)bytes);
+    gs_count_free(device, bytes);
 }
 
 void gs_stats_foreign_free(int device)
 {
-    gs_counters_t *c = counters(device);
+    gs_counters_t *c = gs_counters(device);
     if (c)
-        BUMP(c->foreign_frees, 1);
+        GS_BUMP(c->foreign_frees, 1);
 }
 
 void gs_stats_driver_call(int device)
 {
-    gs_counters_t *c = counters(device);
+    gs_counters_t *c = gs_counters(device);
     if (c)
-        BUMP(c->driver_calls, 1);
+        GS_BUMP(c->driver_calls, 1);
 }
 
 void gs_stats_oom(int device, uint64_t bytes)
@@ -226,11 +168,11 @@ void gs_stats_context_reset(int device, uint64_t count, uint64_t bytes)
 
 void gs_stats_time(int device, uint64_t shim_ticks)
 {
-    gs_counters_t *c = counters(device);
+    gs_counters_t *c = gs_counters(device);
     if (c == NULL)
         return;
-    BUMP(c->timed_calls, 1);
-    BUMP(c->shim_ticks, shim_ticks);
+    GS_BUMP(c->timed_calls, 1);
+    GS_BUMP(c->shim_ticks, shim_ticks);
 }
 
 #define LOAD(x) atomic_load_explicit(&(x), memory_order_relaxed)

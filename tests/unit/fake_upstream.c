@@ -116,6 +116,12 @@ static CUresult fake_sync_unlocked(void)
     return CUDA_SUCCESS;
 }
 
+static CUresult fake_device_count(int *count)
+{
+    *count = fake.devices;
+    return CUDA_SUCCESS;
+}
+
 static CUresult fake_ctx_device(CUdevice *d)
 {
     *d = fake.device;
@@ -427,6 +433,7 @@ static const gs_driver_t fake_table = {
     .mem_get_address_range = fake_range,
     .ipc_get_mem_handle = fake_ipc,
     .ctx_synchronize = fake_sync,
+    .device_get_count = fake_device_count,
     .ctx_get_device = fake_ctx_device,
     .device_get_attribute = fake_attribute,
     .device_total_mem = fake_total_mem,
@@ -458,6 +465,7 @@ void fake_upstream_install(uint64_t limit)
     memset(slots, 0, sizeof slots);
     memset(handles, 0, sizeof handles);
     fake.limit = limit;
+    fake.devices = 1;
     fake.next_address = 0x7f0000000000ull;
     gs_driver_override(&fake_table);
 }

@@ -13,6 +13,7 @@ typedef struct fake_upstream {
     uint64_t peak_used;
     uint64_t next_address;
     int device;       /* current device */
+    int devices;      /* what cuDeviceGetCount says (1 after install) */
     uint64_t sync_ns; /* how long a synchronization takes (a busy device) */
     /* Events: refused unless events is set; while events_busy, queries answer NOT_READY. Each
      * record is numbered; last_completed_record is the newest one a query saw complete. */

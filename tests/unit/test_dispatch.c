@@ -139,6 +139,7 @@ static void report_lists_each_active_device(void **state)
 {
     (void)state;
     CUdeviceptr p, q;
+    fake.devices = 3;
     assert_int_equal(gs_mem_alloc(&p, 3 << 20), CUDA_SUCCESS);
     fake.device = 2;
     assert_int_equal(gs_mem_alloc(&q, 1536), CUDA_SUCCESS);
