@@ -45,9 +45,9 @@ typedef struct thread_cache {
     /* Written by the owner only, read by reports and cuMemGetInfo. small_bytes: blocks in the
      * queues (within the budget); large_bytes: the one block beyond it. */
     _Atomic uint64_t small_bytes, large_bytes, hits, misses;
-    _Atomic uint64_t quiet_frees; /* frees while no GPU work was in flight (safe reuse) */
-    _Atomic uint64_t generation;  /* the pool's generation when last checked (see discard_stale) */
-    uint64_t index, allocations;  /* for buffer IDs: which cache, how many it served */
+    _Atomic uint64_t quiet_frees;  /* frees while no GPU work was in flight (safe reuse) */
+    _Atomic uint64_t generation;   /* the pool's generation when last checked (see discard_stale) */
+    uint64_t id_base, allocations; /* for buffer IDs: which cache (top bits), how many it served */
     gs_pool_block_t *large;
     atomic_bool drain_requested; /* set by a thread short of memory; the owner drains */
     struct thread_cache *next;
@@ -148,7 +148,7 @@ static thread_cache_t *my_cache(int device)
     static uint64_t caches_made;
     if (c == NULL && (c = calloc(1, sizeof *c)) != NULL) {
         c->device = device;
-        c->index = ++caches_made; /* under gs_caches_lock */
+        c->id_base = 1ull << 63 | (++caches_made & 0x7fffff) << 40; /* under gs_caches_lock */
         c->next = atomic_load(&gs_caches);
         atomic_store(&gs_caches, c);
     }
@@ -235,7 +235,8 @@ static gs_pool_block_t *cache_lookup(gs_pool_device_t *p, thread_cache_t *c, int
 
 /* Keeps a freed block in the thread's cache. Returns what goes to the central pool instead:
  * NULL, the block itself (its queue or the budget is full), or the larger block it replaced. */
-static gs_pool_block_t *cache_put(const gs_pool_device_t *p, thread_cache_t *c, gs_pool_block_t *b)
+static inline gs_pool_block_t *cache_put(const gs_pool_device_t *p, thread_cache_t *c,
+                                         gs_pool_block_t *b)
 {
     discard_stale(p, c);
     /* A block reusable at once (immediate reuse, or a free while no GPU work was in flight)
@@ -314,7 +315,7 @@ static uint64_t buffer_id(thread_cache_t *c)
     static _Atomic uint64_t uncached; /* a thread without a cache (out of host memory) */
     if (c == NULL)
         return 1ull << 63 | (atomic_fetch_add(&uncached, 1) & ((1ull << 40) - 1));
-    return 1ull << 63 | (c->index & 0x7fffff) << 40 | (++c->allocations & ((1ull << 40) - 1));
+    return c->id_base | (++c->allocations & ((1ull << 40) - 1));
 }
 
 /* Hands b out for requested bytes (owner of its cache, or of the pool's lock): its record, and

@@ -22,14 +22,22 @@ static atomic_bool gs_backend_started;
  * call on every allocation costs more than the whole pool fast path); 0: several; -1: unknown. */
 static _Atomic int gs_single_device = -1;
 
-/* The backend has an express path (gs_backend_t.express_alloc); express_open says when it runs. */
+/* Whether the backend's express path (gs_backend_t.express_alloc) runs: it has one, no trace is
+ * written (the express path leaves out what the trace needs), and the process sees one device.
+ * One flag, set when any of them changes, so that a call tests one. */
 static atomic_bool gs_express;
+
+static void express_update(void)
+{
+    atomic_store(&gs_express, gs_backend->express_alloc && gs_backend->express_free &&
+                                  !gs_tracing && atomic_load(&gs_single_device) == 1);
+}
 
 void gs_dispatch_use(const gs_backend_t *backend)
 {
     gs_backend = backend;
-    atomic_store(&gs_express, backend->express_alloc && backend->express_free);
     atomic_store(&gs_single_device, -1); /* tests: the next allocation asks the driver again */
+    express_update();
 }
 
 const gs_backend_t *gs_dispatch_backend(void)
@@ -54,6 +62,7 @@ int gs_current_device(void)
         int count = 0;
         if (drv->device_get_count && drv->device_get_count(&count) == CUDA_SUCCESS && count > 0) {
             atomic_store_explicit(&gs_single_device, count == 1, memory_order_relaxed);
+            express_update();
             if (count == 1)
                 return 0;
         }
@@ -94,13 +103,11 @@ static inline void call_end(gs_call_t call, int device)
     gs_depth--;
 }
 
-/* The express path (gs_backend_t.express_alloc) runs while no trace is written (it leaves out
- * what the trace needs) and the first allocation found one device. It needs no depth bracket:
- * it calls nothing that could come back into the shim. It is timed as call_begin times. */
+/* The express path needs no depth bracket: it calls nothing that could come back into the shim.
+ * It is timed as call_begin times. */
 static inline bool express_open(void)
 {
-    return atomic_load_explicit(&gs_express, memory_order_relaxed) && !gs_tracing &&
-           atomic_load_explicit(&gs_single_device, memory_order_relaxed) == 1;
+    return atomic_load_explicit(&gs_express, memory_order_relaxed);
 }
 
 static inline uint64_t express_begin(void)
@@ -109,12 +116,16 @@ static inline uint64_t express_begin(void)
     return (n < 64 || (n & 31) == 0) ? gs_ticks() : 0;
 }
 
-static inline void express_end(uint64_t start, bool served)
+static inline void express_end(uint64_t start)
 {
-    if (!served)
-        gs_calls--; /* the full path counts and times it */
-    else if (start)
+    if (__builtin_expect(start != 0, 0))
         gs_stats_time(0, gs_ticks() - start);
+}
+
+/* A call the express path declined goes on to the full path, which counts and times it. */
+static inline void express_declined(void)
+{
+    gs_calls--;
 }
 
 CUresult gs_pitch_layout(const gs_alloc_req_t *req, uint64_t align, size_t *pitch, uint64_t *bytes)
@@ -155,21 +166,27 @@ static CUresult allocate(gs_alloc_req_t *req, CUdeviceptr *dptr, size_t *pitch)
     return rc;
 }
 
-CUresult gs_mem_alloc(CUdeviceptr *dptr, size_t bytes)
+/* The full path of cuMemAlloc, apart from the express path so that its frame stays small. */
+static __attribute__((noinline)) CUresult mem_alloc_full(CUdeviceptr *dptr, size_t bytes)
 {
     if (gs_depth > 0 || dptr == NULL)
         return GS_RAW(mem_alloc, dptr, bytes);
-    if (express_open()) {
-        uint64_t start = express_begin();
-        bool served = gs_backend->express_alloc(bytes, dptr);
-        if (served)
-            gs_count_alloc(0, bytes);
-        express_end(start, served);
-        if (served)
-            return CUDA_SUCCESS;
-    }
     gs_alloc_req_t req = {.kind = GS_KIND_DEVICE, .bytes = bytes};
     return allocate(&req, dptr, NULL);
+}
+
+CUresult gs_mem_alloc(CUdeviceptr *dptr, size_t bytes)
+{
+    if (express_open() && gs_depth == 0 && dptr != NULL) {
+        uint64_t start = express_begin();
+        if (gs_backend->express_alloc(bytes, dptr)) {
+            gs_count_alloc(0, bytes);
+            express_end(start);
+            return CUDA_SUCCESS;
+        }
+        express_declined();
+    }
+    return mem_alloc_full(dptr, bytes);
 }
 
 CUresult gs_mem_alloc_pitch(CUdeviceptr *dptr, size_t *pitch, size_t width, size_t height,
@@ -234,19 +251,25 @@ static CUresult release(CUdeviceptr ptr, const gs_free_req_t *req)
     return result;
 }
 
-CUresult gs_mem_free(CUdeviceptr ptr)
+static __attribute__((noinline)) CUresult mem_free_full(CUdeviceptr ptr)
 {
-    if (gs_depth == 0 && ptr != 0 && express_open()) {
-        uint64_t start = express_begin();
-        uint64_t bytes = gs_backend->express_free(ptr);
-        if (bytes)
-            gs_count_free(0, bytes);
-        express_end(start, bytes != 0);
-        if (bytes)
-            return CUDA_SUCCESS;
-    }
     gs_free_req_t req = {.stream_ordered = false};
     return release(ptr, &req);
+}
+
+CUresult gs_mem_free(CUdeviceptr ptr)
+{
+    if (express_open() && gs_depth == 0 && ptr != 0) {
+        uint64_t start = express_begin();
+        uint64_t bytes = gs_backend->express_free(ptr);
+        if (bytes) {
+            gs_count_free(0, bytes);
+            express_end(start);
+            return CUDA_SUCCESS;
+        }
+        express_declined();
+    }
+    return mem_free_full(ptr);
 }
 
 CUresult gs_mem_free_async(CUdeviceptr ptr, CUstream stream, bool per_thread)
