@@ -318,6 +318,14 @@ static uint64_t buffer_id(thread_cache_t *c)
     return c->id_base | (++c->allocations & ((1ull << 40) - 1));
 }
 
+/* This thread allocates or frees b: whether it was the last to (gs_block_t.same_thread). */
+static inline bool touch(gs_pool_block_t *b)
+{
+    bool same = b->last_thread == gs_recent;
+    b->last_thread = gs_recent;
+    return same;
+}
+
 /* Hands b out for requested bytes (owner of its cache, or of the pool's lock): its record, and
  * this thread's memory of it for the free. Returns its address. */
 static inline CUdeviceptr hand_out(thread_cache_t *c, gs_pool_block_t *b, uint64_t requested)
@@ -360,8 +368,7 @@ static CUresult pool_alloc(const gs_alloc_req_t *req, CUdeviceptr *ptr, size_t *
                           .device = req->device,
                           .kind = req->kind,
                           .owner = b,
-                          .same_thread = b->last_thread == gs_recent};
-    b->last_thread = gs_recent;
+                          .same_thread = touch(b)};
     return CUDA_SUCCESS;
 }
 
@@ -427,8 +434,7 @@ static int pool_free(CUdeviceptr ptr, const gs_free_req_t *req, CUresult *result
                           .device = b->device,
                           .kind = GS_KIND_DEVICE,
                           .owner = b,
-                          .same_thread = b->last_thread == gs_recent};
-    b->last_thread = gs_recent;
+                          .same_thread = touch(b)};
     *result = CUDA_SUCCESS;
     keep(&gs_pools[b->device], my_cache(b->device), b);
     (void)req; /* a stream-ordered free of a pool block: the same epoch rule covers it */
@@ -437,13 +443,13 @@ static int pool_free(CUdeviceptr ptr, const gs_free_req_t *req, CUresult *result
 
 /* ---- the express path ------------------------------------------------------------------- */
 
-/* The commonest calls, cuMemAlloc and cuMemFree on device 0 of a one-device process with no
- * trace (gs_backend_t.express_alloc says when the core takes it), served by this thread's cache
- * in a third of the full path's instructions: on hosts whose cores are shared, as on the GPU
- * machines' VMs, the shim's time follows its instruction count (README, Limits). Whatever it
+/* The commonest calls, cuMemAlloc and cuMemFree on device 0 of a one-device process
+ * (gs_backend_t.express_alloc says when the core takes it), served by this thread's cache in
+ * about two thirds of the full path's instructions: on hosts whose cores are shared, as on the
+ * GPU machines' VMs, the shim's time follows its instruction count (README, Limits). Whatever it
  * cannot serve without waiting, locking or asking the driver, it leaves untouched for the full
- * path. Neither sets last_thread, which only the trace reads. */
-static bool pool_express_alloc(size_t bytes, CUdeviceptr *ptr)
+ * path. */
+static bool pool_express_alloc(size_t bytes, CUdeviceptr *ptr, bool *same_thread)
 {
     gs_pool_device_t *p = &gs_pools[0];
     thread_cache_t *c = gs_my_caches[0];
@@ -453,10 +459,11 @@ static bool pool_express_alloc(size_t bytes, CUdeviceptr *ptr)
     if (b == NULL)
         return false;
     *ptr = hand_out(c, b, bytes);
+    *same_thread = touch(b);
     return true;
 }
 
-static uint64_t pool_express_free(CUdeviceptr ptr)
+static uint64_t pool_express_free(CUdeviceptr ptr, bool *same_thread)
 {
     size_t slot = recent_slot(ptr);
     gs_pool_block_t *b = recent_block(ptr, slot);
@@ -465,6 +472,7 @@ static uint64_t pool_express_free(CUdeviceptr ptr)
         return 0;
     gs_recent[slot].base = 0;
     uint64_t bytes = b->requested; /* before keep: the pool may hand it out again */
+    *same_thread = touch(b);
     keep(&gs_pools[0], c, b);
     return bytes;
 }

@@ -22,15 +22,14 @@ static atomic_bool gs_backend_started;
  * call on every allocation costs more than the whole pool fast path); 0: several; -1: unknown. */
 static _Atomic int gs_single_device = -1;
 
-/* Whether the backend's express path (gs_backend_t.express_alloc) runs: it has one, no trace is
- * written (the express path leaves out what the trace needs), and the process sees one device.
- * One flag, set when any of them changes, so that a call tests one. */
+/* Whether the backend's express path (gs_backend_t.express_alloc) runs: it has one and the
+ * process sees one device. One flag, set when either changes, so that a call tests one. */
 static atomic_bool gs_express;
 
 static void express_update(void)
 {
     atomic_store(&gs_express, gs_backend->express_alloc && gs_backend->express_free &&
-                                  !gs_tracing && atomic_load(&gs_single_device) == 1);
+                                  atomic_load(&gs_single_device) == 1);
 }
 
 void gs_dispatch_use(const gs_backend_t *backend)
@@ -179,8 +178,11 @@ CUresult gs_mem_alloc(CUdeviceptr *dptr, size_t bytes)
 {
     if (express_open() && gs_depth == 0 && dptr != NULL) {
         uint64_t start = express_begin();
-        if (gs_backend->express_alloc(bytes, dptr)) {
+        bool same_thread;
+        if (gs_backend->express_alloc(bytes, dptr, &same_thread)) {
             gs_count_alloc(0, bytes);
+            if (__builtin_expect(gs_tracing, 0))
+                gs_trace_record(GS_TRACE_ALLOCATE, *dptr, bytes, NULL, same_thread);
             express_end(start);
             return CUDA_SUCCESS;
         }
@@ -261,9 +263,12 @@ CUresult gs_mem_free(CUdeviceptr ptr)
 {
     if (express_open() && gs_depth == 0 && ptr != 0) {
         uint64_t start = express_begin();
-        uint64_t bytes = gs_backend->express_free(ptr);
+        bool same_thread;
+        uint64_t bytes = gs_backend->express_free(ptr, &same_thread);
         if (bytes) {
             gs_count_free(0, bytes);
+            if (__builtin_expect(gs_tracing, 0))
+                gs_trace_record(GS_TRACE_FREE, ptr, bytes, NULL, same_thread);
             express_end(start);
             return CUDA_SUCCESS;
         }

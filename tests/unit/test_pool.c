@@ -807,16 +807,16 @@ static void blocks_go_back_to_their_own_device(void **state)
 
 static int express_allocs, express_frees; /* calls the express path served */
 
-static bool counted_express_alloc(size_t bytes, CUdeviceptr *ptr)
+static bool counted_express_alloc(size_t bytes, CUdeviceptr *ptr, bool *same_thread)
 {
-    bool served = gs_backend_pool.express_alloc(bytes, ptr);
+    bool served = gs_backend_pool.express_alloc(bytes, ptr, same_thread);
     express_allocs += served;
     return served;
 }
 
-static uint64_t counted_express_free(CUdeviceptr ptr)
+static uint64_t counted_express_free(CUdeviceptr ptr, bool *same_thread)
 {
-    uint64_t bytes = gs_backend_pool.express_free(ptr);
+    uint64_t bytes = gs_backend_pool.express_free(ptr, same_thread);
     express_frees += bytes != 0;
     return bytes;
 }
