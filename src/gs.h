@@ -321,7 +321,7 @@ typedef struct gs_backend {
      * to count), or GS_NOT_OURS, and the core sends the call to the driver. */
     int (*free)(CUdeviceptr ptr, const gs_free_req_t *req, CUresult *result, gs_block_t *block);
     /* Optional express path for the commonest calls: cuMemAlloc and cuMemFree on device 0 of a
-     * one-device process, not nested (dispatch.c). It must not call the driver, wait or block.
+     * one-device process, not nested (dispatch.c). It must not call the driver or wait for the GPU.
      * express_alloc: true with *ptr set (the block holds exactly bytes), or false having changed
      * nothing. express_free: the bytes of the block freed, or 0 having changed nothing; the full
      * path then runs. *same_thread as gs_block_t.same_thread, when served. */

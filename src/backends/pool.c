@@ -445,10 +445,11 @@ static int pool_free(CUdeviceptr ptr, const gs_free_req_t *req, CUresult *result
 
 /* The commonest calls, cuMemAlloc and cuMemFree on device 0 of a one-device process
  * (gs_backend_t.express_alloc says when the core takes it), served by this thread's cache in
- * about two thirds of the full path's instructions: on hosts whose cores are shared, as on the
- * GPU machines' VMs, the shim's time follows its instruction count (README, Limits). Whatever it
- * cannot serve without waiting, locking or asking the driver, it leaves untouched for the full
- * path. */
+ * about two thirds of the full path's instructions (the shim's time follows its instruction count
+ * on the CPU machine, and in part on the GPU machines: README, Limits). Whatever it cannot serve
+ * without waiting for the GPU or asking the driver, it leaves untouched for the full path; a
+ * freed block that does not fit in the cache goes to the central pool under its lock, as on the
+ * full path. */
 static bool pool_express_alloc(size_t bytes, CUdeviceptr *ptr, bool *same_thread)
 {
     gs_pool_device_t *p = &gs_pools[0];
