@@ -219,13 +219,15 @@ static inline gs_pool_block_t *cache_take(gs_pool_device_t *p, thread_cache_t *c
 static gs_pool_block_t *cache_lookup(gs_pool_device_t *p, thread_cache_t *c, int device,
                                      uint64_t size)
 {
-    discard_stale(p, c);
-    if (__builtin_expect(atomic_load_explicit(&c->drain_requested, memory_order_relaxed), 0)) {
-        atomic_store(&c->drain_requested, false);
-        pthread_mutex_lock(&p->lock);
-        cache_drain(p, c);
-        pthread_mutex_unlock(&p->lock);
-        return NULL;
+    if (__builtin_expect(!cache_usable(p, c), 0)) {
+        discard_stale(p, c);
+        if (atomic_load_explicit(&c->drain_requested, memory_order_relaxed)) {
+            atomic_store(&c->drain_requested, false);
+            pthread_mutex_lock(&p->lock);
+            cache_drain(p, c);
+            pthread_mutex_unlock(&p->lock);
+            return NULL;
+        }
     }
     gs_pool_block_t *b = cache_take(p, c, device, size, true);
     if (b == NULL)

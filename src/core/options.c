@@ -25,7 +25,7 @@ struct gs_option {
 
 static const char *const mode_choices[] = {"off", "pool", "managed", NULL};
 static const char *const reuse_choices[] = {"safe", "immediate", NULL};
-static const char *const events_choices[] = {"auto", "off", NULL};
+static const char *const auto_off_choices[] = {"auto", "off", NULL};
 static const char *const advice_choices[] = {"none", "preferred", "accessed-by", NULL};
 static const char *const on_oom_choices[] = {"fail", "managed", NULL};
 static const char *const format_choices[] = {"text", "json", NULL};
@@ -143,20 +143,20 @@ static const gs_option_t gs_option_table[] = {
      "non-blocking stream the program created that has work queued (up to 16 streams), and "
      "recycles pending blocks when they complete, without a device-wide wait; off uses device "
      "synchronizations only.",
-     parse_choice, GS_FIELD(pool_events), events_choices},
+     parse_choice, GS_FIELD(pool_events), auto_off_choices},
     {"GPUSHIM_POOL_IDLE_REUSE", "auto, off", "auto",
      "Pool mode, safe reuse: auto hands a freed block out again at once when no GPU work was "
      "issued since the latest mark or synchronization, which has completed (the shim watches "
      "every driver entry point that launches kernels or graphs, copies, sets memory or writes "
      "from a stream); off makes every free wait for a mark or synchronization after it.",
-     parse_choice, GS_FIELD(pool_idle_reuse), events_choices},
+     parse_choice, GS_FIELD(pool_idle_reuse), auto_off_choices},
     {"GPUSHIM_POOL_EXPANDABLE", "auto, off", "auto",
      "Pool mode: auto grows the heap of blocks of 256 KiB and more in place, mapping physical "
      "memory at the end of one reserved virtual range (CUDA's virtual memory management, where the "
      "device supports it), so it never splits into chunks that blocks cannot span; off takes "
      "separate chunks from cuMemAlloc. Blocks in the range cannot be shared by legacy CUDA IPC "
      "(cudaIpcGetMemHandle); requests over GPUSHIM_POOL_CHUNK get chunks of their own either way.",
-     parse_choice, GS_FIELD(pool_expandable), events_choices},
+     parse_choice, GS_FIELD(pool_expandable), auto_off_choices},
     {"GPUSHIM_POOL_PENDING_MAX", SIZE_ACCEPTED, "256M",
      "Pool mode, safe reuse: freed bytes waiting for a synchronization in the pool; past this "
      "(or past 1/16 of the pool, when it would otherwise grow) the shim synchronizes the device "

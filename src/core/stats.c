@@ -136,8 +136,7 @@ void gs_stats_driver_call(int device)
 
 void gs_stats_oom(int device, uint64_t bytes)
 {
-    if ((unsigned)device >= GS_MAX_DEVICES)
-        device = 0;
+    device = gs_stats_slot(device);
     pthread_mutex_lock(&gs_ooms[device].lock);
     gs_ooms[device].events[gs_ooms[device].count++ % GS_OOM_EVENTS] =
         (gs_oom_event_t){.bytes = bytes, .ticks = gs_ticks()};

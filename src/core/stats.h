@@ -44,11 +44,16 @@ void gs_stats_raise_peak(int device, int64_t now);
                           atomic_load_explicit(&(field), memory_order_relaxed) + (amount),         \
                           memory_order_relaxed)
 
+/* Devices past GS_MAX_DEVICES are counted on device 0. */
+static inline int gs_stats_slot(int device)
+{
+    return (unsigned)device < GS_MAX_DEVICES ? device : 0;
+}
+
 /* The calling thread's counters for device (NULL only when out of host memory). */
 static inline gs_counters_t *gs_counters(int device)
 {
-    if ((unsigned)device >= GS_MAX_DEVICES)
-        device = 0;
+    device = gs_stats_slot(device);
     gs_shard_t *shard = gs_my_shard;
     if (__builtin_expect(shard == NULL, 0))
         return gs_stats_claim(device);
@@ -76,6 +81,7 @@ static inline void gs_track_in_use(int device, gs_counters_t *c, int64_t delta)
 
 static inline void gs_count_alloc(int device, uint64_t bytes)
 {
+    device = gs_stats_slot(device);
     gs_counters_t *c = gs_counters(device);
     if (c == NULL)
         return;
@@ -83,17 +89,18 @@ static inline void gs_count_alloc(int device, uint64_t bytes)
     GS_BUMP(c->bytes_requested, bytes);
     int bucket = bytes <= 1 ? 0 : 64 - __builtin_clzll(bytes - 1); /* ceil(log2(bytes)) */
     GS_BUMP(c->histogram[bucket < GS_HISTOGRAM_BUCKETS ? bucket : GS_HISTOGRAM_BUCKETS - 1], 1);
-    gs_track_in_use((unsigned)device < GS_MAX_DEVICES ? device : 0, c, (int64_t)bytes);
+    gs_track_in_use(device, c, (int64_t)bytes);
 }
 
 static inline void gs_count_free(int device, uint64_t bytes)
 {
+    device = gs_stats_slot(device);
     gs_counters_t *c = gs_counters(device);
     if (c == NULL)
         return;
     GS_BUMP(c->frees, 1);
     GS_BUMP(c->bytes_freed, bytes);
-    gs_track_in_use((unsigned)device < GS_MAX_DEVICES ? device : 0, c, -(int64_t)bytes);
+    gs_track_in_use(device, c, -(int64_t)bytes);
 }
 
 #endif
