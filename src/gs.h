@@ -321,12 +321,12 @@ typedef struct gs_backend {
      * to count), or GS_NOT_OURS, and the core sends the call to the driver. */
     int (*free)(CUdeviceptr ptr, const gs_free_req_t *req, CUresult *result, gs_block_t *block);
     /* Optional express path for the commonest calls: cuMemAlloc and cuMemFree on device 0 of a
-     * one-device process, not nested (dispatch.c). It must not call the driver or wait for the GPU.
-     * express_alloc: true with *ptr set (the block holds exactly bytes), or false having changed
-     * nothing. express_free: the bytes of the block freed, or 0 having changed nothing; the full
-     * path then runs. *same_thread as gs_block_t.same_thread, when served. */
-    bool (*express_alloc)(size_t bytes, CUdeviceptr *ptr, bool *same_thread);
-    uint64_t (*express_free)(CUdeviceptr ptr, bool *same_thread);
+     * one-device process, not nested (dispatch.c). Each is the whole call, in one function: what
+     * it serves without calling the driver or waiting for the GPU, it counts, traces and times
+     * with core/express.h's inline helpers; anything else it hands, untouched, to
+     * gs_mem_alloc_full / gs_mem_free_full. */
+    CUresult (*express_mem_alloc)(CUdeviceptr *dptr, size_t bytes);
+    CUresult (*express_mem_free)(CUdeviceptr ptr);
     /* Optional answers for pointers of its own; NULL or GS_NOT_OURS sends the call to the driver.
      */
     int (*mem_get_info)(size_t *free_bytes, size_t *total_bytes, CUresult *result);

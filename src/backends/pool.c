@@ -24,6 +24,7 @@
  * cheap (an idle device), before the pool grows, or when pending bytes pass
  * GPUSHIM_POOL_PENDING_MAX (pool_central.c says when exactly). immediate: reuse at once (RMM,
  * PyTorch). */
+#include "core/express.h"
 #include "gs.h"
 #include "pool_internal.h"
 
@@ -446,13 +447,13 @@ static int pool_free(CUdeviceptr ptr, const gs_free_req_t *req, CUresult *result
 /* ---- the express path ------------------------------------------------------------------- */
 
 /* The commonest calls, cuMemAlloc and cuMemFree on device 0 of a one-device process
- * (gs_backend_t.express_alloc says when the core takes it), served by this thread's cache in
- * about two thirds of the full path's instructions (the shim's time follows its instruction count
- * on the CPU machine, and in part on the GPU machines: README, Limits). Whatever it cannot serve
- * without waiting for the GPU or asking the driver, it leaves untouched for the full path; a
- * freed block that does not fit in the cache goes to the central pool under its lock, as on the
- * full path. */
-static bool pool_express_alloc(size_t bytes, CUdeviceptr *ptr, bool *same_thread)
+ * (gs_backend_t.express_mem_alloc says when the core takes it), served by this thread's cache in
+ * one function and about 60% of the full path's instructions (the shim's time follows its
+ * instruction count on the CPU machine, and in part on the GPU machines: README, Limits).
+ * Whatever it cannot serve without waiting for the GPU or asking the driver, it hands untouched
+ * to the full path; a freed block that does not fit in the cache goes to the central pool under
+ * its lock, as on the full path. */
+static inline bool express_alloc(CUdeviceptr *dptr, size_t bytes)
 {
     gs_pool_device_t *p = &gs_pools[0];
     thread_cache_t *c = gs_my_caches[0];
@@ -461,23 +462,69 @@ static bool pool_express_alloc(size_t bytes, CUdeviceptr *ptr, bool *same_thread
     gs_pool_block_t *b = cache_take(p, c, 0, round_up(bytes, GS_POOL_ALIGN), false);
     if (b == NULL)
         return false;
-    *ptr = hand_out(c, b, bytes);
-    *same_thread = touch(b);
+    *dptr = hand_out(c, b, bytes);
+    gs_express_allocated(*dptr, bytes, touch(b));
     return true;
 }
 
-static uint64_t pool_express_free(CUdeviceptr ptr, bool *same_thread)
+static inline bool express_free(CUdeviceptr ptr)
 {
     size_t slot = recent_slot(ptr);
     gs_pool_block_t *b = recent_block(ptr, slot);
     thread_cache_t *c = gs_my_caches[0];
     if (__builtin_expect(b == NULL || b->device != 0 || c == NULL, 0) || !claim(b, ptr))
-        return 0;
+        return false;
     gs_recent[slot].base = 0;
-    uint64_t bytes = b->requested; /* before keep: the pool may hand it out again */
-    *same_thread = touch(b);
+    /* Counted and traced before keep, which may hand the block to other threads, and so that
+     * nothing is left to do after keep's rare call into the central pool. */
+    gs_express_freed(ptr, b->requested, touch(b));
     keep(&gs_pools[0], c, b);
-    return bytes;
+    return true;
+}
+
+/* The timed calls (one in 32) apart, so that the untimed ones keep no clock reading. */
+static __attribute__((noinline)) CUresult express_alloc_timed(CUdeviceptr *dptr, size_t bytes)
+{
+    uint64_t start = gs_timing_start();
+    if (!express_alloc(dptr, bytes)) {
+        gs_timing_declined(start);
+        return gs_mem_alloc_full(dptr, bytes);
+    }
+    gs_timing_end(start);
+    return CUDA_SUCCESS;
+}
+
+static __attribute__((noinline)) CUresult express_free_timed(CUdeviceptr ptr)
+{
+    uint64_t start = gs_timing_start();
+    if (!express_free(ptr)) {
+        gs_timing_declined(start);
+        return gs_mem_free_full(ptr);
+    }
+    gs_timing_end(start);
+    return CUDA_SUCCESS;
+}
+
+static CUresult pool_express_mem_alloc(CUdeviceptr *dptr, size_t bytes)
+{
+    if (gs_timing_due())
+        return express_alloc_timed(dptr, bytes);
+    if (__builtin_expect(!express_alloc(dptr, bytes), 0)) {
+        gs_timing_declined(0);
+        return gs_mem_alloc_full(dptr, bytes);
+    }
+    return CUDA_SUCCESS;
+}
+
+static CUresult pool_express_mem_free(CUdeviceptr ptr)
+{
+    if (gs_timing_due())
+        return express_free_timed(ptr);
+    if (__builtin_expect(!express_free(ptr), 0)) {
+        gs_timing_declined(0);
+        return gs_mem_free_full(ptr);
+    }
+    return CUDA_SUCCESS;
 }
 
 /* The live pool block containing ptr (interior pointers too), or NULL. */
@@ -819,8 +866,8 @@ const gs_backend_t gs_backend_pool = {
     .start = pool_start,
     .alloc = pool_alloc,
     .free = pool_free,
-    .express_alloc = pool_express_alloc,
-    .express_free = pool_express_free,
+    .express_mem_alloc = pool_express_mem_alloc,
+    .express_mem_free = pool_express_mem_free,
     .mem_get_info = pool_mem_get_info,
     .address_range = pool_address_range,
     .pointer_attribute = pool_pointer_attribute,

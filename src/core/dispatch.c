@@ -7,6 +7,7 @@
  * not hand out (foreign, double free) goes to the driver; nested calls (the driver calling a
  * symbol we export while we are inside it) go straight to the driver. */
 #include "gs.h"
+#include "express.h"
 #include "stats.h"
 
 #include <pthread.h>
@@ -22,13 +23,13 @@ static atomic_bool gs_backend_started;
  * call on every allocation costs more than the whole pool fast path); 0: several; -1: unknown. */
 static _Atomic int gs_single_device = -1;
 
-/* Whether the backend's express path (gs_backend_t.express_alloc) runs: it has one and the
+/* Whether the backend's express path (gs_backend_t.express_mem_alloc) runs: it has one and the
  * process sees one device. One flag, set when either changes, so that a call tests one. */
 static atomic_bool gs_express;
 
 static void express_update(void)
 {
-    atomic_store(&gs_express, gs_backend->express_alloc && gs_backend->express_free &&
+    atomic_store(&gs_express, gs_backend->express_mem_alloc && gs_backend->express_mem_free &&
                                   atomic_load(&gs_single_device) == 1);
 }
 
@@ -72,22 +73,26 @@ int gs_current_device(void)
     return (unsigned)device < GS_MAX_DEVICES ? device : 0;
 }
 
-/* Brackets one counted call: depth for reentrancy, ticks for the time spent in the shim. Reading
- * the clock twice costs about as much as a pool hit, so after a thread's first 64 calls only one
- * call in 32 is timed; the report gives the mean of the timed ones. */
+/* Brackets one counted call: depth for reentrancy, ticks for the time spent in the shim. After a
+ * thread's first 64 calls only one call in 32 is timed (express.h says why). */
 typedef struct gs_call {
     uint64_t start; /* 0: not timed */
     uint64_t saved_driver_ticks;
 } gs_call_t;
 
-static GS_TLS uint64_t gs_calls;
+GS_TLS uint32_t gs_until_timed = 1;
+static GS_TLS uint32_t gs_timed_calls;
+
+uint64_t gs_timing_start(void)
+{
+    gs_until_timed = ++gs_timed_calls < 64 ? 1 : 32;
+    return gs_ticks();
+}
 
 static inline gs_call_t call_begin(void)
 {
     gs_depth++;
-    uint64_t n = gs_calls++;
-    gs_call_t call = {.start = (n < 64 || (n & 31) == 0) ? gs_ticks() : 0,
-                      .saved_driver_ticks = gs_driver_ticks};
+    gs_call_t call = {.start = gs_timing_begin(), .saved_driver_ticks = gs_driver_ticks};
     gs_driver_ticks = 0;
     if (__builtin_expect(!atomic_load_explicit(&gs_backend_started, memory_order_acquire), 0))
         pthread_once(&gs_backend_once, start_backend);
@@ -100,31 +105,6 @@ static inline void call_end(gs_call_t call, int device)
         gs_stats_time(device, gs_ticks() - call.start - gs_driver_ticks);
     gs_driver_ticks = call.saved_driver_ticks;
     gs_depth--;
-}
-
-/* The express path needs no depth bracket: it calls nothing that could come back into the shim.
- * It is timed as call_begin times. */
-static inline bool express_open(void)
-{
-    return atomic_load_explicit(&gs_express, memory_order_relaxed);
-}
-
-static inline uint64_t express_begin(void)
-{
-    uint64_t n = gs_calls++;
-    return (n < 64 || (n & 31) == 0) ? gs_ticks() : 0;
-}
-
-static inline void express_end(uint64_t start)
-{
-    if (__builtin_expect(start != 0, 0))
-        gs_stats_time(0, gs_ticks() - start);
-}
-
-/* A call the express path declined goes on to the full path, which counts and times it. */
-static inline void express_declined(void)
-{
-    gs_calls--;
 }
 
 CUresult gs_pitch_layout(const gs_alloc_req_t *req, uint64_t align, size_t *pitch, uint64_t *bytes)
@@ -165,8 +145,7 @@ static CUresult allocate(gs_alloc_req_t *req, CUdeviceptr *dptr, size_t *pitch)
     return rc;
 }
 
-/* The full path of cuMemAlloc, apart from the express path so that its frame stays small. */
-static __attribute__((noinline)) CUresult mem_alloc_full(CUdeviceptr *dptr, size_t bytes)
+__attribute__((noinline)) CUresult gs_mem_alloc_full(CUdeviceptr *dptr, size_t bytes)
 {
     if (gs_depth > 0 || dptr == NULL)
         return GS_RAW(mem_alloc, dptr, bytes);
@@ -174,21 +153,13 @@ static __attribute__((noinline)) CUresult mem_alloc_full(CUdeviceptr *dptr, size
     return allocate(&req, dptr, NULL);
 }
 
+/* The express path needs no depth bracket: it calls nothing that could come back into the shim.
+ */
 CUresult gs_mem_alloc(CUdeviceptr *dptr, size_t bytes)
 {
-    if (express_open() && gs_depth == 0 && dptr != NULL) {
-        uint64_t start = express_begin();
-        bool same_thread;
-        if (gs_backend->express_alloc(bytes, dptr, &same_thread)) {
-            gs_count_alloc(0, bytes);
-            if (__builtin_expect(gs_tracing, 0))
-                gs_trace_record(GS_TRACE_ALLOCATE, *dptr, bytes, NULL, same_thread);
-            express_end(start);
-            return CUDA_SUCCESS;
-        }
-        express_declined();
-    }
-    return mem_alloc_full(dptr, bytes);
+    if (atomic_load_explicit(&gs_express, memory_order_relaxed) && gs_depth == 0 && dptr != NULL)
+        return gs_backend->express_mem_alloc(dptr, bytes);
+    return gs_mem_alloc_full(dptr, bytes);
 }
 
 CUresult gs_mem_alloc_pitch(CUdeviceptr *dptr, size_t *pitch, size_t width, size_t height,
@@ -253,7 +224,7 @@ static CUresult release(CUdeviceptr ptr, const gs_free_req_t *req)
     return result;
 }
 
-static __attribute__((noinline)) CUresult mem_free_full(CUdeviceptr ptr)
+__attribute__((noinline)) CUresult gs_mem_free_full(CUdeviceptr ptr)
 {
     gs_free_req_t req = {.stream_ordered = false};
     return release(ptr, &req);
@@ -261,20 +232,9 @@ static __attribute__((noinline)) CUresult mem_free_full(CUdeviceptr ptr)
 
 CUresult gs_mem_free(CUdeviceptr ptr)
 {
-    if (express_open() && gs_depth == 0 && ptr != 0) {
-        uint64_t start = express_begin();
-        bool same_thread;
-        uint64_t bytes = gs_backend->express_free(ptr, &same_thread);
-        if (bytes) {
-            gs_count_free(0, bytes);
-            if (__builtin_expect(gs_tracing, 0))
-                gs_trace_record(GS_TRACE_FREE, ptr, bytes, NULL, same_thread);
-            express_end(start);
-            return CUDA_SUCCESS;
-        }
-        express_declined();
-    }
-    return mem_free_full(ptr);
+    if (atomic_load_explicit(&gs_express, memory_order_relaxed) && gs_depth == 0 && ptr != 0)
+        return gs_backend->express_mem_free(ptr);
+    return gs_mem_free_full(ptr);
 }
 
 CUresult gs_mem_free_async(CUdeviceptr ptr, CUstream stream, bool per_thread)
