@@ -44,13 +44,14 @@ typedef struct cache_queue {
 typedef struct thread_cache {
     int device;
     /* Written by the owner only, read by reports and cuMemGetInfo. small_bytes: blocks in the
-     * queues (within the budget); large_bytes: the one block beyond it. */
-    _Atomic uint64_t small_bytes, large_bytes, hits, misses;
+     * queues (within the budget); slot_bytes: the blocks in last and large. */
+    _Atomic uint64_t small_bytes, slot_bytes, hits, misses;
     _Atomic uint64_t quiet_frees;  /* frees while no GPU work was in flight (safe reuse) */
     _Atomic uint64_t generation;   /* the pool's generation when last checked (see discard_stale) */
     uint64_t id_base, allocations; /* for buffer IDs: which cache (top bits), how many it served */
-    gs_pool_block_t *large;
-    atomic_bool drain_requested; /* set by a thread short of memory; the owner drains */
+    gs_pool_block_t *last;         /* the latest freed block, not yet in a queue (see cache_put) */
+    gs_pool_block_t *large;        /* one block beyond the budget */
+    atomic_bool drain_requested;   /* set by a thread short of memory; the owner drains */
     struct thread_cache *next;
     atomic_bool orphaned;
     cache_queue_t queues[CACHE_CLASSES];
@@ -91,9 +92,9 @@ static inline bool discard_stale(const gs_pool_device_t *p, thread_cache_t *c)
     if (__builtin_expect(atomic_load_explicit(&c->generation, memory_order_relaxed) == now, 1))
         return false;
     memset(c->queues, 0, sizeof c->queues);
-    c->large = NULL;
+    c->last = c->large = NULL;
     atomic_store_explicit(&c->small_bytes, 0, memory_order_relaxed);
-    atomic_store_explicit(&c->large_bytes, 0, memory_order_relaxed);
+    atomic_store_explicit(&c->slot_bytes, 0, memory_order_relaxed);
     atomic_store_explicit(&c->generation, now, memory_order_relaxed);
     return true;
 }
@@ -112,11 +113,13 @@ static void cache_drain(gs_pool_device_t *p, thread_cache_t *c)
         r->head = r->tail = NULL;
         r->count = 0;
     }
+    if (c->last)
+        gs_pool_release(p, c->last);
     if (c->large)
         gs_pool_release(p, c->large);
-    c->large = NULL;
+    c->last = c->large = NULL;
     atomic_store_explicit(&c->small_bytes, 0, memory_order_relaxed);
-    atomic_store_explicit(&c->large_bytes, 0, memory_order_relaxed);
+    atomic_store_explicit(&c->slot_bytes, 0, memory_order_relaxed);
 }
 
 static void cache_orphan(void *arg)
@@ -182,7 +185,15 @@ static inline bool cache_usable(const gs_pool_device_t *p, thread_cache_t *c)
 static inline gs_pool_block_t *cache_take(gs_pool_device_t *p, thread_cache_t *c, int device,
                                           uint64_t size, bool may_sync)
 {
-    gs_pool_block_t *b = NULL;
+    /* The latest freed block first: a loop that frees and allocates one size finds it there. */
+    gs_pool_block_t *b = c->last;
+    if (b && fits(b, size) && reusable(p, b)) {
+        c->last = NULL;
+        OWNER_ADD(c->slot_bytes, -b->size);
+        OWNER_ADD(c->hits, 1);
+        return b;
+    }
+    b = NULL;
     if (size <= CACHE_BYTES) {
         int first = class_floor(size);
         cache_queue_t *r = NULL;
@@ -211,7 +222,7 @@ static inline gs_pool_block_t *cache_take(gs_pool_device_t *p, thread_cache_t *c
     if (b == NULL || !fits(b, size) || !reusable(p, b))
         return NULL; /* a pending one takes the central path's synchronization rules */
     c->large = NULL;
-    OWNER_ADD(c->large_bytes, -b->size);
+    OWNER_ADD(c->slot_bytes, -b->size);
     OWNER_ADD(c->hits, 1);
     return b;
 }
@@ -236,12 +247,11 @@ static gs_pool_block_t *cache_lookup(gs_pool_device_t *p, thread_cache_t *c, int
     return b;
 }
 
-/* Keeps a freed block in the thread's cache. Returns what goes to the central pool instead:
- * NULL, the block itself (its queue or the budget is full), or the larger block it replaced. */
-static inline gs_pool_block_t *cache_put(const gs_pool_device_t *p, thread_cache_t *c,
-                                         gs_pool_block_t *b)
+/* Files a freed block in a queue or as the large one. Returns what goes to the central pool
+ * instead: NULL, the block itself (its queue or the budget is full), or the larger block it
+ * replaced. */
+static gs_pool_block_t *cache_file(const gs_pool_device_t *p, thread_cache_t *c, gs_pool_block_t *b)
 {
-    discard_stale(p, c);
     /* A block reusable at once (immediate reuse, or a free while no GPU work was in flight)
      * needs no synchronization amortized: the smaller budget. */
     uint64_t budget = reusable(p, b) ? CACHE_BYTES_IMMEDIATE : p->cache_budget;
@@ -250,7 +260,7 @@ static inline gs_pool_block_t *cache_put(const gs_pool_device_t *p, thread_cache
          * buffer again and again never reaches the central pool. */
         gs_pool_block_t *old = c->large;
         c->large = b;
-        OWNER_ADD(c->large_bytes, b->size - (old ? old->size : 0));
+        OWNER_ADD(c->slot_bytes, b->size - (old ? old->size : 0));
         return old;
     }
     cache_queue_t *r = &c->queues[b->size_class];
@@ -266,6 +276,22 @@ static inline gs_pool_block_t *cache_put(const gs_pool_device_t *p, thread_cache
     r->count++;
     OWNER_ADD(c->small_bytes, b->size);
     return NULL;
+}
+
+/* Keeps a freed block in the thread's cache: as the latest freed, filing the one it replaces.
+ * Returns what goes to the central pool instead (see cache_file). */
+static inline gs_pool_block_t *cache_put(const gs_pool_device_t *p, thread_cache_t *c,
+                                         gs_pool_block_t *b)
+{
+    discard_stale(p, c);
+    gs_pool_block_t *old = c->last;
+    c->last = b;
+    if (old == NULL) {
+        OWNER_ADD(c->slot_bytes, b->size);
+        return NULL;
+    }
+    OWNER_ADD(c->slot_bytes, b->size - old->size);
+    return cache_file(p, c, old);
 }
 
 /* Under memory pressure (device lock held): our own cache goes back to the central pool now;
@@ -631,7 +657,7 @@ static uint64_t cached_bytes(int device)
     for (thread_cache_t *c = atomic_load(&gs_caches); c; c = c->next)
         if (c->device == device && atomic_load(&c->generation) == generation)
             bytes += atomic_load_explicit(&c->small_bytes, memory_order_relaxed) +
-                     atomic_load_explicit(&c->large_bytes, memory_order_relaxed);
+                     atomic_load_explicit(&c->slot_bytes, memory_order_relaxed);
     return bytes;
 }
 
