@@ -62,19 +62,52 @@ static pthread_mutex_t gs_caches_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_key_t gs_cache_key;
 static GS_TLS thread_cache_t *gs_my_caches[GS_MAX_DEVICES];
 
-/* What this thread allocated lately, so that its free needs no shared lookup. Its address also
- * names the thread in gs_pool_block_t.last_thread (for gs_block_t.same_thread): unique among
- * live threads; a thread that reuses a dead one's (glibc recycles thread memory) starts with
- * fresh TLS, so the trace reads the clock at its first event anyway. */
-static GS_TLS struct {
-    CUdeviceptr base;
+/* What this thread allocated lately, so that its free needs no shared lookup: the latest
+ * allocation while it is live (a pair needs no hashing), then a table by address. The table's
+ * address also names the thread in gs_pool_block_t.last_thread (for gs_block_t.same_thread):
+ * unique among live threads; a thread that reuses a dead one's (glibc recycles thread memory)
+ * starts with fresh TLS, so the trace reads the clock at its first event anyway. */
+typedef struct recent {
+    CUdeviceptr base; /* 0: empty */
     gs_pool_block_t *block;
     uint32_t generation;
-} gs_recent[RECENT_SLOTS];
+} recent_t;
+
+static GS_TLS recent_t gs_latest;
+static GS_TLS recent_t gs_recent[RECENT_SLOTS];
 
 static inline size_t recent_slot(CUdeviceptr base)
 {
     return (size_t)((base >> 9) ^ (base >> 17)) % RECENT_SLOTS;
+}
+
+/* Remembers b as this thread's latest allocation. */
+static inline void remember(gs_pool_block_t *b)
+{
+    if (gs_latest.base != 0)
+        gs_recent[recent_slot(gs_latest.base)] = gs_latest;
+    gs_latest =
+        (recent_t){.base = b->base,
+                   .block = b,
+                   .generation = atomic_load_explicit(&b->generation, memory_order_relaxed)};
+}
+
+/* The block this thread allocated lately at ptr, or NULL: the map decides. Forgets it either
+ * way. The generation tells whether the record still describes that block: a live block's
+ * record cannot be recycled, so if the generation is unchanged and the block is live, it is the
+ * one at ptr. */
+static inline gs_pool_block_t *recall(CUdeviceptr ptr)
+{
+    recent_t *r = &gs_latest;
+    if (r->base != ptr) {
+        r = &gs_recent[recent_slot(ptr)];
+        if (r->base != ptr)
+            return NULL;
+    }
+    r->base = 0;
+    if (atomic_load_explicit(&r->block->generation, memory_order_acquire) != r->generation)
+        return NULL;
+    return r->block;
 }
 
 /* ---- thread caches ---------------------------------------------------------------------- */
@@ -362,10 +395,7 @@ static inline CUdeviceptr hand_out(thread_cache_t *c, gs_pool_block_t *b, uint64
     b->requested = requested;
     b->buffer_id = buffer_id(c);
     atomic_store_explicit(&b->state, BLOCK_LIVE, memory_order_release); /* from CACHED */
-    size_t slot = recent_slot(b->base);
-    gs_recent[slot].base = b->base;
-    gs_recent[slot].block = b;
-    gs_recent[slot].generation = atomic_load_explicit(&b->generation, memory_order_relaxed);
+    remember(b);
     return b->base;
 }
 
@@ -409,18 +439,6 @@ static inline bool claim(gs_pool_block_t *b, CUdeviceptr ptr)
            atomic_compare_exchange_strong(&b->state, &live, BLOCK_CACHED);
 }
 
-/* The block this thread allocated lately at ptr, or NULL: the map decides. The generation tells
- * whether the record still describes that block: a live block's record cannot be recycled, so if
- * the generation is unchanged and the block is live, it is the one at ptr. */
-static inline gs_pool_block_t *recent_block(CUdeviceptr ptr, size_t slot)
-{
-    if (gs_recent[slot].base == ptr &&
-        atomic_load_explicit(&gs_recent[slot].block->generation, memory_order_acquire) ==
-            gs_recent[slot].generation)
-        return gs_recent[slot].block;
-    return NULL;
-}
-
 /* Keeps a claimed block: stamped for safe reuse, into this thread's cache or the central pool. */
 static inline void keep(gs_pool_device_t *p, thread_cache_t *cache, gs_pool_block_t *b)
 {
@@ -440,9 +458,7 @@ static inline void keep(gs_pool_device_t *p, thread_cache_t *cache, gs_pool_bloc
 
 static int pool_free(CUdeviceptr ptr, const gs_free_req_t *req, CUresult *result, gs_block_t *block)
 {
-    size_t slot = recent_slot(ptr);
-    gs_pool_block_t *b = recent_block(ptr, slot);
-    gs_recent[slot].base = 0;
+    gs_pool_block_t *b = recall(ptr);
     if (b == NULL || !claim(b, ptr)) {
         gs_block_t entry;
         if (gs_ptrmap_find(ptr, &entry) != 0)
@@ -495,12 +511,10 @@ static inline bool express_alloc(CUdeviceptr *dptr, size_t bytes)
 
 static inline bool express_free(CUdeviceptr ptr)
 {
-    size_t slot = recent_slot(ptr);
-    gs_pool_block_t *b = recent_block(ptr, slot);
+    gs_pool_block_t *b = recall(ptr); /* forgotten: a declined call looks in the map */
     thread_cache_t *c = gs_my_caches[0];
     if (__builtin_expect(b == NULL || b->device != 0 || c == NULL, 0) || !claim(b, ptr))
         return false;
-    gs_recent[slot].base = 0;
     /* Counted and traced before keep, which may hand the block to other threads, and so that
      * nothing is left to do after keep's rare call into the central pool. */
     gs_express_freed(ptr, b->requested, touch(b));
@@ -855,6 +869,7 @@ static void pool_forget(void)
     pthread_mutex_init(&gs_caches_lock, NULL);
     memset(gs_my_caches, 0, sizeof gs_my_caches);
     memset(gs_recent, 0, sizeof gs_recent);
+    gs_latest.base = 0;
     gs_backend_managed.forget(); /* spilled blocks; clears gs_ptrmap too */
 }
 
