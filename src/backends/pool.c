@@ -4,9 +4,10 @@
  * through (counted), as in the pass-through backend.
  *
  * Layers, fastest first:
- *   thread cache   (here) per thread and device, a FIFO queue of freed blocks per size class,
- *                  touched only by its owner (no locked instruction, no shared cache line: 16
- *                  threads scale); another thread under memory pressure asks it to drain itself;
+ *   thread cache   (here) per thread and device: the latest freed block, then a FIFO queue of
+ *                  freed blocks per size class, touched only by its owner (no locked
+ *                  instruction, no shared cache line: 16 threads scale); another thread under
+ *                  memory pressure asks it to drain itself;
  *   central pool   (pool_central.c) per device, behind a mutex: good-fit segregated free lists
  *                  (TLSF classes, 8 per power of two) over address-ordered blocks that coalesce
  *                  with free neighbours, in two heaps: blocks under 256 KiB have chunks of their
@@ -329,7 +330,7 @@ static inline gs_pool_block_t *cache_put(const gs_pool_device_t *p, thread_cache
 
 /* Under memory pressure (device lock held): our own cache goes back to the central pool now;
  * other threads are asked to drain theirs at their next allocation. What they hold meanwhile is
- * bounded by the cache budget and one large block each. */
+ * bounded by the cache budget and two more blocks each (the latest freed, one large). */
 void gs_pool_drain_caches(gs_pool_device_t *p, int device)
 {
     for (thread_cache_t *c = atomic_load(&gs_caches); c; c = c->next)

@@ -30,7 +30,7 @@ static void show(const run_result_t *r)
 #define EXPECT_IN(r, text, needle)                                                                 \
     do {                                                                                           \
         if (strstr((r).text, (needle)) == NULL) {                                                  \
-            print_message("expected in " #text ": %s\n", (needle));                                \
+            print_message("expected in " #text ": %s\n", (needle));                               \
             show(&(r));                                                                            \
         }                                                                                          \
         assert_non_null(strstr((r).text, (needle)));                                               \
@@ -39,13 +39,11 @@ static void show(const run_result_t *r)
 static void runtime_like_counts_every_allocation(void **state)
 {
     (void)state;
-    run_result_t r =
-        run_shim(ENV("FAKECUDA_STATS=stderr"), ARGV(path_of("GS_RUNTIME_LIKE"), "basic", "10"));
+    run_result_t r = run_shim(ENV("FAKECUDA_STATS=stderr"), ARGV(path_of("GS_RUNTIME_LIKE"), "basic", "10"));
     EXPECT_STATUS(r, 0);
     EXPECT_IN(r, out, "ok basic 10");
     assert_int_equal(count_of(r.err, "gpushim: report for pid"), 1);
-    EXPECT_IN(r, err,
-              "device 0: 10 allocations, 10 frees, 0 failed, 0 frees of pointers not allocated");
+    EXPECT_IN(r, err, "device 0: 10 allocations, 10 frees, 0 failed, 0 frees of pointers not allocated");
     /* 4 KiB * (1 + ... + 10) */
     EXPECT_IN(r, err, "requested 220 KiB in total; in use: peak 220 KiB, at exit 0 B in 0 live");
     EXPECT_IN(r, err, "device 0: 20 calls reached the driver");
@@ -112,8 +110,7 @@ static void error_codes_are_the_drivers(void **state)
     EXPECT_IN(shim, out, "free_double 1\n");
     EXPECT_IN(shim, out, "alloc_zero 1\n");
     /* the zero-byte request failed; unknown and double free went to the driver */
-    EXPECT_IN(shim, err,
-              "device 0: 1 allocations, 1 frees, 1 failed, 2 frees of pointers not allocated");
+    EXPECT_IN(shim, err, "device 0: 1 allocations, 1 frees, 1 failed, 2 frees of pointers not allocated");
     run_free(&plain);
     run_free(&shim);
 }
@@ -121,8 +118,7 @@ static void error_codes_are_the_drivers(void **state)
 static void out_of_memory_is_cudas_error_and_counted(void **state)
 {
     (void)state;
-    run_result_t r = run_shim(ENV("FAKECUDA_FAIL=cuMemAlloc_v2:2"),
-                              ARGV(path_of("GS_RUNTIME_LIKE"), "oom", "3"));
+    run_result_t r = run_shim(ENV("FAKECUDA_FAIL=cuMemAlloc_v2:2"), ARGV(path_of("GS_RUNTIME_LIKE"), "oom", "3"));
     EXPECT_STATUS(r, 0);
     EXPECT_IN(r, out, "alloc 1 0\nalloc 2 2\nalloc 3 0\n");
     EXPECT_IN(r, err, "device 0: 2 allocations, 2 frees, 1 failed");
@@ -132,14 +128,12 @@ static void out_of_memory_is_cudas_error_and_counted(void **state)
 static void every_intercepted_entry_point_passes_through(void **state)
 {
     (void)state;
-    run_result_t r =
-        run_shim(ENV("FAKECUDA_STATS=stderr"), ARGV(path_of("GS_RUNTIME_LIKE"), "all"));
+    run_result_t r = run_shim(ENV("FAKECUDA_STATS=stderr"), ARGV(path_of("GS_RUNTIME_LIKE"), "all"));
     EXPECT_STATUS(r, 0);
     EXPECT_IN(r, out, "ok all pitch 1024");
     /* device, pitch (1024 * 10), managed, async, async per-thread; the explicit pool's block is
      * not ours and its free goes to the driver */
-    EXPECT_IN(r, err,
-              "device 0: 5 allocations, 5 frees, 0 failed, 1 frees of pointers not allocated");
+    EXPECT_IN(r, err, "device 0: 5 allocations, 5 frees, 0 failed, 1 frees of pointers not allocated");
     EXPECT_IN(r, err, "requested 1.0 MiB in total");
     EXPECT_IN(r, err, "fakecuda: calls cuMemAllocAsync 1\n");
     EXPECT_IN(r, err, "fakecuda: calls cuMemAllocAsync_ptsz 1\n");
@@ -185,9 +179,8 @@ static void an_idle_device_reuses_blocks_at_once(void **state)
     /* The 100 idle frees, and two that followed a mark the pool recorded on its way to its free
      * lists (100 with GPUSHIM_POOL_EVENTS=off); how often it goes there depends on what the
      * thread cache holds. */
-    EXPECT_IN(r, err,
-              "pool reuse while no GPU work was in flight: on; 102 frees were reusable at "
-              "once (5 work-issuing driver functions watched)"); /* 2 launches, 3 copies */
+    EXPECT_IN(r, err, "pool reuse while no GPU work was in flight: on; 102 frees were reusable at "
+                      "once (5 work-issuing driver functions watched)"); /* 2 launches, 3 copies */
     run_free(&r);
     /* A launch looked up by a library's constructor, before the shim's own has read the
      * options (the loader runs the program's libraries' constructors before preloaded ones). */
@@ -256,8 +249,7 @@ static void exit_from_a_library_reports_once(void **state)
 static void each_device_is_counted_apart(void **state)
 {
     (void)state;
-    run_result_t r =
-        run_shim(ENV("FAKECUDA_DEVICES=2"), ARGV(path_of("GS_RUNTIME_LIKE"), "devices"));
+    run_result_t r = run_shim(ENV("FAKECUDA_DEVICES=2"), ARGV(path_of("GS_RUNTIME_LIKE"), "devices"));
     EXPECT_STATUS(r, 0);
     EXPECT_IN(r, err, "device 0: 1 allocations, 1 frees, 0 failed");
     EXPECT_IN(r, err, "device 1: 1 allocations, 1 frees, 0 failed");
@@ -273,26 +265,20 @@ static void bad_variables_stop_the_program_at_start(void **state)
         const char *env;
         const char *message;
     } cases[] = {
-        {"GPUSHIM_MODE=bogus",
-         "gpushim: error: GPUSHIM_MODE=bogus is not valid; accepted: off, pool, managed\n"},
-        {"GPUSHIM_MODEE=pool",
-         "gpushim: error: GPUSHIM_MODEE is not a gpushim variable (did you mean GPUSHIM_MODE?)"},
-        {"GPUSHIM_REPORT=stdrr", "gpushim: error: GPUSHIM_REPORT=stdrr is not valid; accepted: "
-                                 "stderr, off, or a file path"},
-        {"GPUSHIM_REPORT=/no/such/folder/r.txt",
-         "gpushim: error: GPUSHIM_REPORT=/no/such/folder/r.txt: the folder does not exist"},
-        {"GPUSHIM_POOL_MAX=12Q",
-         "gpushim: error: GPUSHIM_POOL_MAX=12Q is not valid; accepted: bytes with K/M/G/T"},
+        {"GPUSHIM_MODE=bogus", "gpushim: error: GPUSHIM_MODE=bogus is not valid; accepted: off, pool, managed\n"},
+        {"GPUSHIM_MODEE=pool", "gpushim: error: GPUSHIM_MODEE is not a gpushim variable (did you mean GPUSHIM_MODE?)"},
+        {"GPUSHIM_REPORT=stdrr", "gpushim: error: GPUSHIM_REPORT=stdrr is not valid; accepted: stderr, off, or a file path"},
+        {"GPUSHIM_REPORT=/no/such/folder/r.txt", "gpushim: error: GPUSHIM_REPORT=/no/such/folder/r.txt: the folder does not exist"},
+        {"GPUSHIM_POOL_MAX=12Q", "gpushim: error: GPUSHIM_POOL_MAX=12Q is not valid; accepted: bytes with K/M/G/T"},
         {"GPUSHIM_POOL_INITIAL=150%", "gpushim: error: GPUSHIM_POOL_INITIAL=150% is not valid"},
-        {"GPUSHIM_POOL_REUSE=sometimes",
-         "gpushim: error: GPUSHIM_POOL_REUSE=sometimes is not valid; accepted: safe, immediate\n"},
+        {"GPUSHIM_POOL_REUSE=sometimes", "gpushim: error: GPUSHIM_POOL_REUSE=sometimes is not valid; accepted: safe, immediate\n"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         run_result_t r = run_shim(ENV(cases[i].env), ARGV(path_of("GS_NO_CUDA")));
         EXPECT_STATUS(r, 1);
         EXPECT_IN(r, err, cases[i].message);
         assert_int_equal(count_of(r.err, "\n"), 1); /* one line */
-        assert_string_equal(r.out, "");             /* main never ran */
+        assert_string_equal(r.out, "");            /* main never ran */
         run_free(&r);
     }
 }
@@ -332,8 +318,7 @@ static void report_goes_to_a_file_named_by_pid(void **state)
 static void report_off_prints_nothing(void **state)
 {
     (void)state;
-    run_result_t r =
-        run_shim(ENV("GPUSHIM_REPORT=off"), ARGV(path_of("GS_RUNTIME_LIKE"), "basic", "2"));
+    run_result_t r = run_shim(ENV("GPUSHIM_REPORT=off"), ARGV(path_of("GS_RUNTIME_LIKE"), "basic", "2"));
     EXPECT_STATUS(r, 0);
     assert_string_equal(r.err, "");
     run_free(&r);
@@ -365,8 +350,7 @@ static void rtld_next_of_other_preload_libraries_still_works(void **state)
 {
     (void)state;
     char preload[4096];
-    snprintf(preload, sizeof preload, "LD_PRELOAD=%s %s", path_of("GS_SHIM"),
-             path_of("GS_NEXT_LIB"));
+    snprintf(preload, sizeof preload, "LD_PRELOAD=%s %s", path_of("GS_SHIM"), path_of("GS_NEXT_LIB"));
     run_result_t r = run_env(ENV(preload), ARGV(path_of("GS_NEXT_USER")));
     EXPECT_STATUS(r, 0);
     assert_string_equal(r.out, "ok next value\n");
@@ -388,14 +372,11 @@ static void pool_mode_serves_the_same_programs(void **state)
     assert_true(strstr(r.err, "fakecuda: calls cuMemFree_v2") == NULL); /* nothing freed at exit */
     run_free(&r);
 
-    static const char *const scenarios[][3] = {{"all", NULL, NULL},
-                                               {"threads", "8", "300"},
-                                               {"devices", NULL, NULL},
-                                               {"fork", NULL, NULL}};
+    static const char *const scenarios[][3] = {{"all", NULL, NULL}, {"threads", "8", "300"},
+                                               {"devices", NULL, NULL}, {"fork", NULL, NULL}};
     for (size_t i = 0; i < sizeof scenarios / sizeof scenarios[0]; i++) {
-        r = run_shim(
-            ENV("GPUSHIM_MODE=pool", "FAKECUDA_DEVICES=2"),
-            ARGV(path_of("GS_RUNTIME_LIKE"), scenarios[i][0], scenarios[i][1], scenarios[i][2]));
+        r = run_shim(ENV("GPUSHIM_MODE=pool", "FAKECUDA_DEVICES=2"),
+                     ARGV(path_of("GS_RUNTIME_LIKE"), scenarios[i][0], scenarios[i][1], scenarios[i][2]));
         EXPECT_STATUS(r, 0);
         assert_int_equal(count_of(r.err, "gpushim: report for pid"), 1);
         EXPECT_IN(r, err, "0 B in 0 live allocations");
@@ -430,14 +411,11 @@ static void pool_grows_in_place_where_the_driver_maps(void **state)
     assert_true(strstr(r.err, "fakecuda: calls cuMemUnmap") == NULL); /* nothing given back */
     run_free(&r);
 
-    static const char *const scenarios[][3] = {{"all", NULL, NULL},
-                                               {"threads", "8", "300"},
-                                               {"devices", NULL, NULL},
-                                               {"fork", NULL, NULL}};
+    static const char *const scenarios[][3] = {
+        {"all", NULL, NULL}, {"threads", "8", "300"}, {"devices", NULL, NULL}, {"fork", NULL, NULL}};
     for (size_t i = 0; i < sizeof scenarios / sizeof scenarios[0]; i++) {
-        r = run_shim(
-            ENV("GPUSHIM_MODE=pool", "FAKECUDA_VMM=1", "FAKECUDA_DEVICES=2"),
-            ARGV(path_of("GS_RUNTIME_LIKE"), scenarios[i][0], scenarios[i][1], scenarios[i][2]));
+        r = run_shim(ENV("GPUSHIM_MODE=pool", "FAKECUDA_VMM=1", "FAKECUDA_DEVICES=2"),
+                     ARGV(path_of("GS_RUNTIME_LIKE"), scenarios[i][0], scenarios[i][1], scenarios[i][2]));
         EXPECT_STATUS(r, 0);
         EXPECT_IN(r, err, "0 B in 0 live allocations");
         run_free(&r);
@@ -476,22 +454,18 @@ static void pool_out_of_memory_is_cudas_error(void **state)
 static void managed_mode_oversubscribes_the_device(void **state)
 {
     (void)state;
-    run_result_t off =
-        run_shim(ENV("FAKECUDA_MEMORY=67108864"), ARGV(path_of("GS_RUNTIME_LIKE"), "managed", "8"));
+    run_result_t off = run_shim(ENV("FAKECUDA_MEMORY=67108864"), ARGV(path_of("GS_RUNTIME_LIKE"), "managed", "8"));
     EXPECT_STATUS(off, 0);
     EXPECT_IN(off, out, "alloc 4 rc 0 managed 0\nalloc 5 rc 2 managed -1\n");
     run_free(&off);
 
-    run_result_t r =
-        run_shim(ENV("FAKECUDA_MEMORY=67108864", "GPUSHIM_MODE=managed", "FAKECUDA_STATS=stderr"),
-                 ARGV(path_of("GS_RUNTIME_LIKE"), "managed", "8"));
+    run_result_t r = run_shim(ENV("FAKECUDA_MEMORY=67108864", "GPUSHIM_MODE=managed", "FAKECUDA_STATS=stderr"),
+                              ARGV(path_of("GS_RUNTIME_LIKE"), "managed", "8"));
     EXPECT_STATUS(r, 0);
     EXPECT_IN(r, out, "alloc 8 rc 0 managed 1\n");
     assert_int_equal(count_of(r.out, "managed 1\n"), 8);
     EXPECT_IN(r, out, "ipc rc 1\n"); /* CUDA refuses IPC of managed memory ... */
-    EXPECT_IN(r, err,
-              "gpushim: warning: cuIpcGetMemHandle failed (error 1): CUDA IPC cannot share managed "
-              "memory");
+    EXPECT_IN(r, err, "gpushim: warning: cuIpcGetMemHandle failed (error 1): CUDA IPC cannot share managed memory");
     EXPECT_IN(r, err, "mode managed\n");
     EXPECT_IN(r, err, "device 0: 8 allocations, 8 frees, 0 failed");
     EXPECT_IN(r, err, "device 0: managed memory 0 B now, peak 128 MiB; 8 prefetches; cap none");
@@ -511,8 +485,7 @@ static void managed_mode_asks_xla_for_managed_memory(void **state)
     EXPECT_IN(r, out, "\nTF_FORCE_UNIFIED_MEMORY=1\n");
     EXPECT_IN(r, out, "\nXLA_PYTHON_CLIENT_PREALLOCATE=false\n");
     run_free(&r);
-    r = run_shim(ENV("GPUSHIM_MODE=managed", "XLA_PYTHON_CLIENT_PREALLOCATE=true"),
-                 ARGV("/usr/bin/env"));
+    r = run_shim(ENV("GPUSHIM_MODE=managed", "XLA_PYTHON_CLIENT_PREALLOCATE=true"), ARGV("/usr/bin/env"));
     EXPECT_IN(r, out, "\nXLA_PYTHON_CLIENT_PREALLOCATE=true\n");
     assert_null(strstr(r.out, "XLA_PYTHON_CLIENT_PREALLOCATE=false"));
     run_free(&r);
@@ -586,9 +559,8 @@ static void pointer_attributes_describe_the_block(void **state)
     run_result_t r = run_shim(ENV("GPUSHIM_MODE=pool", "GPUSHIM_POOL_REUSE=immediate"),
                               ARGV(path_of("GS_RUNTIME_LIKE"), "attributes"));
     EXPECT_STATUS(r, 0);
-    EXPECT_IN(r, out,
-              "same address yes; buffer ids differ; mapping base ok, size 4096; legacy ipc "
-              "0\n");
+    EXPECT_IN(r, out, "same address yes; buffer ids differ; mapping base ok, size 4096; legacy ipc "
+                      "0\n");
     run_free(&r);
     r = run_shim(ENV("GPUSHIM_MODE=off"), ARGV(path_of("GS_RUNTIME_LIKE"), "attributes"));
     EXPECT_STATUS(r, 0);
@@ -632,8 +604,8 @@ static void managed_cap_is_cudas_out_of_memory(void **state)
 {
     (void)state;
     run_result_t r = run_shim(ENV("GPUSHIM_MODE=managed", "GPUSHIM_MANAGED_LIMIT=100M",
-                                  "GPUSHIM_MANAGED_PREFETCH=off",
-                                  "GPUSHIM_MANAGED_ADVICE=preferred", "FAKECUDA_STATS=stderr"),
+                                  "GPUSHIM_MANAGED_PREFETCH=off", "GPUSHIM_MANAGED_ADVICE=preferred",
+                                  "FAKECUDA_STATS=stderr"),
                               ARGV(path_of("GS_RUNTIME_LIKE"), "managed", "8"));
     EXPECT_STATUS(r, 0);
     EXPECT_IN(r, out, "alloc 6 rc 0 managed 1\nalloc 7 rc 2 managed -1\nalloc 8 rc 2 managed -1\n");
@@ -650,18 +622,16 @@ static void managed_cap_is_cudas_out_of_memory(void **state)
 static void managed_stream_ordered_free_waits_for_the_stream(void **state)
 {
     (void)state;
-    run_result_t r = run_shim(
-        ENV("GPUSHIM_MODE=managed", "FAKECUDA_EVENT_QUERIES=1000", "FAKECUDA_STATS=stderr"),
-        ARGV(path_of("GS_RUNTIME_LIKE"), "managed-async", "nosync"));
+    run_result_t r = run_shim(ENV("GPUSHIM_MODE=managed", "FAKECUDA_EVENT_QUERIES=1000", "FAKECUDA_STATS=stderr"),
+                              ARGV(path_of("GS_RUNTIME_LIKE"), "managed-async", "nosync"));
     EXPECT_STATUS(r, 0);
     EXPECT_IN(r, err, "1 stream-ordered frees still waiting");
     assert_null(strstr(r.err, "fakecuda: calls cuMemFree_v2")); /* not released early */
     EXPECT_IN(r, err, "fakecuda: calls cuEventRecord 1\n");
     run_free(&r);
 
-    r = run_shim(
-        ENV("GPUSHIM_MODE=managed", "FAKECUDA_EVENT_QUERIES=1000", "FAKECUDA_STATS=stderr"),
-        ARGV(path_of("GS_RUNTIME_LIKE"), "managed-async", "sync"));
+    r = run_shim(ENV("GPUSHIM_MODE=managed", "FAKECUDA_EVENT_QUERIES=1000", "FAKECUDA_STATS=stderr"),
+                 ARGV(path_of("GS_RUNTIME_LIKE"), "managed-async", "sync"));
     EXPECT_STATUS(r, 0);
     EXPECT_IN(r, err, "0 stream-ordered frees still waiting");
     EXPECT_IN(r, err, "fakecuda: calls cuMemFree_v2 1\n"); /* released once the stream was done */
@@ -673,9 +643,8 @@ static void managed_stream_ordered_free_waits_for_the_stream(void **state)
 static void pool_spills_to_managed_memory_on_demand(void **state)
 {
     (void)state;
-    run_result_t r =
-        run_shim(ENV("GPUSHIM_MODE=pool", "GPUSHIM_ON_OOM=managed", "FAKECUDA_MEMORY=67108864"),
-                 ARGV(path_of("GS_RUNTIME_LIKE"), "managed", "8"));
+    run_result_t r = run_shim(ENV("GPUSHIM_MODE=pool", "GPUSHIM_ON_OOM=managed", "FAKECUDA_MEMORY=67108864"),
+                              ARGV(path_of("GS_RUNTIME_LIKE"), "managed", "8"));
     EXPECT_STATUS(r, 0);
     EXPECT_IN(r, out, "alloc 1 rc 0 managed 0\n");
     EXPECT_IN(r, out, "alloc 8 rc 0 managed 1\n");
@@ -708,8 +677,7 @@ static void exports_are_exactly_the_intercepted_symbols(void **state)
     snprintf(command, sizeof command,
              "{ grep -oE 'CUresult CUDAAPI cu[A-Za-z0-9_]+' %s | awk '{print $3}'; "
              "grep -oE '__CUDA_API_PT(DS|SZ)\\(cu[A-Za-z0-9_]+\\)' %s | "
-             "sed -E 's/__CUDA_API_PTDS\\((.*)\\)/\\1_ptds/; "
-             "s/__CUDA_API_PTSZ\\((.*)\\)/\\1_ptsz/'; } | "
+             "sed -E 's/__CUDA_API_PTDS\\((.*)\\)/\\1_ptds/; s/__CUDA_API_PTSZ\\((.*)\\)/\\1_ptsz/'; } | "
              "grep -E 'Memcpy|Memset|Launch|Prefetch|Discard|WriteValue|WaitValue|BatchMemOp|"
              "SemaphoresAsync|MapArrayAsync|Decompress|GraphUpload' | "
              "grep -vE 'Node|^cuGraphAdd|Params' | LC_ALL=C sort -u",
@@ -733,8 +701,8 @@ static void exports_are_exactly_the_intercepted_symbols(void **state)
     snprintf(command, sizeof command, "printf '%%s%%s' '%s' '%s' | LC_ALL=C sort -u", intercepted,
              work);
     char *expected = strdup(command_output(command));
-    snprintf(command, sizeof command, "nm -D --defined-only %s | awk '{print $3}' | LC_ALL=C sort",
-             path_of("GS_SHIM"));
+    snprintf(command, sizeof command,
+             "nm -D --defined-only %s | awk '{print $3}' | LC_ALL=C sort", path_of("GS_SHIM"));
     assert_string_equal(command_output(command), expected);
     free(work);
     free(expected);
@@ -773,8 +741,7 @@ static char *make_temp_dir(void)
     return dir;
 }
 
-/* JSON report: valid JSON, per-rank file names, histogram, leaks with sizes, out-of-memory events.
- */
+/* JSON report: valid JSON, per-rank file names, histogram, leaks with sizes, out-of-memory events. */
 static void json_report_per_rank_with_leaks_and_oom(void **state)
 {
     (void)state;
@@ -782,8 +749,8 @@ static void json_report_per_rank_with_leaks_and_oom(void **state)
     char report[512], path[512], host[128] = "", command[1024];
     gethostname(host, sizeof host - 1);
     snprintf(report, sizeof report, "GPUSHIM_REPORT=%s/r-%%r-%%h-%%p.json", dir);
-    run_result_t r = run_shim(ENV(report, "GPUSHIM_REPORT_FORMAT=json", "RANK=3",
-                                  "GPUSHIM_MODE=pool", "FAKECUDA_MEMORY=67108864"),
+    run_result_t r = run_shim(ENV(report, "GPUSHIM_REPORT_FORMAT=json", "RANK=3", "GPUSHIM_MODE=pool",
+                                  "FAKECUDA_MEMORY=67108864"),
                               ARGV(path_of("GS_RUNTIME_LIKE"), "managed", "6"));
     EXPECT_STATUS(r, 0);
     snprintf(command, sizeof command, "ls %s", dir);
@@ -794,27 +761,22 @@ static void json_report_per_rank_with_leaks_and_oom(void **state)
     snprintf(path, sizeof path, "%s/%s", dir, strtok(listing, "\n"));
     char *json = read_file(path);
     assert_non_null(json);
-    snprintf(
-        command, sizeof command,
-        "python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); "
-        "v=d[\"devices\"][0]; print(d[\"schema\"], d[\"rank\"], v[\"allocations\"], v[\"failed\"], "
-        "len(v[\"out_of_memory\"]), v[\"size_histogram\"], v[\"pool\"][\"chunks\"] > 0)' %s",
-        path);
+    snprintf(command, sizeof command, "python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); "
+             "v=d[\"devices\"][0]; print(d[\"schema\"], d[\"rank\"], v[\"allocations\"], v[\"failed\"], "
+             "len(v[\"out_of_memory\"]), v[\"size_histogram\"], v[\"pool\"][\"chunks\"] > 0)' %s", path);
     const char *parsed = command_output(command);
     if (strstr(parsed, "gpushim-report/1 3 4 2 2 [{'le': 16777216, 'count': 4}] True") == NULL)
         print_message("parsed: %s\n%s\n", parsed, json);
     assert_non_null(strstr(parsed, "gpushim-report/1 3 4 2 2 [{'le': 16777216, 'count': 4}] True"));
     /* Version 1 only adds fields: every pool field the README names is there. */
-    snprintf(
-        command, sizeof command,
-        "python3 -c 'import json,sys; p=json.load(open(sys.argv[1]))[\"devices\"][0][\"pool\"]; "
-        "print(\"missing\", sorted(set(sys.argv[2].split()) - set(p)))' %s '%s'",
-        path,
-        "reserved reserved_peak chunks driver_allocations chunks_given_back "
-        "peak_reserved_over_peak_in_use cache_hits pool_allocations reuse pending "
-        "shim_synchronizations shim_synchronization_mean_us cached_in_threads "
-        "largest_free_block event_recycles events mark_waits mark_waits_given_up "
-        "mark_wait_mean_us idle_reuse idle_frees work_functions_watched");
+    snprintf(command, sizeof command,
+             "python3 -c 'import json,sys; p=json.load(open(sys.argv[1]))[\"devices\"][0][\"pool\"]; "
+             "print(\"missing\", sorted(set(sys.argv[2].split()) - set(p)))' %s '%s'", path,
+             "reserved reserved_peak chunks driver_allocations chunks_given_back "
+             "peak_reserved_over_peak_in_use cache_hits pool_allocations reuse pending "
+             "shim_synchronizations shim_synchronization_mean_us cached_in_threads "
+             "largest_free_block event_recycles events mark_waits mark_waits_given_up "
+             "mark_wait_mean_us idle_reuse idle_frees work_functions_watched");
     parsed = command_output(command);
     if (strstr(parsed, "missing []") == NULL)
         print_message("%s\n", parsed);
@@ -833,8 +795,7 @@ static void json_report_per_rank_with_leaks_and_oom(void **state)
     EXPECT_IN(r, err, "after start; sizes: <=8 KiB: 1\n");
     run_free(&r);
 
-    r = run_shim(ENV("FAKECUDA_FAIL=cuMemAlloc_v2:2"),
-                 ARGV(path_of("GS_RUNTIME_LIKE"), "oom", "3"));
+    r = run_shim(ENV("FAKECUDA_FAIL=cuMemAlloc_v2:2"), ARGV(path_of("GS_RUNTIME_LIKE"), "oom", "3"));
     EXPECT_IN(r, err, "device 0: out of memory, latest: 1 MiB at ");
     run_free(&r);
 }
@@ -857,8 +818,7 @@ static void trace_is_rmm_csv_with_every_event(void **state)
     free(csv);
     run_free(&r);
 
-    r = run_shim(ENV(trace, "GPUSHIM_MODE=pool"),
-                 ARGV(path_of("GS_RUNTIME_LIKE"), "threads", "4", "3000"));
+    r = run_shim(ENV(trace, "GPUSHIM_MODE=pool"), ARGV(path_of("GS_RUNTIME_LIKE"), "threads", "4", "3000"));
     EXPECT_STATUS(r, 0);
     csv = read_file(path);
     assert_int_equal(count_of(csv, ",allocate,0x"), 12000); /* several buffers' worth per thread */
@@ -866,8 +826,7 @@ static void trace_is_rmm_csv_with_every_event(void **state)
     free(csv);
     run_free(&r);
     /* Many full buffers a thread: they go through the writer thread and its queue. */
-    r = run_shim(ENV(trace, "GPUSHIM_MODE=pool"),
-                 ARGV(path_of("GS_RUNTIME_LIKE"), "threads", "8", "40000"));
+    r = run_shim(ENV(trace, "GPUSHIM_MODE=pool"), ARGV(path_of("GS_RUNTIME_LIKE"), "threads", "8", "40000"));
     EXPECT_STATUS(r, 0);
     csv = read_file(path);
     assert_int_equal(count_of(csv, ",allocate,0x"), 320000);
@@ -875,8 +834,7 @@ static void trace_is_rmm_csv_with_every_event(void **state)
     assert_int_equal(count_of(csv, "\n"), 640001);
     free(csv);
     run_free(&r);
-    r = run_shim(ENV(trace, "GPUSHIM_MODE=pool"),
-                 ARGV(path_of("GS_RUNTIME_LIKE"), "threads", "4", "3000"));
+    r = run_shim(ENV(trace, "GPUSHIM_MODE=pool"), ARGV(path_of("GS_RUNTIME_LIKE"), "threads", "4", "3000"));
     EXPECT_STATUS(r, 0);
     run_free(&r);
     /* Threads' batches interleave in the file; replay puts them back in time order: about
@@ -918,10 +876,10 @@ static void gpushim_command_runs_reports_replays_and_plots(void **state)
     snprintf(trace, sizeof trace, "%s/t.csv", dir);
     snprintf(svg, sizeof svg, "%s/p.svg", dir);
 
-    run_result_t r =
-        run_env(ENV(library_path, "RANK=0"),
-                ARGV(path_of("GS_CLI"), "run", "--mode", "pool", "--format", "json", "--report",
-                     report0, "--trace", trace, "--", path_of("GS_RUNTIME_LIKE"), "basic", "20"));
+    run_result_t r = run_env(ENV(library_path, "RANK=0"),
+                             ARGV(path_of("GS_CLI"), "run", "--mode", "pool", "--format", "json",
+                                  "--report", report0, "--trace", trace, "--", path_of("GS_RUNTIME_LIKE"),
+                                  "basic", "20"));
     EXPECT_STATUS(r, 0);
     EXPECT_IN(r, out, "ok basic 20");
     run_free(&r);
@@ -933,35 +891,29 @@ static void gpushim_command_runs_reports_replays_and_plots(void **state)
 
     r = run_env(NULL, ARGV(path_of("GS_CLI"), "report", report0, report1));
     EXPECT_STATUS(r, 0);
-    EXPECT_IN(r, out,
-              "rank 0, mode pool\n  device 0: 20 allocations, 0 failed (0 out of memory), "
-              "requested 840 KiB");
+    EXPECT_IN(r, out, "rank 0, mode pool\n  device 0: 20 allocations, 0 failed (0 out of memory), requested 840 KiB");
     EXPECT_IN(r, out, "rank 1, mode off\n  device 0: 1 allocations");
-    EXPECT_IN(
-        r, out,
-        "all 2 reports, 2 devices: 21 allocations, 0 failed (0 out of memory), requested 848 KiB");
+    EXPECT_IN(r, out, "all 2 reports, 2 devices: 21 allocations, 0 failed (0 out of memory), requested 848 KiB");
     EXPECT_IN(r, out, "live at exit 1 (8 KiB)");
     run_free(&r);
 
     char report2[512]; /* a program that resets the device: the summary says what that freed */
     snprintf(report2, sizeof report2, "%s/r-2.json", dir);
-    r = run_env(ENV(library_path),
-                ARGV(path_of("GS_CLI"), "run", "--mode", "pool", "--format", "json", "--report",
-                     report2, "--", path_of("GS_RUNTIME_LIKE"), "reset"));
+    r = run_env(ENV(library_path), ARGV(path_of("GS_CLI"), "run", "--mode", "pool", "--format",
+                                        "json", "--report", report2, "--",
+                                        path_of("GS_RUNTIME_LIKE"), "reset"));
     EXPECT_STATUS(r, 0);
     run_free(&r);
     r = run_env(NULL, ARGV(path_of("GS_CLI"), "report", report2));
     EXPECT_STATUS(r, 0);
-    EXPECT_IN(r, out,
-              "live at exit 0 (0 B); pool reserved peak 52 MiB; 1 context resets released "
-              "1 allocations\n");
+    EXPECT_IN(r, out, "live at exit 0 (0 B); pool reserved peak 52 MiB; 1 context resets released "
+                      "1 allocations\n");
     EXPECT_IN(r, out, "all 1 reports, 1 devices: 7 allocations");
-    EXPECT_IN(r, out,
-              "pool reserved peaks summed 52 MiB; 1 context resets released 1 allocations\n");
+    EXPECT_IN(r, out, "pool reserved peaks summed 52 MiB; 1 context resets released 1 allocations\n");
     run_free(&r);
 
-    r = run_env(ENV(library_path), ARGV(path_of("GS_CLI"), "replay", trace, "--mode", "off",
-                                        "--mode", "pool", "--mode", "managed"));
+    r = run_env(ENV(library_path), ARGV(path_of("GS_CLI"), "replay", trace, "--mode", "off", "--mode", "pool",
+                                        "--mode", "managed"));
     EXPECT_STATUS(r, 0);
     EXPECT_IN(r, out, "mode off     replayed 40 events in ");
     EXPECT_IN(r, out, "mode pool    replayed 40 events in ");
@@ -975,13 +927,10 @@ static void gpushim_command_runs_reports_replays_and_plots(void **state)
     EXPECT_IN(r, out, "40 events");
     EXPECT_IN(r, out, "peak in use 840 KiB, peak reserved 2 MiB (modelled)\n");
     char command[1024];
-    snprintf(
-        command, sizeof command,
-        "python3 -c 'import sys, xml.etree.ElementTree as E; "
-        "s = E.parse(sys.argv[1]).getroot(); n = \"{http://www.w3.org/2000/svg}\"; "
-        "print(s.tag == n + \"svg\", sorted((p.get(\"id\"), len(p.get(\"points\").split()) >= 40) "
-        "for p in s.iter(n + \"polyline\")))' %s",
-        svg);
+    snprintf(command, sizeof command, "python3 -c 'import sys, xml.etree.ElementTree as E; "
+             "s = E.parse(sys.argv[1]).getroot(); n = \"{http://www.w3.org/2000/svg}\"; "
+             "print(s.tag == n + \"svg\", sorted((p.get(\"id\"), len(p.get(\"points\").split()) >= 40) "
+             "for p in s.iter(n + \"polyline\")))' %s", svg);
     const char *checked = command_output(command);
     if (strstr(checked, "True [('in-use', True), ('reserved', True)]") == NULL)
         print_message("svg check: %s\n", checked);
@@ -1012,9 +961,7 @@ static void readme_lists_every_variable_as_the_table_does(void **state)
     fclose(f);
     assert_true(strlen(table) > 500);
     if (strstr(readme, table) == NULL)
-        print_message(
-            "README.md lacks the current table; regenerate it with gpushim-options --markdown:\n%s",
-            table);
+        print_message("README.md lacks the current table; regenerate it with gpushim-options --markdown:\n%s", table);
     assert_non_null(strstr(readme, table));
     free(table);
 }
