@@ -4,7 +4,7 @@
 # Prints tables last (medians; ratios against the anchors). Timing never goes into tests.
 set -u
 cd "$(dirname "$0")/.."
-build=${GPUSHIM_BUILD:-build-gpu}
+build=${GPU_BUILD:-build-gpu}
 bash scripts/gpu-build.sh || exit 1
 shim=$PWD/$build/src/libgpushim.so
 work=$(mktemp -d)

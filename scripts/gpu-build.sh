@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Builds the shim and the GPU test and benchmark programs into ${GPUSHIM_BUILD:-build-gpu}.
+# Builds the shim and the GPU test and benchmark programs into ${GPU_BUILD:-build-gpu}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-build=${GPUSHIM_BUILD:-build-gpu}
+build=${GPU_BUILD:-build-gpu}
 [ -f "$build/build.ninja" ] || meson setup "$build" -Dtests=disabled >/dev/null
 meson configure "$build" -Db_lto=true >/dev/null # an earlier fallback (below) does not stick
 if ! ninja -C "$build" >"$build.log" 2>&1; then

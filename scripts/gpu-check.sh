@@ -7,7 +7,7 @@
 # shared GPU can stall it for everyone.
 set -u
 cd "$(dirname "$0")/.."
-build=${GPUSHIM_BUILD:-build-gpu}
+build=${GPU_BUILD:-build-gpu}
 bash scripts/gpu-build.sh || exit 1
 shim=$PWD/$build/src/libgpushim.so
 modes=${*:-off pool managed}

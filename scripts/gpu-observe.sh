@@ -4,7 +4,7 @@
 # and `plot` read them; and the trace's cost on the pool pair benchmark, side by side.
 set -u
 cd "$(dirname "$0")/.."
-build=${GPUSHIM_BUILD:-build-gpu}
+build=${GPU_BUILD:-build-gpu}
 bash scripts/gpu-build.sh || exit 1
 cli=$PWD/$build/src/gpushim
 out=${OUT:-$(mktemp -d)}
