@@ -320,12 +320,8 @@ static inline gs_pool_block_t *cache_put(const gs_pool_device_t *p, thread_cache
     discard_stale(p, c);
     gs_pool_block_t *old = c->last;
     c->last = b;
-    if (old == NULL) {
-        OWNER_ADD(c->slot_bytes, b->size);
-        return NULL;
-    }
-    OWNER_ADD(c->slot_bytes, b->size - old->size);
-    return cache_file(p, c, old);
+    OWNER_ADD(c->slot_bytes, b->size - (old ? old->size : 0));
+    return old ? cache_file(p, c, old) : NULL;
 }
 
 /* Under memory pressure (device lock held): our own cache goes back to the central pool now;
