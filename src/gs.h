@@ -35,6 +35,7 @@ typedef enum { GS_IDLE_REUSE_AUTO, GS_IDLE_REUSE_OFF } gs_idle_reuse_t;
 typedef enum { GS_EXPANDABLE_AUTO, GS_EXPANDABLE_OFF } gs_expandable_t;
 typedef enum { GS_ADVICE_NONE, GS_ADVICE_PREFERRED, GS_ADVICE_ACCESSED_BY } gs_advice_t;
 typedef enum { GS_ON_OOM_FAIL, GS_ON_OOM_MANAGED } gs_on_oom_t;
+typedef enum { GS_HOST_POOL_AUTO, GS_HOST_POOL_ON, GS_HOST_POOL_OFF } gs_host_pool_t;
 
 /* A size given as bytes, or as a share (percent > 0) of the device's memory or, with of_host,
  * of the host's. */
@@ -63,6 +64,8 @@ typedef struct gs_options {
     bool managed_prefetch;
     gs_advice_t managed_advice;
     gs_size_spec_t managed_limit;
+    gs_size_spec_t device_limit;
+    gs_host_pool_t host_pool;
 } gs_options_t;
 
 /* Parses the GPUSHIM_* entries of envp into *out (defaults first). On a bad or unknown variable
@@ -125,6 +128,13 @@ uint64_t gs_ticks_to_epoch_ns(uint64_t ticks, double ticks_per_ns);
     X(mem_alloc_async, "cuMemAllocAsync", CUresult (*)(CUdeviceptr *, size_t, CUstream))           \
     X(mem_alloc_async_ptsz, "cuMemAllocAsync_ptsz", CUresult (*)(CUdeviceptr *, size_t, CUstream)) \
     X(mem_free_async, "cuMemFreeAsync", CUresult (*)(CUdeviceptr, CUstream))                       \
+    X(mem_alloc_from_pool_async, "cuMemAllocFromPoolAsync",                                        \
+      CUresult (*)(CUdeviceptr *, size_t, CUmemoryPool, CUstream))                                 \
+    X(mem_alloc_from_pool_async_ptsz, "cuMemAllocFromPoolAsync_ptsz",                              \
+      CUresult (*)(CUdeviceptr *, size_t, CUmemoryPool, CUstream))                                 \
+    X(mem_host_alloc, "cuMemHostAlloc", CUresult (*)(void **, size_t, unsigned int))               \
+    X(mem_alloc_host, "cuMemAllocHost_v2", CUresult (*)(void **, size_t))                          \
+    X(mem_free_host, "cuMemFreeHost", CUresult (*)(void *))                                        \
     X(mem_free_async_ptsz, "cuMemFreeAsync_ptsz", CUresult (*)(CUdeviceptr, CUstream))             \
     X(mem_get_info, "cuMemGetInfo_v2", CUresult (*)(size_t *, size_t *))                           \
     X(mem_get_address_range, "cuMemGetAddressRange_v2",                                            \
@@ -300,6 +310,7 @@ typedef struct gs_alloc_req {
     unsigned int managed_flags; /* MANAGED */
     CUstream stream;            /* ASYNC */
     bool per_thread_stream;     /* ASYNC: the _ptsz entry point was called */
+    CUmemoryPool mem_pool;      /* ASYNC: cuMemAllocFromPoolAsync's pool (passed through) */
 } gs_alloc_req_t;
 
 typedef struct gs_free_req {
@@ -330,6 +341,9 @@ typedef struct gs_backend {
     /* Optional answers for pointers of its own; NULL or GS_NOT_OURS sends the call to the driver.
      */
     int (*mem_get_info)(size_t *free_bytes, size_t *total_bytes, CUresult *result);
+    /* Device bytes it holds that the program could still get (kept for reuse), for
+     * GPUSHIM_DEVICE_LIMIT's cuMemGetInfo. May be NULL. */
+    uint64_t (*idle_bytes)(int device);
     int (*address_range)(CUdeviceptr ptr, CUdeviceptr *base, size_t *size, CUresult *result);
     int (*pointer_attribute)(void *data, CUpointer_attribute attr, CUdeviceptr ptr,
                              CUresult *result);
@@ -360,14 +374,47 @@ typedef struct gs_backend {
 } gs_backend_t;
 
 extern const gs_backend_t gs_backend_passthrough;
+/* Pool mode, and managed mode: the same pool over managed memory (pool_managed.c). */
 extern const gs_backend_t gs_backend_pool;
 extern const gs_backend_t gs_backend_managed;
-/* Pool mode, GPUSHIM_ON_OOM=managed: serves what the pool could not, counted as spilled. */
-CUresult gs_managed_spill(const gs_alloc_req_t *req, CUdeviceptr *ptr, size_t *pitch,
-                          gs_block_t *block);
-/* The owner tag of managed blocks in gs_ptrmap, so the pool can route their frees. */
-extern const char gs_managed_owner[];
 void gs_pool_destroy(void); /* tests: forget and free every host record */
+
+/* ------------------------------------------------------------------------------------------ */
+/* budget.c: GPUSHIM_DEVICE_LIMIT, device memory per process and device, in every mode        */
+
+bool gs_budget_set(void);
+uint64_t gs_budget_limit(int device); /* bytes; 0: no limit */
+/* Charges device memory about to be taken: false (and nothing charged) past the limit. */
+bool gs_budget_charge(int device, uint64_t bytes);
+void gs_budget_uncharge(int device, uint64_t bytes);
+/* Managed memory the shim takes: how many of bytes fit within the limit (charged; the rest is
+ * counted as placed in host memory). All of them without a limit. */
+uint64_t gs_budget_place(int device, uint64_t bytes);
+void gs_budget_unplace(int device, uint64_t on_device, uint64_t on_host);
+/* Under a limit: total = the limit, free at most what it leaves (idle: bytes the backend holds
+ * that the program can still get). */
+void gs_budget_mem_info(int device, size_t *free_bytes, size_t *total_bytes, uint64_t idle);
+int gs_budget_handle_add(CUmemGenericAllocationHandle handle, int device, uint64_t bytes);
+int gs_budget_handle_remove(CUmemGenericAllocationHandle handle, int *device, uint64_t *bytes);
+void gs_budget_report(int device, gs_buf_t *out, bool json);
+void gs_budget_forget(void);
+
+/* ------------------------------------------------------------------------------------------ */
+/* host_pool.c: GPUSHIM_HOST_POOL, pinned host memory kept for reuse                          */
+
+bool gs_host_pool_on(void);
+/* cuMemHostAlloc (alloc_host false) and cuMemAllocHost (true). */
+CUresult gs_mem_host_alloc(void **ptr, size_t bytes, unsigned int flags, bool alloc_host);
+CUresult gs_mem_free_host(void *ptr);
+/* Range queries for a pooled host block: the program's size, not the rounded one. 0 if answered,
+ * GS_NOT_OURS. */
+int gs_host_pool_range(CUdeviceptr ptr, CUdeviceptr *base, size_t *size);
+/* Around the program's device synchronizations (dispatch.c). */
+uint64_t gs_host_pool_before_sync(void);
+void gs_host_pool_after_sync(uint64_t token);
+void gs_host_pool_report(gs_buf_t *out, bool json);
+bool gs_host_pool_active(void);
+void gs_host_pool_forget(void);
 
 /* The backend for a mode. */
 const gs_backend_t *gs_backend_for_mode(gs_mode_t mode);
@@ -398,6 +445,8 @@ extern GS_TLS uint64_t gs_driver_ticks;
 void gs_dispatch_use(const gs_backend_t *backend); /* tests; gs_start picks from the mode */
 const gs_backend_t *gs_dispatch_backend(void);
 int gs_current_device(void);
+/* The process sees exactly one device (known once it has allocated). */
+bool gs_single_device_process(void);
 
 /* cuMemAllocPitch's own argument checks, then the pitch rounded up to align and its bytes. */
 CUresult gs_pitch_layout(const gs_alloc_req_t *req, uint64_t align, size_t *pitch, uint64_t *bytes);
@@ -409,6 +458,12 @@ CUresult gs_mem_alloc_managed(CUdeviceptr *dptr, size_t bytes, unsigned int flag
 CUresult gs_mem_alloc_async(CUdeviceptr *dptr, size_t bytes, CUstream stream, bool per_thread);
 CUresult gs_mem_free(CUdeviceptr ptr);
 CUresult gs_mem_free_async(CUdeviceptr ptr, CUstream stream, bool per_thread);
+CUresult gs_mem_alloc_from_pool_async(CUdeviceptr *dptr, size_t bytes, CUmemoryPool pool,
+                                      CUstream stream, bool per_thread);
+/* The program's own virtual-memory allocations, counted against GPUSHIM_DEVICE_LIMIT. */
+CUresult gs_mem_create(CUmemGenericAllocationHandle *handle, size_t bytes,
+                       const CUmemAllocationProp *prop, unsigned long long flags);
+CUresult gs_mem_release(CUmemGenericAllocationHandle handle);
 CUresult gs_mem_get_info(size_t *free_bytes, size_t *total_bytes);
 CUresult gs_mem_get_address_range(CUdeviceptr *base, size_t *size, CUdeviceptr ptr);
 CUresult gs_pointer_get_attribute(void *data, CUpointer_attribute attr, CUdeviceptr ptr);
@@ -458,6 +513,11 @@ static inline bool gs_work_quiet_token(int device, uint64_t *token)
     return word & 1;
 }
 bool gs_work_watched(void);
+/* Whether anything asks (the wrappers are installed only then). */
+bool gs_work_wanted(void);
+/* The pinned host pool's point, as gs_work_quiet_from and gs_work_quiet_token for a device. */
+void gs_work_host_quiet_from(uint64_t token);
+bool gs_work_host_quiet_token(uint64_t *token);
 const char *gs_work_blind_reason(void);
 void gs_work_blind(const char *why);
 void gs_work_forget(void);

@@ -1,6 +1,12 @@
 /* passthrough.c: GPUSHIM_MODE=off. Every call goes to the driver unchanged; the backend only
- * remembers each live block (base, size, device) so that frees can be counted. */
+ * remembers each live block (base, size, device) so that frees can be counted, and charges
+ * device memory to GPUSHIM_DEVICE_LIMIT (the program's own managed memory is not charged). */
 #include "gs.h"
+
+static inline bool charged(gs_alloc_kind_t kind)
+{
+    return kind != GS_KIND_MANAGED;
+}
 
 static CUresult passthrough_alloc(const gs_alloc_req_t *req, CUdeviceptr *ptr, size_t *pitch,
                                   gs_block_t *block)
@@ -8,6 +14,9 @@ static CUresult passthrough_alloc(const gs_alloc_req_t *req, CUdeviceptr *ptr, s
     const gs_driver_t *drv = gs_driver();
     CUresult rc = CUDA_ERROR_NOT_SUPPORTED;
     uint64_t bytes = req->bytes;
+    /* The pitch's bytes are known only once the driver chose the pitch: charged after. */
+    if (charged(req->kind) && req->kind != GS_KIND_PITCH && !gs_budget_charge(req->device, bytes))
+        return CUDA_ERROR_OUT_OF_MEMORY; /* past GPUSHIM_DEVICE_LIMIT */
     switch (req->kind) {
     case GS_KIND_DEVICE:
         if (drv->mem_alloc)
@@ -25,24 +34,41 @@ static CUresult passthrough_alloc(const gs_alloc_req_t *req, CUdeviceptr *ptr, s
             rc = GS_DRIVER_CALL(req->device,
                                 drv->mem_alloc_managed(ptr, req->bytes, req->managed_flags));
         break;
-    case GS_KIND_ASYNC: {
-        CUresult (*fn)(CUdeviceptr *, size_t, CUstream) =
-            req->per_thread_stream ? drv->mem_alloc_async_ptsz : drv->mem_alloc_async;
-        if (fn)
-            rc = GS_DRIVER_CALL(req->device, fn(ptr, req->bytes, req->stream));
+    case GS_KIND_ASYNC:
+        if (req->mem_pool) {
+            CUresult (*fn)(CUdeviceptr *, size_t, CUmemoryPool, CUstream) =
+                req->per_thread_stream ? drv->mem_alloc_from_pool_async_ptsz
+                                       : drv->mem_alloc_from_pool_async;
+            if (fn)
+                rc = GS_DRIVER_CALL(req->device, fn(ptr, req->bytes, req->mem_pool, req->stream));
+        } else {
+            CUresult (*fn)(CUdeviceptr *, size_t, CUstream) =
+                req->per_thread_stream ? drv->mem_alloc_async_ptsz : drv->mem_alloc_async;
+            if (fn)
+                rc = GS_DRIVER_CALL(req->device, fn(ptr, req->bytes, req->stream));
+        }
         break;
     }
-    }
-    if (rc != CUDA_SUCCESS)
+    if (rc != CUDA_SUCCESS) {
+        if (charged(req->kind) && req->kind != GS_KIND_PITCH)
+            gs_budget_uncharge(req->device, bytes);
         return rc;
+    }
+    if (req->kind == GS_KIND_PITCH && !gs_budget_charge(req->device, bytes)) {
+        GS_DRIVER_CALL(req->device, drv->mem_free(*ptr));
+        return CUDA_ERROR_OUT_OF_MEMORY; /* past GPUSHIM_DEVICE_LIMIT */
+    }
     *block = (gs_block_t){.base = *ptr, .bytes = bytes, .device = req->device, .kind = req->kind};
     /* A zero-byte request may come back as 0 or a pointer the driver reuses: not tracked. */
     gs_block_t stale = {.base = 0};
     if (*ptr != 0 && gs_ptrmap_insert_fresh(block, &stale) != 0)
         gs_log_warning("lost track of a %llu-byte allocation; its free will count as foreign",
                        (unsigned long long)bytes);
-    if (stale.base)
-        gs_stats_free(stale.device, stale.bytes); /* its context was destroyed */
+    if (stale.base) { /* its context was destroyed */
+        gs_stats_free(stale.device, stale.bytes);
+        if (charged(stale.kind))
+            gs_budget_uncharge(stale.device, stale.bytes);
+    }
     return rc;
 }
 
@@ -64,6 +90,8 @@ static int passthrough_free(CUdeviceptr ptr, const gs_free_req_t *req, CUresult 
      * finds it already gone: handled, but nothing more to count. */
     if (*result == CUDA_SUCCESS && gs_ptrmap_remove(ptr, block) != 0)
         block->base = 0;
+    else if (*result == CUDA_SUCCESS && charged(block->kind))
+        gs_budget_uncharge(block->device, block->bytes);
     return 0;
 }
 

@@ -1,7 +1,9 @@
-/* pool.c: GPUSHIM_MODE=pool. Synchronous device allocations (cuMemAlloc, cuMemAllocPitch) come
- * from per-device pools that take memory from the driver in chunks; cuMemFree gives blocks back
- * to the pool. Stream-ordered and managed allocations already have CUDA's own pools: they pass
- * through (counted), as in the pass-through backend.
+/* pool.c: GPUSHIM_MODE=pool and GPUSHIM_MODE=managed. Synchronous device allocations
+ * (cuMemAlloc, cuMemAllocPitch) come from per-device pools that take memory from the driver in
+ * chunks; cuMemFree gives blocks back to the pool. In pool mode, stream-ordered and managed
+ * allocations already have CUDA's own pools: they pass through (counted), as in the pass-through
+ * backend. In managed mode the chunks are managed memory (pool_managed.c), and stream-ordered
+ * allocations and the program's own cuMemAllocManaged (global attach) come from the pool too.
  *
  * Layers, fastest first:
  *   thread cache   (here) per thread and device: the latest freed block, then a FIFO queue of
@@ -396,10 +398,31 @@ static inline CUdeviceptr hand_out(thread_cache_t *c, gs_pool_block_t *b, uint64
     return b->base;
 }
 
+/* What the pool serves: device allocations; in managed mode also stream-ordered ones and the
+ * program's managed ones of global attach (others keep their own semantics: host attach, explicit
+ * memory pools). */
+static bool pooled(const gs_alloc_req_t *req)
+{
+    switch (req->kind) {
+    case GS_KIND_DEVICE:
+    case GS_KIND_PITCH:
+        return true;
+    case GS_KIND_ASYNC:
+        return req->mem_pool == NULL && gs_opts.mode == GS_MODE_MANAGED;
+    case GS_KIND_MANAGED:
+        return req->managed_flags == CU_MEM_ATTACH_GLOBAL && gs_opts.mode == GS_MODE_MANAGED;
+    }
+    return false;
+}
+
+/* Larger than any device or host: out of memory, as the driver says, before any size arithmetic
+ * can wrap. */
+#define GS_POOL_LARGEST (1ull << 62)
+
 static CUresult pool_alloc(const gs_alloc_req_t *req, CUdeviceptr *ptr, size_t *pitch,
                            gs_block_t *block)
 {
-    if (req->kind == GS_KIND_ASYNC || req->kind == GS_KIND_MANAGED)
+    if (!pooled(req))
         return gs_backend_passthrough.alloc(req, ptr, pitch, block);
     gs_pool_device_t *p = pool_for(req->device);
     uint64_t requested = req->bytes;
@@ -407,13 +430,13 @@ static CUresult pool_alloc(const gs_alloc_req_t *req, CUdeviceptr *ptr, size_t *
         return CUDA_ERROR_INVALID_VALUE; /* the device's pitch alignment */
     if (requested == 0)
         return CUDA_ERROR_INVALID_VALUE; /* as cuMemAlloc(0) */
+    if (requested > GS_POOL_LARGEST)
+        return CUDA_ERROR_OUT_OF_MEMORY;
     uint64_t size = round_up(requested, GS_POOL_ALIGN);
     thread_cache_t *cache = my_cache(req->device);
     gs_pool_block_t *b = cache ? cache_lookup(p, cache, req->device, size) : NULL;
     if (b == NULL) {
         CUresult rc = gs_pool_central_alloc(p, req->device, size, &b);
-        if (rc == CUDA_ERROR_OUT_OF_MEMORY && gs_opts.on_oom == GS_ON_OOM_MANAGED)
-            return gs_managed_spill(req, ptr, pitch, block); /* GPUSHIM_ON_OOM=managed */
         if (rc != CUDA_SUCCESS)
             return rc;
         b->size_class = class_floor(b->size); /* a block from the pool: its size may be new */
@@ -460,8 +483,6 @@ static int pool_free(CUdeviceptr ptr, const gs_free_req_t *req, CUresult *result
         gs_block_t entry;
         if (gs_ptrmap_find(ptr, &entry) != 0)
             return GS_NOT_OURS;
-        if (entry.owner == gs_managed_owner) /* spilled to managed memory */
-            return gs_backend_managed.free(ptr, req, result, block);
         b = entry.owner;
         if (b == NULL) /* a stream-ordered or managed allocation we passed through */
             return gs_backend_passthrough.free(ptr, req, result, block);
@@ -569,8 +590,8 @@ static gs_pool_block_t *containing(CUdeviceptr ptr)
 {
     gs_block_t entry;
     if (gs_ptrmap_find(ptr, &entry) == 0) {
-        if (entry.owner == NULL || entry.owner == gs_managed_owner)
-            return NULL; /* passed through or spilled: the driver describes it */
+        if (entry.owner == NULL)
+            return NULL; /* passed through: the driver describes it */
         gs_pool_block_t *b = entry.owner;
         return atomic_load(&b->state) == BLOCK_LIVE ? b : NULL;
     }
@@ -651,6 +672,16 @@ static int pool_ipc_handle(CUipcMemHandle *handle, CUdeviceptr ptr, CUresult *re
 {
     (void)handle;
     gs_pool_block_t *b = containing(ptr);
+    if (b && b->chunk->managed) {
+        gs_log_warning("cuIpcGetMemHandle failed (error %d): CUDA IPC cannot share managed memory, "
+                       "and %s; run the exporting process with GPUSHIM_MODE=off or pool",
+                       (int)CUDA_ERROR_INVALID_VALUE,
+                       gs_opts.mode == GS_MODE_MANAGED
+                           ? "GPUSHIM_MODE=managed makes every allocation managed"
+                           : "this allocation was spilled to managed memory (GPUSHIM_ON_OOM)");
+        *result = CUDA_ERROR_INVALID_VALUE; /* the driver's answer for managed memory */
+        return 0;
+    }
     if (b == NULL || whole_chunk(b))
         return GS_NOT_OURS; /* not ours, or a whole chunk: the driver's handle is right */
     gs_log_warning("cuIpcGetMemHandle refused (CUDA_ERROR_INVALID_VALUE): %#llx is a block inside "
@@ -672,20 +703,40 @@ static uint64_t cached_bytes(int device)
     return bytes;
 }
 
-/* What the program can still get: the driver's free memory plus every pool byte not in use. */
-static int pool_mem_get_info(size_t *free_bytes, size_t *total_bytes, CUresult *result)
+/* Bytes the pool holds on the device that the program could still get. */
+static uint64_t pool_idle_bytes(int device)
 {
-    const gs_driver_t *drv = gs_driver();
-    int device = gs_current_device();
     gs_pool_device_t *p = &gs_pools[device];
-    *result =
-        drv->mem_get_info ? drv->mem_get_info(free_bytes, total_bytes) : CUDA_ERROR_NOT_SUPPORTED;
-    if (*result != CUDA_SUCCESS || !atomic_load(&p->ready))
+    if (!atomic_load(&p->ready))
         return 0;
     pthread_mutex_lock(&p->lock);
     uint64_t idle = p->free_bytes + p->pending_bytes;
     pthread_mutex_unlock(&p->lock);
-    idle += cached_bytes(device);
+    return idle + cached_bytes(device);
+}
+
+/* What the program can still get: the driver's free memory plus every pool byte not in use. In
+ * managed mode with a cap (GPUSHIM_MANAGED_LIMIT), frameworks that size themselves from free
+ * memory see what the shim will give: total = the cap, free = the cap less what is in use. */
+static int pool_mem_get_info(size_t *free_bytes, size_t *total_bytes, CUresult *result)
+{
+    const gs_driver_t *drv = gs_driver();
+    int device = gs_current_device();
+    gs_pool_device_t *p = pool_for(device);
+    *result =
+        drv->mem_get_info ? drv->mem_get_info(free_bytes, total_bytes) : CUDA_ERROR_NOT_SUPPORTED;
+    if (*result != CUDA_SUCCESS)
+        return 0;
+    uint64_t idle = pool_idle_bytes(device);
+    if (p->managed && p->max != UINT64_MAX) {
+        pthread_mutex_lock(&p->lock);
+        uint64_t reserved = p->reserved;
+        pthread_mutex_unlock(&p->lock);
+        uint64_t in_use = reserved > idle ? reserved - idle : 0;
+        *total_bytes = p->max;
+        *free_bytes = in_use < p->max ? p->max - in_use : 0;
+        return 0;
+    }
     *free_bytes += idle;
     if (*free_bytes > *total_bytes)
         *free_bytes = *total_bytes;
@@ -799,8 +850,8 @@ static void pool_report(int device, gs_buf_t *out, bool json)
                           (unsigned long long)quiet_frees, gs_work_wrapper_count());
         }
     }
+    gs_pool_managed_report(p, device, out, json); /* managed chunks, what spilled */
     pthread_mutex_unlock(&p->lock);
-    gs_backend_managed.report(device, out, json); /* what spilled, if anything */
 }
 
 /* cudaDeviceReset: the driver freed every chunk (gs_ptrmap no longer lists their blocks). The
@@ -814,7 +865,6 @@ static void pool_device_reset(int device)
         pthread_mutex_unlock(&p->lock);
         gs_pool_forget_streams(device);
     }
-    gs_backend_managed.device_reset(device); /* blocks spilled to managed memory */
 }
 
 /* cuCtxDestroy: if all of a device's chunks came from the destroyed context, the core forgets
@@ -846,7 +896,7 @@ static int pool_context_destroyed(CUcontext ctx)
  * in the map; a pool block is live while handed out, with the size the program asked for. */
 static uint64_t pool_live_bytes(const gs_block_t *block)
 {
-    if (block->owner == NULL || block->owner == gs_managed_owner)
+    if (block->owner == NULL)
         return block->bytes;
     gs_pool_block_t *b = block->owner;
     return atomic_load(&b->state) == BLOCK_LIVE ? b->requested : 0;
@@ -867,7 +917,7 @@ static void pool_forget(void)
     memset(gs_my_caches, 0, sizeof gs_my_caches);
     memset(gs_recent, 0, sizeof gs_recent);
     gs_latest.base = 0;
-    gs_backend_managed.forget(); /* spilled blocks; clears gs_ptrmap too */
+    gs_ptrmap_clear();
 }
 
 /* Tests: frees every host record (single-threaded; device memory is the fake's business). */
@@ -899,23 +949,16 @@ void gs_pool_destroy(void)
     pool_forget();
 }
 
-const gs_backend_t gs_backend_pool = {
-    .name = "pool",
-    .start = pool_start,
-    .alloc = pool_alloc,
-    .free = pool_free,
-    .express_mem_alloc = pool_express_mem_alloc,
-    .express_mem_free = pool_express_mem_free,
-    .mem_get_info = pool_mem_get_info,
-    .address_range = pool_address_range,
-    .pointer_attribute = pool_pointer_attribute,
-    .ipc_handle = pool_ipc_handle,
-    .before_sync = gs_pool_before_sync,
-    .after_sync = gs_pool_after_sync,
-    .report = pool_report,
-    .device_reset = pool_device_reset,
-    .context_destroyed = pool_context_destroyed,
-    .stream_destroying = gs_pool_stream_destroying,
-    .live_bytes = pool_live_bytes,
-    .forget = pool_forget,
-};
+#define GS_POOL_OPERATIONS                                                                         \
+    .start = pool_start, .alloc = pool_alloc, .free = pool_free,                                   \
+    .express_mem_alloc = pool_express_mem_alloc, .express_mem_free = pool_express_mem_free,        \
+    .mem_get_info = pool_mem_get_info, .idle_bytes = pool_idle_bytes,                              \
+    .address_range = pool_address_range, .pointer_attribute = pool_pointer_attribute,              \
+    .ipc_handle = pool_ipc_handle, .before_sync = gs_pool_before_sync,                             \
+    .after_sync = gs_pool_after_sync, .report = pool_report, .device_reset = pool_device_reset,   \
+    .context_destroyed = pool_context_destroyed, .stream_destroying = gs_pool_stream_destroying,   \
+    .live_bytes = pool_live_bytes, .forget = pool_forget
+
+const gs_backend_t gs_backend_pool = {.name = "pool", GS_POOL_OPERATIONS};
+/* The same pool; gs_pool_device_init reads the mode and takes managed chunks. */
+const gs_backend_t gs_backend_managed = {.name = "managed", GS_POOL_OPERATIONS};

@@ -236,7 +236,6 @@ void gs_pool_after_sync(int device, uint64_t token)
         }
         pthread_mutex_unlock(&p->lock);
     }
-    gs_backend_managed.after_sync(device, token); /* stream-ordered frees of spilled blocks */
 }
 
 /* The next back-off after a slow synchronization or a mark wait that gave up: 1 ms, twice as
@@ -601,17 +600,27 @@ void gs_pool_release(gs_pool_device_t *p, gs_pool_block_t *b)
 
 /* ---- growth and release (device lock held) ---------------------------------------------- */
 
+/* reserved counts the device heaps only (against GPUSHIM_POOL_MAX); the spill heap's bytes are
+ * its own (against GPUSHIM_MANAGED_LIMIT). */
 static void add_reserved(gs_pool_device_t *p, int heap, uint64_t bytes)
 {
-    p->reserved += bytes;
+    if (heap != HEAP_SPILL)
+        p->reserved += bytes;
     p->heaps[heap].reserved += bytes;
     if (p->reserved > p->reserved_peak)
         p->reserved_peak = p->reserved;
+    uint64_t both = p->reserved + p->heaps[HEAP_SPILL].reserved;
+    if (both > p->both_peak) {
+        p->both_peak = both;
+        p->both_peak_device = p->reserved;
+        p->both_peak_spilled = p->heaps[HEAP_SPILL].reserved;
+    }
 }
 
 static void remove_reserved(gs_pool_device_t *p, int heap, uint64_t bytes)
 {
-    p->reserved -= bytes;
+    if (heap != HEAP_SPILL)
+        p->reserved -= bytes;
     p->heaps[heap].reserved -= bytes;
     p->releases++;
 }
@@ -691,13 +700,12 @@ static CUresult expand(gs_pool_device_t *p, int device, uint64_t need)
     return CUDA_SUCCESS;
 }
 
-/* Grows the heap that serves need: the large heap's expandable range where there is one (a
- * request over GPUSHIM_POOL_CHUNK still gets a chunk of its own, which legacy IPC can share),
+/* Grows a heap so that it can serve need: the large heap's expandable range where there is one
+ * (a request over GPUSHIM_POOL_CHUNK still gets a chunk of its own, which legacy IPC can share),
  * else a new chunk. */
-static CUresult grow(gs_pool_device_t *p, int device, uint64_t need)
+static CUresult grow_heap(gs_pool_device_t *p, int device, uint64_t need, int heap)
 {
     const gs_driver_t *drv = gs_driver();
-    int heap = heap_for(need);
     if (heap == HEAP_LARGE && p->vmm.off == NULL && need <= p->chunk_size) {
         CUresult rc = expand(p, device, need);
         if (rc == CUDA_SUCCESS || rc == CUDA_ERROR_OUT_OF_MEMORY)
@@ -712,36 +720,43 @@ static CUresult grow(gs_pool_device_t *p, int device, uint64_t need)
     if (step > p->chunk_size)
         step = p->chunk_size;
     uint64_t size = round_up(need > step ? need : step, GS_POOL_GRANULE);
-    if (p->reserved + size > p->max) {
-        if (p->reserved + round_up(need, GS_POOL_GRANULE) > p->max)
+    uint64_t held = heap == HEAP_SPILL ? p->heaps[HEAP_SPILL].reserved : p->reserved;
+    uint64_t max = heap == HEAP_SPILL ? p->spill_max : p->max;
+    if (size < need || held + size < held || held + size > max) { /* also: sizes near 2^64 */
+        uint64_t least = round_up(need, GS_POOL_GRANULE);
+        if (least < need || held + least < held || held + least > max)
             return CUDA_ERROR_OUT_OF_MEMORY;
-        size = round_up(need, GS_POOL_GRANULE);
+        size = least;
     }
     gs_pool_chunk_t *chunk = calloc(1, sizeof *chunk);
     if (chunk == NULL)
         return CUDA_ERROR_OUT_OF_MEMORY;
     CUdeviceptr base = 0;
     p->grow_calls++;
-    CUresult rc = drv->mem_alloc ? GS_DRIVER_CALL(device, drv->mem_alloc(&base, size))
-                                 : CUDA_ERROR_NOT_SUPPORTED;
+    chunk->heap = heap;
+    CUresult rc = gs_pool_chunk_take(p, device, chunk, &base, size);
     if (rc != CUDA_SUCCESS) {
         free(chunk);
         return rc;
     }
     chunk->base = base;
     chunk->size = size;
-    chunk->heap = heap;
     if (drv->ctx_get_current == NULL || drv->ctx_get_current(&chunk->ctx) != CUDA_SUCCESS)
         chunk->ctx = NULL;
     chunk->first = new_block(p, chunk, base, size, device);
     if (chunk->first == NULL) {
-        GS_DRIVER_CALL(device, drv->mem_free(base));
+        gs_pool_chunk_give_back(device, chunk);
         free(chunk);
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     link_chunk(p, chunk);
     add_reserved(p, heap, size);
     return CUDA_SUCCESS;
+}
+
+static CUresult grow(gs_pool_device_t *p, int device, uint64_t need)
+{
+    return grow_heap(p, device, need, heap_for(need));
 }
 
 /* Unmaps the pieces at the end of the expandable range that its last block, a free one, spans,
@@ -787,7 +802,6 @@ static bool shrink_expandable(gs_pool_device_t *p, int device, uint64_t keep)
  * free lists hold more than keep bytes; returns how many chunks or ends. */
 static int release_free_chunks(gs_pool_device_t *p, int device, uint64_t keep)
 {
-    const gs_driver_t *drv = gs_driver();
     int released = 0;
     if (gs_capturing())
         return 0; /* cuMemFree waits for the device: not while a stream is capturing */
@@ -800,7 +814,7 @@ static int release_free_chunks(gs_pool_device_t *p, int device, uint64_t keep)
         }
         list_remove(p, b);
         gs_ptrmap_remove(b->base, NULL);
-        if (GS_DRIVER_CALL(device, drv->mem_free(c->base)) != CUDA_SUCCESS) {
+        if (gs_pool_chunk_give_back(device, c) != CUDA_SUCCESS) {
             list_push(p, b); /* keep it; the driver refused */
             map_block(b);
             link = &c->next;
@@ -859,6 +873,7 @@ void gs_pool_forget_chunks(gs_pool_device_t *p)
             after = b->next_addr;
             recycle_block(p, b); /* stale frees and recent-table entries no longer match */
         }
+        gs_pool_chunk_forget(p - gs_pools, c);
         free(c);
     }
     p->chunks = NULL;
@@ -885,9 +900,20 @@ void gs_pool_device_init(gs_pool_device_t *p, int device)
     if (drv->device_get_attribute)
         drv->device_get_attribute(&align, CU_DEVICE_ATTRIBUTE_TEXTURE_PITCH_ALIGNMENT, device);
     p->total = total;
-    p->max = gs_size_resolve(gs_opts.pool_max, total);
-    if (p->max == 0 || (total && p->max > total))
-        p->max = total ? total : UINT64_MAX;
+    p->managed = gs_opts.mode == GS_MODE_MANAGED;
+    uint64_t managed_cap = gs_size_resolve(gs_opts.managed_limit, total);
+    if (p->managed) {
+        p->max = managed_cap ? managed_cap : UINT64_MAX; /* managed memory may pass the device */
+    } else {
+        p->max = gs_size_resolve(gs_opts.pool_max, total);
+        if (p->max == 0 || (total && p->max > total))
+            p->max = total ? total : UINT64_MAX;
+        uint64_t budget = gs_budget_limit(device);
+        if (budget && budget < p->max)
+            p->max = budget; /* GPUSHIM_DEVICE_LIMIT */
+        p->spill = gs_opts.on_oom == GS_ON_OOM_MANAGED;
+        p->spill_max = managed_cap ? managed_cap : UINT64_MAX;
+    }
     p->chunk_size = gs_size_resolve(gs_opts.pool_chunk, total);
     if (p->chunk_size < GS_POOL_GRANULE)
         p->chunk_size = GS_POOL_GRANULE;
@@ -899,7 +925,10 @@ void gs_pool_device_init(gs_pool_device_t *p, int device)
     p->pitch_align = (uint64_t)align > GS_POOL_ALIGN ? (uint64_t)align : GS_POOL_ALIGN;
     atomic_store(&p->epoch, 1);
     atomic_store(&p->completed, 0);
-    gs_pool_vmm_init(p, device);
+    if (p->managed)
+        p->vmm.off = "managed memory is not mapped";
+    else
+        gs_pool_vmm_init(p, device);
     uint64_t initial = gs_size_resolve(gs_opts.pool_initial, total);
     atomic_store_explicit(&p->ready, true, memory_order_release);
     if (initial > 0 && grow(p, device, initial) == CUDA_SUCCESS)
@@ -910,8 +939,45 @@ void gs_pool_device_init(gs_pool_device_t *p, int device)
                        (unsigned long long)initial, device);
 }
 
+static gs_pool_block_t *spilled(gs_pool_device_t *p, gs_pool_block_t *b, uint64_t size)
+{
+    if (b) {
+        p->spilled_allocations++;
+        p->spilled_bytes += size;
+    }
+    return b;
+}
+
+/* GPUSHIM_ON_OOM=managed, and the device heaps cannot grow: a free block of the spill heap, or
+ * what the thread caches and pending blocks give back (a mark the GPU passes, or a cheap
+ * synchronization: the same back-off as growth, so a busy GPU is not waited for at every
+ * allocation), or a new chunk of managed memory. Device chunks are not given back to make room:
+ * taking them again is what made spilling thrash. */
+static gs_pool_block_t *spill(gs_pool_device_t *p, int device, uint64_t size, bool events,
+                              uint64_t now, CUresult *rc)
+{
+    gs_pool_block_t *b = find_in(&p->heaps[HEAP_SPILL], size);
+    if (b == NULL) {
+        gs_pool_drain_caches(p, device);
+        if (p->pending_bytes >= size &&
+            ((events && !gs_capturing() && wait_for_mark(p, device, size, now)) ||
+             gs_pool_sync_if_cheap(p, device)))
+            recycle_pending(p);
+        if ((b = find_anywhere(p, size)) != NULL) {
+            *rc = CUDA_SUCCESS;
+            return b;
+        }
+        b = find_in(&p->heaps[HEAP_SPILL], size);
+    }
+    if (b == NULL && (*rc = grow_heap(p, device, size, HEAP_SPILL)) == CUDA_SUCCESS)
+        b = find_in(&p->heaps[HEAP_SPILL], size);
+    if (b)
+        *rc = CUDA_SUCCESS;
+    return spilled(p, b, size);
+}
+
 /* The slow path: the central pool, then synchronization (safe reuse), then growth, then
- * release of free chunks and caches, then out of memory. */
+ * release of free chunks and caches (or spilling), then out of memory. */
 CUresult gs_pool_central_alloc(gs_pool_device_t *p, int device, uint64_t size,
                                gs_pool_block_t **out)
 {
@@ -929,6 +995,9 @@ CUresult gs_pool_central_alloc(gs_pool_device_t *p, int device, uint64_t size,
     if (p->pending && p->recycled_upto < atomic_load_explicit(&p->completed, memory_order_acquire))
         recycle_pending(p);
     gs_pool_block_t *b = find_free(p, size);
+    /* Spilling at the maximum: a free spilled block rather than a wait for the GPU. */
+    if (b == NULL && p->spill && p->reserved + size > p->max)
+        b = spilled(p, find_in(&p->heaps[HEAP_SPILL], size), size);
     /* Synchronize rather than grow when pending bytes could serve and are many: past the bound,
      * past 1/16 of the pool (unless an event will recycle them without a wait), or where growth
      * would pass the maximum. */
@@ -955,7 +1024,9 @@ CUresult gs_pool_central_alloc(gs_pool_device_t *p, int device, uint64_t size,
         b = find_anywhere(p, size);
     if (b == NULL) {
         rc = grow(p, device, size);
-        if (rc == CUDA_ERROR_OUT_OF_MEMORY) {
+        if (rc == CUDA_ERROR_OUT_OF_MEMORY && p->spill) {
+            b = spill(p, device, size, events, now, &rc);
+        } else if (rc == CUDA_ERROR_OUT_OF_MEMORY) {
             /* Memory is short: everything free anywhere goes back, then one more try. */
             gs_pool_drain_caches(p, device);
             if (p->pending_bytes)
@@ -975,6 +1046,8 @@ CUresult gs_pool_central_alloc(gs_pool_device_t *p, int device, uint64_t size,
     } else if (rc == CUDA_SUCCESS) {
         rc = CUDA_ERROR_OUT_OF_MEMORY;
     }
+    if (b == NULL && rc == CUDA_ERROR_OUT_OF_MEMORY && (p->managed || p->spill))
+        p->refused_at_cap++; /* the cap of managed memory, or the driver's refusal */
     if (events)
         record_event(p, device, now);
     pthread_mutex_unlock(&p->lock);

@@ -19,7 +19,10 @@
  * 1.20x the peak in use with one set of chunks, 1.17x with two (1.13x growing in place, see
  * gs_pool_vmm_t). Small blocks are 70% of the blocks there but 6% of the bytes. */
 #define SMALL_BLOCK (256ull << 10)
-enum { HEAP_SMALL, HEAP_LARGE, HEAPS };
+/* HEAP_SPILL: pool mode with GPUSHIM_ON_OOM=managed, chunks of managed memory for what the device
+ * heaps cannot serve; searched only once they cannot (pool_central.c, spill). Its bytes are not
+ * the device's: they count against GPUSHIM_MANAGED_LIMIT, not GPUSHIM_POOL_MAX. */
+enum { HEAP_SMALL, HEAP_LARGE, HEAP_SPILL, HEAPS };
 /* A thread cache holds, per size class, a FIFO queue of freed blocks: up to CACHE_DEPTH blocks of
  * up to CACHE_BYTES together, and one larger block beside them. Under safe reuse the queue is
  * also where freed blocks wait for a synchronization: 256 of them make one synchronization serve
@@ -67,6 +70,8 @@ struct gs_pool_chunk {
     uint64_t size;
     int heap;        /* HEAP_SMALL or HEAP_LARGE: which free lists its blocks go to */
     bool expandable; /* the large heap's range of mapped virtual memory (pool_vmm.c) */
+    bool managed;    /* managed memory (managed mode, or the spill heap) */
+    uint64_t on_device, on_host; /* managed: bytes placed within GPUSHIM_DEVICE_LIMIT, past it */
     CUcontext ctx;   /* current when the chunk was allocated: its memory goes with it */
     gs_pool_block_t *first;
     gs_pool_chunk_t *next;
@@ -103,6 +108,14 @@ typedef struct gs_pool_vmm {
 typedef struct gs_pool_device {
     pthread_mutex_t lock;
     atomic_bool ready;
+    /* Managed mode: every chunk is managed memory (pool_managed.c), max is GPUSHIM_MANAGED_LIMIT.
+     * spill: pool mode with GPUSHIM_ON_OOM=managed (HEAP_SPILL), up to spill_max. */
+    bool managed, spill;
+    uint64_t spill_max;
+    /* Reserved bytes at the peak of device and spilled together, and how they split. */
+    uint64_t both_peak, both_peak_device, both_peak_spilled;
+    uint64_t spilled_allocations, spilled_bytes; /* served from the spill heap's free lists */
+    uint64_t prefetches, refused_at_cap;        /* managed chunks */
     uint64_t total, max, chunk_size, pending_max, pitch_align;
     uint64_t initial;           /* the GPUSHIM_POOL_INITIAL chunk's size, 0 without one */
     uint64_t release_threshold; /* free bytes kept at the program's synchronizations */
@@ -226,6 +239,19 @@ CUresult gs_pool_vmm_map(gs_pool_device_t *p, int device, uint64_t bytes);
 uint64_t gs_pool_vmm_unmap_from(gs_pool_device_t *p, int device, uint64_t from, uint64_t unmap_max);
 /* Unmaps every piece (a reset context, a destroyed one); the range stays reserved. */
 void gs_pool_vmm_unmap_all(gs_pool_device_t *p);
+
+/* pool_managed.c, lock held. A new chunk of managed memory at *base, placed within
+ * GPUSHIM_DEVICE_LIMIT or past it (c->on_device, c->on_host), advised and prefetched. */
+CUresult gs_pool_managed_take(gs_pool_device_t *p, int device, gs_pool_chunk_t *c, CUdeviceptr *base,
+                              uint64_t size);
+/* Device memory for a chunk (charged to GPUSHIM_DEVICE_LIMIT), or managed memory for a managed
+ * one; and back. */
+CUresult gs_pool_chunk_take(gs_pool_device_t *p, int device, gs_pool_chunk_t *c, CUdeviceptr *base,
+                            uint64_t size);
+CUresult gs_pool_chunk_give_back(int device, gs_pool_chunk_t *c);
+/* The chunk's memory is gone with its context: its budget goes too. */
+void gs_pool_chunk_forget(int device, gs_pool_chunk_t *c);
+void gs_pool_managed_report(gs_pool_device_t *p, int device, gs_buf_t *out, bool json);
 
 /* pool.c: under memory pressure (lock held), every thread cache of the device is emptied. */
 void gs_pool_drain_caches(gs_pool_device_t *p, int device);

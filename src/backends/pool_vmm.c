@@ -93,9 +93,13 @@ CUresult gs_pool_vmm_map(gs_pool_device_t *p, int device, uint64_t bytes)
     CUmemAllocationProp prop = device_memory(device);
     CUmemGenericAllocationHandle handle;
     CUdeviceptr at = v->base + v->mapped;
+    if (!gs_budget_charge(device, bytes))
+        return CUDA_ERROR_OUT_OF_MEMORY; /* past GPUSHIM_DEVICE_LIMIT */
     CUresult rc = GS_DRIVER_CALL(device, drv->mem_create(&handle, bytes, &prop, 0));
-    if (rc != CUDA_SUCCESS)
+    if (rc != CUDA_SUCCESS) {
+        gs_budget_uncharge(device, bytes);
         return rc;
+    }
     rc = GS_DRIVER_CALL(device, drv->mem_map(at, bytes, 0, handle, 0));
     if (rc == CUDA_SUCCESS) {
         rc = GS_DRIVER_CALL(device, drv->mem_set_access(at, bytes, v->access, v->access_count));
@@ -104,8 +108,10 @@ CUresult gs_pool_vmm_map(gs_pool_device_t *p, int device, uint64_t bytes)
     }
     /* The mapping keeps the memory: unmapping it frees it. */
     drv->mem_release(handle);
-    if (rc != CUDA_SUCCESS)
+    if (rc != CUDA_SUCCESS) {
+        gs_budget_uncharge(device, bytes);
         return rc;
+    }
     v->pieces[v->count++] = bytes;
     v->mapped += bytes;
     return CUDA_SUCCESS;
@@ -131,6 +137,7 @@ uint64_t gs_pool_vmm_unmap_from(gs_pool_device_t *p, int device, uint64_t from, 
         v->mapped = start;
         unmapped += size;
         v->count--;
+        gs_budget_uncharge(device, size);
     }
     return unmapped;
 }
@@ -144,6 +151,7 @@ void gs_pool_vmm_unmap_all(gs_pool_device_t *p)
         end -= v->pieces[v->count - 1];
         drv->mem_unmap(v->base + end, v->pieces[v->count - 1]);
     }
+    gs_budget_uncharge((int)(p - gs_pools), v->mapped);
     v->mapped = 0;
     v->chunk = NULL;
 }

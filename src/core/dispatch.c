@@ -73,6 +73,13 @@ int gs_current_device(void)
     return (unsigned)device < GS_MAX_DEVICES ? device : 0;
 }
 
+bool gs_single_device_process(void)
+{
+    if (atomic_load_explicit(&gs_single_device, memory_order_relaxed) < 0)
+        gs_current_device();
+    return atomic_load_explicit(&gs_single_device, memory_order_relaxed) == 1;
+}
+
 /* Brackets one counted call: depth for reentrancy, ticks for the time spent in the shim. After a
  * thread's first 64 calls only one call in 32 is timed (express.h says why). */
 typedef struct gs_call {
@@ -190,6 +197,61 @@ CUresult gs_mem_alloc_async(CUdeviceptr *dptr, size_t bytes, CUstream stream, bo
     return allocate(&req, dptr, NULL);
 }
 
+/* An explicit memory pool's allocation passes through in every mode (its pool's attributes are
+ * the program's), counted and charged to GPUSHIM_DEVICE_LIMIT. */
+CUresult gs_mem_alloc_from_pool_async(CUdeviceptr *dptr, size_t bytes, CUmemoryPool pool,
+                                      CUstream stream, bool per_thread)
+{
+    if (gs_depth > 0 || dptr == NULL || pool == NULL)
+        return per_thread ? GS_RAW(mem_alloc_from_pool_async_ptsz, dptr, bytes, pool, stream)
+                          : GS_RAW(mem_alloc_from_pool_async, dptr, bytes, pool, stream);
+    gs_alloc_req_t req = {.kind = GS_KIND_ASYNC,
+                          .bytes = bytes,
+                          .stream = stream,
+                          .per_thread_stream = per_thread,
+                          .mem_pool = pool};
+    return allocate(&req, dptr, NULL);
+}
+
+/* The program's own cuMemCreate: physical device memory, charged to GPUSHIM_DEVICE_LIMIT until
+ * cuMemRelease. Only device memory counts (host and other locations pass untouched). */
+static int create_device(const CUmemAllocationProp *prop)
+{
+    if (prop == NULL || prop->location.type != CU_MEM_LOCATION_TYPE_DEVICE ||
+        (unsigned)prop->location.id >= GS_MAX_DEVICES)
+        return -1;
+    return prop->location.id;
+}
+
+CUresult gs_mem_create(CUmemGenericAllocationHandle *handle, size_t bytes,
+                       const CUmemAllocationProp *prop, unsigned long long flags)
+{
+    int device = create_device(prop);
+    if (gs_depth > 0 || handle == NULL || device < 0 || !gs_budget_set())
+        return GS_RAW(mem_create, handle, bytes, prop, flags);
+    gs_depth++;
+    CUresult rc = CUDA_ERROR_OUT_OF_MEMORY;
+    if (gs_budget_charge(device, bytes)) {
+        rc = GS_RAW(mem_create, handle, bytes, prop, flags);
+        if (rc != CUDA_SUCCESS || gs_budget_handle_add(*handle, device, bytes) != 0)
+            gs_budget_uncharge(device, bytes); /* failed, or untracked: not charged */
+    } else {
+        gs_stats_oom(device, bytes);
+    }
+    gs_depth--;
+    return rc;
+}
+
+CUresult gs_mem_release(CUmemGenericAllocationHandle handle)
+{
+    CUresult rc = GS_RAW(mem_release, handle);
+    int device;
+    uint64_t bytes;
+    if (rc == CUDA_SUCCESS && gs_budget_set() && gs_budget_handle_remove(handle, &device, &bytes) == 0)
+        gs_budget_uncharge(device, bytes);
+    return rc;
+}
+
 static CUresult driver_free(const gs_free_req_t *req, CUdeviceptr ptr)
 {
     if (!req->stream_ordered)
@@ -246,17 +308,23 @@ CUresult gs_mem_free_async(CUdeviceptr ptr, CUstream stream, bool per_thread)
 /* The queries below change nothing: the backend may answer for its own blocks, the driver
  * answers the rest. They are not counted. */
 
+/* Under GPUSHIM_DEVICE_LIMIT the total is the limit and free what it leaves, as with HAMi-core. */
 CUresult gs_mem_get_info(size_t *free_bytes, size_t *total_bytes)
 {
+    if (gs_depth > 0 || free_bytes == NULL || total_bytes == NULL)
+        return GS_RAW(mem_get_info, free_bytes, total_bytes);
     CUresult rc;
-    if (gs_depth == 0 && free_bytes && total_bytes && gs_backend->mem_get_info) {
-        gs_depth++;
-        int handled = gs_backend->mem_get_info(free_bytes, total_bytes, &rc);
-        gs_depth--;
-        if (handled == 0)
-            return rc;
+    gs_depth++;
+    if (gs_backend->mem_get_info == NULL ||
+        gs_backend->mem_get_info(free_bytes, total_bytes, &rc) != 0)
+        rc = GS_RAW(mem_get_info, free_bytes, total_bytes);
+    if (rc == CUDA_SUCCESS && gs_budget_set()) {
+        int device = gs_current_device();
+        gs_budget_mem_info(device, free_bytes, total_bytes,
+                           gs_backend->idle_bytes ? gs_backend->idle_bytes(device) : 0);
     }
-    return GS_RAW(mem_get_info, free_bytes, total_bytes);
+    gs_depth--;
+    return rc;
 }
 
 CUresult gs_mem_get_address_range(CUdeviceptr *base, size_t *size, CUdeviceptr ptr)
@@ -265,15 +333,36 @@ CUresult gs_mem_get_address_range(CUdeviceptr *base, size_t *size, CUdeviceptr p
     if (gs_depth == 0 && gs_backend->address_range &&
         gs_backend->address_range(ptr, base, size, &rc) == 0)
         return rc;
-    return GS_RAW(mem_get_address_range, base, size, ptr);
+    rc = GS_RAW(mem_get_address_range, base, size, ptr);
+    if (rc == CUDA_SUCCESS && gs_depth == 0)
+        gs_host_pool_range(ptr, base, size); /* a pooled pinned block: the program's size */
+    return rc;
+}
+
+/* A pooled pinned block's range attributes say what the program asked for. */
+static int host_attribute(void *data, CUpointer_attribute attr, CUdeviceptr ptr)
+{
+    if (attr == CU_POINTER_ATTRIBUTE_RANGE_START_ADDR)
+        return gs_host_pool_range(ptr, data, NULL);
+    if (attr == CU_POINTER_ATTRIBUTE_RANGE_SIZE)
+        return gs_host_pool_range(ptr, NULL, data);
+    return GS_NOT_OURS;
+}
+
+static int backend_attribute(void *data, CUpointer_attribute attr, CUdeviceptr ptr,
+                             CUresult *result)
+{
+    if (gs_backend->pointer_attribute && gs_backend->pointer_attribute(data, attr, ptr, result) == 0)
+        return 0;
+    *result = CUDA_SUCCESS;
+    return host_attribute(data, attr, ptr);
 }
 
 CUresult gs_pointer_get_attribute(void *data, CUpointer_attribute attr, CUdeviceptr ptr)
 {
     CUresult rc = GS_RAW(pointer_get_attribute, data, attr, ptr);
     CUresult ours;
-    if (rc == CUDA_SUCCESS && gs_depth == 0 && gs_backend->pointer_attribute &&
-        gs_backend->pointer_attribute(data, attr, ptr, &ours) == 0)
+    if (rc == CUDA_SUCCESS && gs_depth == 0 && backend_attribute(data, attr, ptr, &ours) == 0)
         return ours;
     return rc;
 }
@@ -282,11 +371,11 @@ CUresult gs_pointer_get_attributes(unsigned int count, CUpointer_attribute *attr
                                    CUdeviceptr ptr)
 {
     CUresult rc = GS_RAW(pointer_get_attributes, count, attrs, data, ptr);
-    if (rc != CUDA_SUCCESS || gs_depth > 0 || gs_backend->pointer_attribute == NULL)
+    if (rc != CUDA_SUCCESS || gs_depth > 0)
         return rc;
     for (unsigned int i = 0; i < count; i++) {
         CUresult ours;
-        if (data[i] && gs_backend->pointer_attribute(data[i], attrs[i], ptr, &ours) == 0 &&
+        if (data[i] && backend_attribute(data[i], attrs[i], ptr, &ours) == 0 &&
             ours != CUDA_SUCCESS)
             return ours;
     }
@@ -305,9 +394,12 @@ static CUresult synchronize(int device, CUresult (*sync)(void *), void *arg)
 {
     gs_depth++;
     uint64_t token = gs_backend->before_sync ? gs_backend->before_sync(device) : 0;
+    uint64_t host_token = gs_host_pool_before_sync();
     CUresult rc = GS_DRIVER_CALL(device, sync(arg));
     if (rc == CUDA_SUCCESS && gs_backend->after_sync)
         gs_backend->after_sync(device, token);
+    if (rc == CUDA_SUCCESS)
+        gs_host_pool_after_sync(host_token);
     gs_depth--;
     return rc;
 }
@@ -366,6 +458,8 @@ static void count_released(void *ctx, const gs_block_t *block)
     r->count++;
     r->bytes += live;
     gs_count_free(block->device, live);
+    if (block->owner == NULL && block->kind != GS_KIND_MANAGED) /* passed through */
+        gs_budget_uncharge(block->device, block->bytes);
     if (__builtin_expect(gs_tracing, 0))
         gs_trace_record(GS_TRACE_FREE, block->base, live, NULL, false);
 }

@@ -37,6 +37,8 @@ static void forget_parent(void)
     const gs_backend_t *backend = gs_dispatch_backend();
     if (backend->forget)
         backend->forget();
+    gs_budget_forget();
+    gs_host_pool_forget();
     gs_stats_reset();
     gs_trace_forget();
     gs_streams_forget();
@@ -121,7 +123,7 @@ void gs_finish(void)
     if (atomic_exchange(&gs_finished, true))
         return;
     gs_trace_flush();
-    if (gs_opts.report == GS_REPORT_OFF || !gs_stats_active())
+    if (gs_opts.report == GS_REPORT_OFF || (!gs_stats_active() && !gs_host_pool_active()))
         return;
     gs_report_emit();
 }

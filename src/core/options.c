@@ -29,6 +29,7 @@ static const char *const auto_off_choices[] = {"auto", "off", NULL};
 static const char *const advice_choices[] = {"none", "preferred", "accessed-by", NULL};
 static const char *const on_oom_choices[] = {"fail", "managed", NULL};
 static const char *const format_choices[] = {"text", "json", NULL};
+static const char *const host_pool_choices[] = {"auto", "on", "off", NULL};
 
 /* A file path (a template, see gs_expand_path); it must name a folder ('/') or have a dot, so a
  * bare word is not taken for a file name by mistake. */
@@ -170,22 +171,36 @@ static const gs_option_t gs_option_table[] = {
      "out.",
      parse_size_option, GS_FIELD(pool_release_threshold), NULL},
     {"GPUSHIM_ON_OOM", "fail, managed", "fail",
-     "Pool mode: what an allocation the pool cannot serve gets: CUDA's out-of-memory error, or "
-     "managed memory (spilled; counted in the report).",
+     "Pool mode: what an allocation the pool cannot serve gets: CUDA's out-of-memory error, or a "
+     "block of managed memory (spilled). Spilled memory is pooled like device memory: freed "
+     "blocks are reused, and the pool does not give device chunks back to make room.",
      parse_choice, GS_FIELD(on_oom), on_oom_choices},
+    {"GPUSHIM_DEVICE_LIMIT", SIZE_ACCEPTED "; 0: none", "0",
+     "Every mode: the most device memory this process may use per device (HAMi-core's "
+     "CUDA_DEVICE_MEMORY_LIMIT). In off and pool mode allocations past it fail with "
+     "CUDA_ERROR_OUT_OF_MEMORY; managed memory past it is placed in host memory (preferred "
+     "location the CPU, accessed by the device) instead. cuMemGetInfo reports it as the total.",
+     parse_size_option, GS_FIELD(device_limit), NULL},
+    {"GPUSHIM_HOST_POOL", "auto, on, off", "auto",
+     "Pinned host memory (cuMemHostAlloc, cuMemAllocHost: cudaHostAlloc, cudaMallocHost): on "
+     "reuses freed blocks, under the same safe-reuse rule as device memory; auto is on in pool "
+     "and managed mode and off in off mode.",
+     parse_choice, GS_FIELD(host_pool), host_pool_choices},
     {"GPUSHIM_MANAGED_PREFETCH", "1, 0, yes, no, on, off, true, false", "on",
-     "Managed memory: prefetch each allocation to its device when it is made, so data that fits "
-     "starts on the GPU instead of faulting in page by page.",
+     "Managed memory: prefetch each new piece of managed memory to its device when the shim takes "
+     "it from the driver, so data that fits starts on the GPU instead of faulting in page by "
+     "page; reused blocks stay where they are.",
      parse_bool, GS_FIELD(managed_prefetch), NULL},
     {"GPUSHIM_MANAGED_ADVICE", "none, preferred, accessed-by", "none",
-     "Managed memory: cuMemAdvise for each allocation: its device as the preferred location, or "
-     "as a device that accesses it.",
+     "Managed memory: cuMemAdvise for each piece the shim takes from the driver: its device as "
+     "the preferred location, or as a device that accesses it.",
      parse_choice, GS_FIELD(managed_advice), advice_choices},
     {"GPUSHIM_MANAGED_LIMIT",
      "bytes with K/M/G/T or KiB/MiB/GiB/TiB suffix, N% of device memory "
      "(up to 1000%), or N%host (of host memory); 0: none",
      "0",
-     "Managed memory: most bytes one process may hold per device; past it allocations fail with "
+     "Managed memory: most bytes one process may hold per device, freed blocks kept for reuse "
+     "included (they are given back to make room); past it allocations fail with "
      "CUDA_ERROR_OUT_OF_MEMORY. Set it on shared GPUs: oversubscribing one can stall it for all.",
      parse_limit_option, GS_FIELD(managed_limit), NULL},
 };

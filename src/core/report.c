@@ -207,14 +207,19 @@ void gs_report_render(gs_buf_t *out)
             render_json_device(device, &s, &leaks, ooms, oom_count, ticks_per_ns, out);
             if (backend->report)
                 backend->report(device, out, true);
+            gs_budget_report(device, out, true);
             gs_buf_printf(out, "\n    }");
         } else {
             render_text_device(device, &s, &leaks, ooms, oom_count, ticks_per_ns, out);
             if (backend->report)
                 backend->report(device, out, false);
+            gs_budget_report(device, out, false);
         }
         first = false;
     }
     if (json)
-        gs_buf_printf(out, "\n  ]\n}\n");
+        gs_buf_printf(out, "\n  ]");
+    gs_host_pool_report(out, json);
+    if (json)
+        gs_buf_printf(out, "\n}\n");
 }

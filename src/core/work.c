@@ -12,6 +12,8 @@
 #include "gs.h"
 
 _Atomic uint64_t gs_quiet[GS_MAX_DEVICES];
+/* The same for the pinned host pool (host_pool.c), whose points cover the process's one device. */
+static _Atomic uint64_t gs_quiet_host;
 static _Atomic int gs_quiet_devices;   /* words that may be set: highest device marked + 1 */
 static _Atomic(const char *) gs_blind; /* why the shim cannot see all work, or NULL */
 static _Atomic unsigned gs_wrappers;   /* work-issuing functions wrapped (for the report) */
@@ -53,6 +55,33 @@ void gs_work_enqueued(void)
     for (int d = 0; d < n; d++)
         if (atomic_load(&gs_quiet[d]) & 1)
             atomic_fetch_and(&gs_quiet[d], ~(uint64_t)1);
+    if (atomic_load(&gs_quiet_host) & 1)
+        atomic_fetch_and(&gs_quiet_host, ~(uint64_t)1);
+}
+
+/* The work wrappers run where a pool's safe reuse asks whether the GPU is idle: the device pool
+ * (pool and managed mode, safe reuse, GPUSHIM_POOL_IDLE_REUSE=auto) or the pinned host pool. */
+bool gs_work_wanted(void)
+{
+    return (gs_opts.mode != GS_MODE_OFF && gs_opts.pool_reuse == GS_REUSE_SAFE &&
+            gs_opts.pool_idle_reuse == GS_IDLE_REUSE_AUTO) ||
+           gs_host_pool_on();
+}
+
+void gs_work_host_quiet_from(uint64_t token)
+{
+    if (!gs_work_watched() || !gs_work_wanted())
+        return;
+    atomic_store(&gs_quiet_host, token << 1 | 1);
+    if (!gs_work_watched())
+        atomic_store(&gs_quiet_host, 0);
+}
+
+bool gs_work_host_quiet_token(uint64_t *token)
+{
+    uint64_t word = atomic_load(&gs_quiet_host);
+    *token = word >> 1;
+    return word & 1;
 }
 
 /* Before the point with this token is recorded (an event) or made (a synchronization): from
@@ -74,4 +103,5 @@ void gs_work_forget(void)
 {
     for (int d = 0; d < GS_MAX_DEVICES; d++)
         atomic_store(&gs_quiet[d], 0);
+    atomic_store(&gs_quiet_host, 0);
 }

@@ -1,7 +1,8 @@
 /* exports.c: the driver entry points we intercept. Each one forwards into the core; the table
  * maps the names a program can look up (by dlsym, or cuGetProcAddress's base name, CUDA version
- * and stream flags) to these functions. Every other name passes through untouched, including
- * the virtual-memory API (cuMemCreate, cuMemMap) and explicit pools (cuMemAllocFromPoolAsync). */
+ * and stream flags) to these functions. Every other name passes through untouched. Of the
+ * virtual-memory API only cuMemCreate and cuMemRelease are seen (GPUSHIM_DEVICE_LIMIT counts
+ * them); explicit pools' allocations (cuMemAllocFromPoolAsync) pass through, counted. */
 #include "gs.h"
 #include "interpose.h"
 
@@ -17,6 +18,8 @@
 #undef cuStreamEndCapture
 
 CUresult cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t bytes, CUstream stream);
+CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t bytes, CUmemoryPool pool,
+                                      CUstream stream);
 CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream stream);
 CUresult cuGetProcAddress(const char *symbol, void **pfn, int version, cuuint64_t flags);
 CUresult cuDevicePrimaryCtxReset(CUdevice device);
@@ -71,6 +74,44 @@ GS_EXPORT CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream stream)
 GS_EXPORT CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream stream)
 {
     return gs_mem_free_async(dptr, stream, true);
+}
+
+GS_EXPORT CUresult cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t bytes, CUmemoryPool pool,
+                                           CUstream stream)
+{
+    return gs_mem_alloc_from_pool_async(dptr, bytes, pool, stream, false);
+}
+
+GS_EXPORT CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t bytes, CUmemoryPool pool,
+                                                CUstream stream)
+{
+    return gs_mem_alloc_from_pool_async(dptr, bytes, pool, stream, true);
+}
+
+GS_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t bytes,
+                               const CUmemAllocationProp *prop, unsigned long long flags)
+{
+    return gs_mem_create(handle, bytes, prop, flags);
+}
+
+GS_EXPORT CUresult cuMemRelease(CUmemGenericAllocationHandle handle)
+{
+    return gs_mem_release(handle);
+}
+
+GS_EXPORT CUresult cuMemHostAlloc(void **ptr, size_t bytes, unsigned int flags)
+{
+    return gs_mem_host_alloc(ptr, bytes, flags, false);
+}
+
+GS_EXPORT CUresult cuMemAllocHost_v2(void **ptr, size_t bytes)
+{
+    return gs_mem_host_alloc(ptr, bytes, 0, true);
+}
+
+GS_EXPORT CUresult cuMemFreeHost(void *ptr)
+{
+    return gs_mem_free_host(ptr);
 }
 
 GS_EXPORT CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total_bytes)
@@ -266,6 +307,15 @@ static const gs_intercept_t gs_intercepts[] = {
     {"cuMemFreeAsync", "cuMemFreeAsync", 11020, LEGACY_STREAM, (void *)cuMemFreeAsync},
     {"cuMemFreeAsync", "cuMemFreeAsync_ptsz", 11020, PER_THREAD_STREAM,
      (void *)cuMemFreeAsync_ptsz},
+    {"cuMemAllocFromPoolAsync", "cuMemAllocFromPoolAsync", 11020, LEGACY_STREAM,
+     (void *)cuMemAllocFromPoolAsync},
+    {"cuMemAllocFromPoolAsync", "cuMemAllocFromPoolAsync_ptsz", 11020, PER_THREAD_STREAM,
+     (void *)cuMemAllocFromPoolAsync_ptsz},
+    {"cuMemCreate", "cuMemCreate", 10020, ANY_STREAM, (void *)cuMemCreate},
+    {"cuMemRelease", "cuMemRelease", 10020, ANY_STREAM, (void *)cuMemRelease},
+    {"cuMemHostAlloc", "cuMemHostAlloc", 2020, ANY_STREAM, (void *)cuMemHostAlloc},
+    {"cuMemAllocHost", "cuMemAllocHost_v2", 3020, ANY_STREAM, (void *)cuMemAllocHost_v2},
+    {"cuMemFreeHost", "cuMemFreeHost", 2000, ANY_STREAM, (void *)cuMemFreeHost},
     {"cuMemGetInfo", "cuMemGetInfo_v2", 3020, ANY_STREAM, (void *)cuMemGetInfo_v2},
     {"cuMemGetAddressRange", "cuMemGetAddressRange_v2", 3020, ANY_STREAM,
      (void *)cuMemGetAddressRange_v2},

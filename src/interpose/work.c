@@ -239,9 +239,7 @@ void *gs_work_wrap(const char *name, void *real, bool exact)
      * the driver up before ours has run): then wrap, a forwarding thunk is harmless. The cheap
      * tests first: in other modes a lookup costs no name matching. */
     if (real == NULL || name == NULL || !gs_work_watched() ||
-        (atomic_load(&gs_started) &&
-         (gs_opts.mode != GS_MODE_POOL || gs_opts.pool_reuse != GS_REUSE_SAFE ||
-          gs_opts.pool_idle_reuse != GS_IDLE_REUSE_AUTO)) ||
+        (atomic_load(&gs_started) && !gs_work_wanted()) ||
         !work_name(name))
         return real;
 #if defined(__x86_64__)

@@ -205,7 +205,7 @@ static int scenario_all(void)
     CHECK(cu.mem_alloc_managed(&m, 8192, CU_MEM_ATTACH_GLOBAL) == CUDA_SUCCESS);
     CHECK(cu.mem_alloc_async(&a, 4096, NULL) == CUDA_SUCCESS);
     CHECK(cu.mem_alloc_async_ptsz(&b, 4096, NULL) == CUDA_SUCCESS);
-    CHECK(cu.mem_alloc_from_pool_async(&f, 4096, NULL, NULL) == CUDA_SUCCESS);
+    CHECK(cu.mem_alloc_from_pool_async(&f, 4096, (CUmemoryPool)&f, NULL) == CUDA_SUCCESS); /* any pool: the fake has one */
     size_t free_bytes = 0, total = 0;
     CHECK(cu.mem_get_info(&free_bytes, &total) == CUDA_SUCCESS && free_bytes < total);
     CUdeviceptr base = 0;

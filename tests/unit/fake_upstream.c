@@ -14,6 +14,7 @@ static struct {
     CUdeviceptr base;
     uint64_t bytes;
     uintptr_t ctx;
+    bool managed;
 } slots[FAKE_SLOTS];
 
 /* Virtual memory management (while fake.vmm): physical allocations are kept until both
@@ -32,6 +33,26 @@ static void charge(uint64_t bytes)
         fake.peak_used = fake.used;
 }
 
+static CUresult take_slot(CUdeviceptr *p, uint64_t rounded, bool managed)
+{
+    for (int i = 0; i < FAKE_SLOTS; i++) {
+        if (slots[i].base == 0) {
+            slots[i].base = fake.next_address;
+            slots[i].bytes = rounded;
+            slots[i].ctx = fake.ctx;
+            slots[i].managed = managed;
+            *p = fake.next_address;
+            fake.next_address += rounded + 4096; /* gaps: chunks are never adjacent */
+            if (managed)
+                fake.managed_used += rounded;
+            else
+                charge(rounded);
+            return CUDA_SUCCESS;
+        }
+    }
+    return CUDA_ERROR_OUT_OF_MEMORY;
+}
+
 static CUresult fake_alloc_unlocked(CUdeviceptr *p, size_t bytes)
 {
     fake.allocs++;
@@ -44,18 +65,7 @@ static CUresult fake_alloc_unlocked(CUdeviceptr *p, size_t bytes)
     uint64_t rounded = (bytes + 511) & ~511ull;
     if (fake.used + rounded > fake.limit)
         return CUDA_ERROR_OUT_OF_MEMORY;
-    for (int i = 0; i < FAKE_SLOTS; i++) {
-        if (slots[i].base == 0) {
-            slots[i].base = fake.next_address;
-            slots[i].bytes = rounded;
-            slots[i].ctx = fake.ctx;
-            *p = fake.next_address;
-            fake.next_address += rounded + 4096; /* gaps: chunks are never adjacent */
-            charge(rounded);
-            return CUDA_SUCCESS;
-        }
-    }
-    return CUDA_ERROR_OUT_OF_MEMORY;
+    return take_slot(p, rounded, false);
 }
 
 static CUresult fake_free_unlocked(CUdeviceptr p)
@@ -65,7 +75,10 @@ static CUresult fake_free_unlocked(CUdeviceptr p)
         return CUDA_SUCCESS;
     for (int i = 0; i < FAKE_SLOTS; i++) {
         if (slots[i].base == p) {
-            fake.used -= slots[i].bytes;
+            if (slots[i].managed)
+                fake.managed_used -= slots[i].bytes;
+            else
+                fake.used -= slots[i].bytes;
             slots[i].base = 0;
             return CUDA_SUCCESS;
         }
@@ -94,10 +107,70 @@ static CUresult fake_free_async(CUdeviceptr p, CUstream s)
     return fake_free_unlocked(p);
 }
 
-static CUresult fake_managed(CUdeviceptr *p, size_t bytes, unsigned flags)
+static CUresult fake_managed_unlocked(CUdeviceptr *p, size_t bytes, unsigned flags)
 {
     (void)flags;
-    return fake_alloc_unlocked(p, bytes);
+    fake.managed_allocs++;
+    if (p == NULL || bytes == 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    return take_slot(p, (bytes + 511) & ~511ull, true);
+}
+
+static CUresult fake_prefetch(CUdeviceptr p, size_t bytes, CUmemLocation where, unsigned flags,
+                              CUstream stream)
+{
+    (void)p, (void)where, (void)flags, (void)stream;
+    pthread_mutex_lock(&fake_lock);
+    fake.prefetches++;
+    fake.prefetched_bytes += bytes;
+    pthread_mutex_unlock(&fake_lock);
+    return CUDA_SUCCESS;
+}
+
+static CUresult fake_advise(CUdeviceptr p, size_t bytes, CUmem_advise advice, CUmemLocation where)
+{
+    pthread_mutex_lock(&fake_lock);
+    int i = fake.advices++ % 16;
+    fake.advice[i].at = p;
+    fake.advice[i].bytes = bytes;
+    fake.advice[i].advice = advice;
+    fake.advice[i].where = where.type;
+    pthread_mutex_unlock(&fake_lock);
+    return CUDA_SUCCESS;
+}
+
+static CUresult fake_host_alloc(void **p, size_t bytes, unsigned flags)
+{
+    pthread_mutex_lock(&fake_lock);
+    fake.host_allocs++;
+    fake.last_host_flags = flags;
+    pthread_mutex_unlock(&fake_lock);
+    *p = aligned_alloc(4096, (bytes + 4095) & ~(size_t)4095);
+    return *p ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+}
+
+static CUresult fake_alloc_host(void **p, size_t bytes)
+{
+    return fake_host_alloc(p, bytes, 0);
+}
+
+static CUresult fake_free_host(void *p)
+{
+    pthread_mutex_lock(&fake_lock);
+    fake.host_frees++;
+    pthread_mutex_unlock(&fake_lock);
+    free(p);
+    return CUDA_SUCCESS;
+}
+
+static CUresult fake_from_pool(CUdeviceptr *p, size_t bytes, CUmemoryPool pool, CUstream s)
+{
+    (void)pool, (void)s;
+    pthread_mutex_lock(&fake_lock);
+    fake.pool_allocs++;
+    CUresult rc = fake_alloc_unlocked(p, bytes);
+    pthread_mutex_unlock(&fake_lock);
+    return rc;
 }
 
 static CUresult fake_info_unlocked(size_t *free_bytes, size_t *total)
@@ -397,6 +470,7 @@ static CUresult fake_granularity(size_t *granularity, const CUmemAllocationProp 
         return rc;                                                                                 \
     }
 LOCKED(fake_alloc, (CUdeviceptr * p, size_t bytes), (p, bytes))
+LOCKED(fake_managed, (CUdeviceptr * p, size_t bytes, unsigned flags), (p, bytes, flags))
 LOCKED(fake_free, (CUdeviceptr p), (p))
 LOCKED(fake_info, (size_t * free_bytes, size_t *total), (free_bytes, total))
 LOCKED(fake_sync, (void), ())
@@ -457,6 +531,12 @@ static const gs_driver_t fake_table = {
     .mem_unmap = fake_unmap,
     .mem_set_access = fake_set_access,
     .mem_get_allocation_granularity = fake_granularity,
+    .mem_prefetch_async = fake_prefetch,
+    .mem_advise = fake_advise,
+    .mem_host_alloc = fake_host_alloc,
+    .mem_alloc_host = fake_alloc_host,
+    .mem_free_host = fake_free_host,
+    .mem_alloc_from_pool_async = fake_from_pool,
 };
 
 void fake_upstream_install(uint64_t limit)

@@ -34,6 +34,20 @@ typedef struct fake_upstream {
     bool vmm;
     int vmm_creates, vmm_maps, vmm_unmaps, vmm_access_devices, fail_next_maps;
     uint64_t va_reserved;
+    /* Managed memory: host memory, not limited by the device (oversubscription works). */
+    int managed_allocs, prefetches;
+    uint64_t managed_used, prefetched_bytes;
+    /* cuMemAdvise calls, the latest ADVICE_KEPT of them. */
+    int advices;
+    struct {
+        CUdeviceptr at;
+        uint64_t bytes;
+        CUmem_advise advice;
+        CUmemLocationType where;
+    } advice[16];
+    /* Pinned host memory (real host memory, so a test may write it). */
+    int host_allocs, host_frees, pool_allocs;
+    unsigned last_host_flags;
 } fake_upstream_t;
 
 extern fake_upstream_t fake;
