@@ -9,6 +9,9 @@
 //   bench_alloc random API        1000 live blocks, log-uniform 256 B..4 MiB, random free order
 //                                 (async: also the pool's reserved high-water mark / peak asked)
 //   bench_alloc threads API T     pairs per second of T threads together (4 KiB and 1 MiB)
+//   bench_alloc host   API        ns per cudaMallocHost+cudaFreeHost pair (pinned host memory) for
+//                                 4 KiB, 1 MiB and 64 MiB: median of single pairs, up to 0.5 s or
+//                                 20000 pairs a size (API is ignored)
 //   bench_alloc context API       what a device synchronization of an idle GPU costs, and a
 //                                 CPU clock read (rdtsc), for reading the other numbers
 // API is malloc (cudaMalloc/cudaFree), async (cudaMallocAsync/cudaFreeAsync, pool retained) or
@@ -207,6 +210,32 @@ static void threads(int count)
     std::printf("RESULT threads %d %.0f\n", count, total.load() / seconds);
 }
 
+static void host()
+{
+    for (size_t bytes : {size_t(4096), size_t(1) << 20, size_t(64) << 20}) {
+        std::vector<double> ns;
+        void *p = nullptr;
+        for (int i = 0; i < 2; i++) { // warm-up
+            if (cudaMallocHost(&p, bytes) != cudaSuccess)
+                die(cudaErrorMemoryAllocation, "cudaMallocHost");
+            static_cast<char *>(p)[0] = 1;
+            cudaFreeHost(p);
+        }
+        auto begin = clk::now();
+        while (ns.size() < 20000 && clk::now() - begin < std::chrono::milliseconds(500)) {
+            auto t0 = clk::now();
+            cudaError_t e = cudaMallocHost(&p, bytes);
+            if (e != cudaSuccess)
+                die(e, "cudaMallocHost");
+            e = cudaFreeHost(p);
+            if (e != cudaSuccess)
+                die(e, "cudaFreeHost");
+            ns.push_back(std::chrono::duration<double, std::nano>(clk::now() - t0).count());
+        }
+        std::printf("RESULT host %zu %.0f pairs %zu\n", bytes, median(ns), ns.size());
+    }
+}
+
 static void context()
 {
     std::vector<double> ns;
@@ -255,6 +284,8 @@ int main(int argc, char **argv)
         random_pattern();
     else if (std::strcmp(argv[1], "threads") == 0)
         threads(argc > 3 ? std::atoi(argv[3]) : 1);
+    else if (std::strcmp(argv[1], "host") == 0)
+        host();
     else if (std::strcmp(argv[1], "context") == 0)
         context();
     if (use_async)

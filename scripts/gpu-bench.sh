@@ -158,3 +158,6 @@ for b in safe immediate; do
   echo "shim pool ($b) on the MLP: $(sed -n 's/.*\(peak reserved \/ peak in use [0-9.]*\).*/\1/p' "$work/mlp-$b-report.txt" | head -1)"
 done
 echo "card: $card"
+
+echo
+SKIP_BUILD=1 bash scripts/gpu-managed.sh

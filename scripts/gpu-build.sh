@@ -26,3 +26,5 @@ flags=(-O2 -std=c++17 -arch=sm_90)
 # The benchmark's floor (bench/floor.c): the runtime's share of a pair, with an empty allocator.
 cc -O2 -shared -fPIC -I"$(meson configure "$build" | awk '$1 == "toolkit_include_dir" {print $2}')" \
   bench/floor.c -o "$build/libfloor.so" -ldl
+"$nvcc" "${flags[@]}" tests/gpu/host_pool.cu -o "$build/host_pool"
+"$nvcc" "${flags[@]}" tests/gpu/device_limit.cu -o "$build/device_limit"
