@@ -31,7 +31,6 @@
 #define HOST_KEEP_MAX (1ull << 30)     /* free blocks kept for reuse, bytes */
 #define HOST_PENDING_MAX (256ull << 20) /* freed blocks waiting for a synchronization, bytes */
 #define HOST_BUCKETS 1024
-#define CHEAP_SYNC_NS 50000ull
 #define BACKOFF_MIN_NS 1000000ull
 #define BACKOFF_MAX_NS 1000000000ull
 
@@ -54,6 +53,10 @@ static struct {
     uint64_t in_use, peak;
     uint64_t syncs, no_sync_until, backoff_ns;
 } gs_host = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+/* A synchronization this quick (ns) means an idle device, as for the device pool; a variable so
+ * that tests under valgrind can raise it. */
+uint64_t gs_host_pool_cheap_sync_ns = 50000;
 
 /* Safe reuse: frees are stamped with epoch; the synchronization that takes token t covers those
  * stamped t; completed is the latest token whose synchronization completed. */
@@ -162,7 +165,7 @@ static void sync_if_cheap(void)
         gs_host_pool_after_sync(token);
     pthread_mutex_lock(&gs_host.lock);
     gs_host.syncs++;
-    if (took > CHEAP_SYNC_NS) {
+    if (took > gs_host_pool_cheap_sync_ns) {
         gs_host.backoff_ns = gs_host.backoff_ns ? 2 * gs_host.backoff_ns : BACKOFF_MIN_NS;
         if (gs_host.backoff_ns > BACKOFF_MAX_NS)
             gs_host.backoff_ns = BACKOFF_MAX_NS;
@@ -171,6 +174,31 @@ static void sync_if_cheap(void)
         gs_host.backoff_ns = 0;
     }
     pthread_mutex_unlock(&gs_host.lock);
+}
+
+/* Every kept free block goes back to the driver (pinned memory ran out); returns how many. */
+static int give_back_kept(void)
+{
+    const gs_driver_t *drv = gs_driver();
+    pthread_mutex_lock(&gs_host.lock);
+    host_block_t *list = gs_host.free_head;
+    gs_host.free_head = NULL;
+    gs_host.free_bytes = 0;
+    int count = 0;
+    for (host_block_t *b = list; b; b = b->next, count++) {
+        host_block_t **link;
+        lookup(b->ptr, &link);
+        *link = b->next_by_ptr;
+    }
+    gs_host.driver_frees += (uint64_t)count;
+    pthread_mutex_unlock(&gs_host.lock);
+    for (host_block_t *b = list, *next; b; b = next) {
+        next = b->next;
+        if (drv->mem_free_host)
+            drv->mem_free_host(b->ptr);
+        free(b);
+    }
+    return count;
 }
 
 static void count_allocation(host_block_t *b)
@@ -218,6 +246,9 @@ CUresult gs_mem_host_alloc(void **ptr, size_t bytes, unsigned int flags, bool al
         gs_depth++;
         CUresult rc = alloc_host ? GS_RAW(mem_alloc_host, &fresh, size)
                                  : GS_RAW(mem_host_alloc, &fresh, size, flags);
+        if (rc == CUDA_ERROR_OUT_OF_MEMORY && give_back_kept() > 0) /* the host needs them */
+            rc = alloc_host ? GS_RAW(mem_alloc_host, &fresh, size)
+                            : GS_RAW(mem_host_alloc, &fresh, size, flags);
         gs_depth--;
         if (rc != CUDA_SUCCESS || (b = calloc(1, sizeof *b)) == NULL) {
             if (rc == CUDA_SUCCESS && drv->mem_free_host)

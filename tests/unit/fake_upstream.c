@@ -144,7 +144,10 @@ static CUresult fake_host_alloc(void **p, size_t bytes, unsigned flags)
     pthread_mutex_lock(&fake_lock);
     fake.host_allocs++;
     fake.last_host_flags = flags;
+    bool fail = fake.fail_next_host_allocs > 0 && fake.fail_next_host_allocs-- > 0;
     pthread_mutex_unlock(&fake_lock);
+    if (fail)
+        return CUDA_ERROR_OUT_OF_MEMORY;
     *p = aligned_alloc(4096, (bytes + 4095) & ~(size_t)4095);
     return *p ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
 }

@@ -47,6 +47,7 @@ typedef struct fake_upstream {
     } advice[16];
     /* Pinned host memory (real host memory, so a test may write it). */
     int host_allocs, host_frees, pool_allocs;
+    int fail_next_host_allocs; /* the next N pinned allocations answer OUT_OF_MEMORY */
     unsigned last_host_flags;
 } fake_upstream_t;
 

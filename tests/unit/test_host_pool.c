@@ -10,6 +10,8 @@
 
 #include "fake_upstream.h"
 
+extern uint64_t gs_host_pool_cheap_sync_ns; /* host_pool.c: what counts as a quick one */
+
 static void start(gs_mode_t mode, gs_host_pool_t host_pool)
 {
     fake_upstream_install(1ull << 30);
@@ -71,6 +73,7 @@ static void reuse_waits_for_the_work_before_the_free(void **state)
 {
     (void)state;
     void *a, *b, *c;
+    gs_host_pool_cheap_sync_ns = 10000000000ull; /* valgrind: any synchronization is quick */
     assert_int_equal(gs_mem_host_alloc(&a, 1 << 20, 0, false), CUDA_SUCCESS);
     gs_work_enqueued(); /* an asynchronous copy from a */
     assert_int_equal(gs_mem_free_host(a), CUDA_SUCCESS);
@@ -80,6 +83,7 @@ static void reuse_waits_for_the_work_before_the_free(void **state)
     assert_int_equal(fake.syncs, syncs + 1); /* ... after the shim's synchronization */
     /* A busy device: that synchronization was slow, the next is not made; a fresh block. */
     fake.sync_ns = 200000;
+    gs_host_pool_cheap_sync_ns = 50000;
     gs_work_enqueued();
     assert_int_equal(gs_mem_free_host(b), CUDA_SUCCESS);
     assert_int_equal(gs_mem_host_alloc(&c, 1 << 20, 0, false), CUDA_SUCCESS);
@@ -135,6 +139,28 @@ static void flags_and_sizes_are_kept(void **state)
     assert_int_equal(fake.host_allocs, allocs);
 }
 
+/* Pinned memory ran out: the kept blocks go back to the driver, and the allocation is tried
+ * again. */
+static void a_refused_allocation_gives_kept_blocks_back(void **state)
+{
+    (void)state;
+    assert_int_equal(gs_ctx_synchronize(), CUDA_SUCCESS);
+    void *a, *b, *c;
+    assert_int_equal(gs_mem_host_alloc(&a, 4096, 0, false), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_host_alloc(&b, 8192, 0, false), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_free_host(a), CUDA_SUCCESS);
+    assert_int_equal(gs_mem_free_host(b), CUDA_SUCCESS);
+    assert_int_equal(fake.host_frees, 0);
+    fake.fail_next_host_allocs = 1;
+    assert_int_equal(gs_mem_host_alloc(&c, 1 << 20, 0, false), CUDA_SUCCESS);
+    assert_int_equal(fake.host_frees, 2);
+    fake.fail_next_host_allocs = 2;
+    void *d;
+    assert_int_equal(gs_mem_host_alloc(&d, 1 << 20, 0, false), CUDA_ERROR_OUT_OF_MEMORY);
+    assert_int_equal(gs_mem_free_host(c), CUDA_SUCCESS);
+    assert_non_null(strstr(report_text(), "1 failed"));
+}
+
 /* Off mode by default: every call reaches the driver, counted. */
 static void off_mode_counts_and_passes_through(void **state)
 {
@@ -174,6 +200,7 @@ int main(void)
         cmocka_unit_test_setup(pairs_reuse_one_block, pool_mode),
         cmocka_unit_test_setup(reuse_waits_for_the_work_before_the_free, pool_mode),
         cmocka_unit_test_setup(flags_and_sizes_are_kept, pool_mode),
+        cmocka_unit_test_setup(a_refused_allocation_gives_kept_blocks_back, pool_mode),
         cmocka_unit_test_setup(off_mode_counts_and_passes_through, pool_mode),
         cmocka_unit_test_setup(several_devices_wait_and_give_back, pool_mode),
     };
