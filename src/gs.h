@@ -415,6 +415,7 @@ void gs_host_pool_after_sync(uint64_t token);
 void gs_host_pool_report(gs_buf_t *out, bool json);
 bool gs_host_pool_active(void);
 void gs_host_pool_forget(void);
+void gs_host_pool_destroy(void); /* tests: give everything back, free every record */
 
 /* The backend for a mode. */
 const gs_backend_t *gs_backend_for_mode(gs_mode_t mode);

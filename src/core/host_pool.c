@@ -424,6 +424,19 @@ void gs_host_pool_report(gs_buf_t *out, bool json)
     pthread_mutex_unlock(&gs_host.lock);
 }
 
+/* Tests: every block goes back to the driver and every record is freed (single-threaded). */
+void gs_host_pool_destroy(void)
+{
+    for (size_t i = 0; i < HOST_BUCKETS; i++)
+        for (host_block_t *b = gs_host.by_ptr[i], *next; b; b = next) {
+            next = b->next_by_ptr;
+            if (gs_driver()->mem_free_host)
+                gs_driver()->mem_free_host(b->ptr);
+            free(b);
+        }
+    gs_host_pool_forget();
+}
+
 /* Fork child: pinned memory is inherited as plain memory, and the parent's records are not ours
  * to trust (another thread may have held the lock): drop them (leaked). */
 void gs_host_pool_forget(void)

@@ -14,13 +14,13 @@ extern uint64_t gs_host_pool_cheap_sync_ns; /* host_pool.c: what counts as a qui
 
 static void start(gs_mode_t mode, gs_host_pool_t host_pool)
 {
+    gs_host_pool_destroy(); /* with the previous test's fake */
     fake_upstream_install(1ull << 30);
     gs_options_defaults(&gs_opts);
     gs_opts.mode = mode;
     gs_opts.host_pool = host_pool;
     gs_pool_destroy();
     gs_budget_forget();
-    gs_host_pool_forget();
     gs_stats_reset();
     gs_work_forget();
     gs_dispatch_use(gs_backend_for_mode(mode));
@@ -205,6 +205,7 @@ int main(void)
         cmocka_unit_test_setup(several_devices_wait_and_give_back, pool_mode),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
+    gs_host_pool_destroy();
     gs_pool_destroy();
     return failed;
 }
