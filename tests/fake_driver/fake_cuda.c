@@ -25,6 +25,9 @@
  *                               address space, a mapping makes a piece of it memory. Mapped memory
  *                               is not a context's: a reset leaves it (the shim unmaps it itself)
  * Managed memory is host memory with no device limit: oversubscription works, as on a real GPU.
+ * cuMemAdvise remembers the preferred location and the accessing device of each advised range,
+ * and cuMemRangeGetAttribute answers from them. Pinned host memory (cuMemHostAlloc,
+ * cuMemAllocHost) is host memory that remembers its flags (cuMemHostGetFlags).
  */
 #include <cuda.h>
 #include <pthread.h>
@@ -91,7 +94,9 @@ static atomic_int contexts_made;
     X(cuStreamCreate) X(cuStreamCreateWithPriority) X(cuStreamQuery) X(cuStreamDestroy_v2)        \
     X(cuStreamBeginCapture_v2) X(cuStreamEndCapture) X(cuLaunchKernel) X(cuLaunchKernel_ptsz)     \
     X(cuDeviceCanAccessPeer) X(cuMemAddressReserve) X(cuMemCreate) X(cuMemRelease) X(cuMemMap)    \
-    X(cuMemUnmap) X(cuMemSetAccess) X(cuMemGetAllocationGranularity)
+    X(cuMemUnmap) X(cuMemSetAccess) X(cuMemGetAllocationGranularity)                             \
+    X(cuMemHostAlloc) X(cuMemAllocHost_v2) X(cuMemFreeHost) X(cuMemHostGetFlags)                  \
+    X(cuMemRangeGetAttribute)
 /* clang-format on */
 
 enum {
@@ -525,12 +530,128 @@ FAKE_EXPORT CUresult cuMemPrefetchAsync_v2(CUdeviceptr ptr, size_t count, CUmemL
     return is_managed(ptr) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
 
+/* Advised ranges, newest last: the newest that covers a range answers for it. */
+#define ADVICES 256
+static struct {
+    uintptr_t start, end;
+    CUmem_advise advice;
+    int location; /* a device, or CU_DEVICE_CPU */
+} advices[ADVICES];
+static int advice_count;
+
 FAKE_EXPORT CUresult cuMemAdvise_v2(CUdeviceptr ptr, size_t count, CUmem_advise advice,
                                     CUmemLocation location)
 {
     ENTER(cuMemAdvise_v2);
-    (void)count, (void)advice, (void)location;
-    return is_managed(ptr) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+    if (!is_managed(ptr))
+        return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&lock);
+    int i = advice_count < ADVICES ? advice_count++ : ADVICES - 1;
+    advices[i].start = (uintptr_t)ptr;
+    advices[i].end = (uintptr_t)ptr + count;
+    advices[i].advice = advice;
+    advices[i].location = location.type == CU_MEM_LOCATION_TYPE_DEVICE ? location.id : CU_DEVICE_CPU;
+    pthread_mutex_unlock(&lock);
+    return CUDA_SUCCESS;
+}
+
+/* Preferred location (one int: a device, CU_DEVICE_CPU, or CU_DEVICE_INVALID without advice) and
+ * accessed-by (an int per slot, CU_DEVICE_INVALID past the devices listed). */
+FAKE_EXPORT CUresult cuMemRangeGetAttribute(void *data, size_t size, CUmem_range_attribute attr,
+                                            CUdeviceptr ptr, size_t count)
+{
+    ENTER(cuMemRangeGetAttribute);
+    if (!is_managed(ptr) || size < sizeof(int) || size % sizeof(int))
+        return CUDA_ERROR_INVALID_VALUE;
+    int *out = data;
+    for (size_t k = 0; k < size / sizeof(int); k++)
+        out[k] = CU_DEVICE_INVALID;
+    CUmem_advise wanted = attr == CU_MEM_RANGE_ATTRIBUTE_PREFERRED_LOCATION
+                              ? CU_MEM_ADVISE_SET_PREFERRED_LOCATION
+                              : CU_MEM_ADVISE_SET_ACCESSED_BY;
+    if (attr != CU_MEM_RANGE_ATTRIBUTE_PREFERRED_LOCATION && attr != CU_MEM_RANGE_ATTRIBUTE_ACCESSED_BY)
+        return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&lock);
+    for (int i = advice_count - 1; i >= 0; i--)
+        if (advices[i].advice == wanted && advices[i].start <= (uintptr_t)ptr &&
+            (uintptr_t)ptr + count <= advices[i].end) {
+            out[0] = advices[i].location;
+            break;
+        }
+    pthread_mutex_unlock(&lock);
+    return CUDA_SUCCESS;
+}
+
+/* ---- pinned host memory ---- */
+
+#define HOST_BLOCKS 4096
+static struct {
+    void *ptr;
+    unsigned flags;
+} host_blocks[HOST_BLOCKS];
+
+static CUresult host_alloc(void **p, size_t bytes, unsigned flags)
+{
+    if (p == NULL || bytes == 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (!atomic_load(&initialized))
+        return CUDA_ERROR_NOT_INITIALIZED;
+    void *m = aligned_alloc(4096, (bytes + 4095) & ~(size_t)4095);
+    if (m == NULL)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    pthread_mutex_lock(&lock);
+    for (int i = 0; i < HOST_BLOCKS; i++)
+        if (host_blocks[i].ptr == NULL) {
+            host_blocks[i].ptr = m;
+            host_blocks[i].flags = flags;
+            pthread_mutex_unlock(&lock);
+            *p = m;
+            return CUDA_SUCCESS;
+        }
+    pthread_mutex_unlock(&lock);
+    free(m);
+    return CUDA_ERROR_OUT_OF_MEMORY;
+}
+
+FAKE_EXPORT CUresult cuMemHostAlloc(void **p, size_t bytes, unsigned int flags)
+{
+    ENTER(cuMemHostAlloc);
+    return host_alloc(p, bytes, flags);
+}
+
+FAKE_EXPORT CUresult cuMemAllocHost_v2(void **p, size_t bytes)
+{
+    ENTER(cuMemAllocHost_v2);
+    return host_alloc(p, bytes, 0);
+}
+
+FAKE_EXPORT CUresult cuMemFreeHost(void *p)
+{
+    ENTER(cuMemFreeHost);
+    pthread_mutex_lock(&lock);
+    for (int i = 0; i < HOST_BLOCKS; i++)
+        if (p != NULL && host_blocks[i].ptr == p) {
+            host_blocks[i].ptr = NULL;
+            pthread_mutex_unlock(&lock);
+            free(p);
+            return CUDA_SUCCESS;
+        }
+    pthread_mutex_unlock(&lock);
+    return CUDA_ERROR_INVALID_VALUE;
+}
+
+FAKE_EXPORT CUresult cuMemHostGetFlags(unsigned int *flags, void *p)
+{
+    ENTER(cuMemHostGetFlags);
+    pthread_mutex_lock(&lock);
+    for (int i = 0; i < HOST_BLOCKS; i++)
+        if (p != NULL && host_blocks[i].ptr == p) {
+            *flags = host_blocks[i].flags;
+            pthread_mutex_unlock(&lock);
+            return CUDA_SUCCESS;
+        }
+    pthread_mutex_unlock(&lock);
+    return CUDA_ERROR_INVALID_VALUE;
 }
 
 typedef struct fake_event {
@@ -1106,6 +1227,11 @@ static const proc_t procs[] = {
     {"cuMemsetD8", 3020, ANY, (void *)cuMemsetD8_v2},
     {"cuMemPrefetchAsync", 12020, ANY, (void *)cuMemPrefetchAsync_v2},
     {"cuMemAdvise", 12020, ANY, (void *)cuMemAdvise_v2},
+    {"cuMemRangeGetAttribute", 8000, ANY, (void *)cuMemRangeGetAttribute},
+    {"cuMemHostAlloc", 2020, ANY, (void *)cuMemHostAlloc},
+    {"cuMemAllocHost", 3020, ANY, (void *)cuMemAllocHost_v2},
+    {"cuMemFreeHost", 2000, ANY, (void *)cuMemFreeHost},
+    {"cuMemHostGetFlags", 2030, ANY, (void *)cuMemHostGetFlags},
     {"cuEventCreate", 2000, ANY, (void *)cuEventCreate},
     {"cuEventRecord", 2000, ANY, (void *)cuEventRecord},
     {"cuEventQuery", 2000, ANY, (void *)cuEventQuery},

@@ -654,6 +654,81 @@ static void pool_spills_to_managed_memory_on_demand(void **state)
     run_free(&r);
 }
 
+/* Repeated temporaries: managed mode and pool + spill reuse their blocks, as the pool does; the
+ * driver sees a handful of allocations for 160. */
+static void temporaries_are_reused_in_managed_and_spill_modes(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *mode, *extra, *calls;
+    } cases[] = {
+        {"GPUSHIM_MODE=managed", "GPUSHIM_POOL_REUSE=safe", "fakecuda: calls cuMemAllocManaged 4\n"},
+        {"GPUSHIM_MODE=pool", "GPUSHIM_POOL_MAX=20M", "fakecuda: calls cuMemAllocManaged 1\n"},
+    };
+    for (size_t i = 0; i < 2; i++) {
+        run_result_t r = run_shim(ENV(cases[i].mode, cases[i].extra, "GPUSHIM_ON_OOM=managed", "FAKECUDA_STATS=stderr"),
+                                  ARGV(path_of("GS_RUNTIME_LIKE"), "temporaries", "40"));
+        EXPECT_STATUS(r, 0);
+        EXPECT_IN(r, out, "ok temporaries\n");
+        EXPECT_IN(r, err, "device 0: 160 allocations, 160 frees, 0 failed");
+        EXPECT_IN(r, err, cases[i].calls);
+        EXPECT_IN(r, err, " 0 chunks given back");
+        run_free(&r);
+    }
+    run_result_t r = run_shim(ENV("GPUSHIM_MODE=pool", "GPUSHIM_POOL_MAX=20M", "GPUSHIM_ON_OOM=managed"),
+                              ARGV(path_of("GS_RUNTIME_LIKE"), "temporaries", "40"));
+    EXPECT_IN(r, err, "spilled to managed memory: ");
+    EXPECT_IN(r, err, "12 MiB on the device, 26 MiB spilled");
+    run_free(&r);
+}
+
+/* GPUSHIM_DEVICE_LIMIT through the test driver: refused past it in off and pool mode, placed in
+ * host memory past it in managed mode (the driver's range attributes say so), and cuMemGetInfo
+ * reports it as the total. */
+static void the_device_limit_holds_in_every_mode(void **state)
+{
+    (void)state;
+    for (size_t m = 0; m < 2; m++) {
+        run_result_t r = run_shim(ENV(every_mode[m], "GPUSHIM_DEVICE_LIMIT=64M"), ARGV(path_of("GS_RUNTIME_LIKE"), "limit"));
+        EXPECT_STATUS(r, 0);
+        EXPECT_IN(r, out, "second rc 2; info total 67108864 free 16777216\n");
+        EXPECT_IN(r, err, "device 0: 1 allocations, 1 frees, 1 failed");
+        run_free(&r);
+    }
+    run_result_t r = run_shim(ENV("GPUSHIM_MODE=managed", "GPUSHIM_DEVICE_LIMIT=64M"), ARGV(path_of("GS_RUNTIME_LIKE"), "limit"));
+    EXPECT_STATUS(r, 0);
+    EXPECT_IN(r, out, "second rc 0; info total 67108864 free 0\n");
+    EXPECT_IN(r, out, "past the limit: preferred -1 accessed by 0; within: preferred -2\n");
+    EXPECT_IN(r, err, "32 MiB of managed memory placed in host memory");
+    run_free(&r);
+}
+
+/* Pinned host memory: pool and managed mode reuse it (the flags stay the program's), off mode
+ * passes every call through; the report counts both. */
+static void pinned_host_memory_is_pooled_outside_off_mode(void **state)
+{
+    (void)state;
+    run_result_t r = run_shim(ENV("GPUSHIM_MODE=pool", "FAKECUDA_STATS=stderr"), ARGV(path_of("GS_RUNTIME_LIKE"), "host", "100"));
+    EXPECT_STATUS(r, 0);
+    EXPECT_IN(r, out, "host same yes\nok host\n");
+    EXPECT_IN(r, err, "fakecuda: calls cuMemHostAlloc 1\n");
+    EXPECT_IN(r, err, "fakecuda: calls cuMemAllocHost_v2 1\n");
+    EXPECT_IN(r, err, "pinned host memory (pool on): 200 allocations (198 reused), 200 frees");
+    assert_null(strstr(r.err, "fakecuda: calls cuMemFreeHost"));
+    run_free(&r);
+    static const char *const off[][2] = {{"GPUSHIM_MODE=off", "GPUSHIM_HOST_POOL=auto"},
+                                         {"GPUSHIM_MODE=pool", "GPUSHIM_HOST_POOL=off"}};
+    for (size_t i = 0; i < 2; i++) {
+        r = run_shim(ENV(off[i][0], off[i][1], "FAKECUDA_STATS=stderr"), ARGV(path_of("GS_RUNTIME_LIKE"), "host", "100"));
+        EXPECT_STATUS(r, 0);
+        EXPECT_IN(r, out, "ok host\n");
+        EXPECT_IN(r, err, "fakecuda: calls cuMemHostAlloc 100\n");
+        EXPECT_IN(r, err, "fakecuda: calls cuMemFreeHost 200\n");
+        EXPECT_IN(r, err, "pinned host memory (pool off): 200 allocations (0 reused)");
+        run_free(&r);
+    }
+}
+
 static char *command_output(const char *command)
 {
     FILE *p = popen(command, "r");
@@ -1001,6 +1076,9 @@ int main(void)
         cmocka_unit_test(pointer_attributes_describe_the_block),
         cmocka_unit_test(managed_cap_is_cudas_out_of_memory),
         cmocka_unit_test(managed_stream_ordered_free_keeps_the_block),
+        cmocka_unit_test(temporaries_are_reused_in_managed_and_spill_modes),
+        cmocka_unit_test(the_device_limit_holds_in_every_mode),
+        cmocka_unit_test(pinned_host_memory_is_pooled_outside_off_mode),
         cmocka_unit_test(pool_spills_to_managed_memory_on_demand),
         cmocka_unit_test(exports_are_exactly_the_intercepted_symbols),
         cmocka_unit_test(shim_links_no_cuda_library),

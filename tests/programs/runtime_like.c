@@ -58,6 +58,11 @@ static struct {
     CUresult (*ctx_destroy)(CUcontext);
     CUresult (*stream_begin_capture)(CUstream, CUstreamCaptureMode);
     CUresult (*stream_end_capture)(CUstream, CUgraph *);
+    CUresult (*mem_host_alloc)(void **, size_t, unsigned int);
+    CUresult (*mem_alloc_host)(void **, size_t);
+    CUresult (*mem_free_host)(void *);
+    CUresult (*mem_host_get_flags)(unsigned int *, void *);
+    CUresult (*mem_range_get_attribute)(void *, size_t, CUmem_range_attribute, CUdeviceptr, size_t);
 } cu;
 
 static void *proc(const char *name, int version, cuuint64_t flags)
@@ -116,6 +121,11 @@ static void load(void)
     cu.ctx_destroy = proc("cuCtxDestroy", v, 0);
     cu.stream_begin_capture = proc("cuStreamBeginCapture", v, CU_GET_PROC_ADDRESS_LEGACY_STREAM);
     cu.stream_end_capture = proc("cuStreamEndCapture", v, CU_GET_PROC_ADDRESS_LEGACY_STREAM);
+    cu.mem_host_alloc = proc("cuMemHostAlloc", v, 0);
+    cu.mem_alloc_host = proc("cuMemAllocHost", v, 0);
+    cu.mem_free_host = proc("cuMemFreeHost", v, 0);
+    cu.mem_host_get_flags = proc("cuMemHostGetFlags", v, 0);
+    cu.mem_range_get_attribute = proc("cuMemRangeGetAttribute", v, 0);
 }
 
 static void use_device(int ordinal)
@@ -521,6 +531,81 @@ static int scenario_managed_async(const char *how)
     return 0;
 }
 
+/* A pipeline's temporaries, round after round: a large one, middling ones, a small one, each
+ * written whole by the device (the fake refuses writes to memory that is not live), then freed;
+ * the program synchronizes every fourth round. */
+static int scenario_temporaries(int rounds)
+{
+    static const size_t sizes[] = {(24u << 20) + 100, 3u << 20, 200u << 10, 5u << 20};
+    for (int r = 0; r < rounds; r++) {
+        CUdeviceptr p[4];
+        for (int i = 0; i < 4; i++) {
+            CHECK(cu.mem_alloc(&p[i], sizes[i]) == CUDA_SUCCESS);
+            CHECK(cu.memset_d8(p[i], (unsigned char)r, sizes[i]) == CUDA_SUCCESS);
+        }
+        for (int i = 0; i < 4; i++)
+            CHECK(cu.mem_free(p[i]) == CUDA_SUCCESS);
+        if (r % 4 == 3)
+            CHECK(cu.ctx_synchronize() == CUDA_SUCCESS);
+    }
+    printf("ok temporaries\n");
+    return 0;
+}
+
+/* Pinned host memory: pairs of cuMemHostAlloc (portable) and cuMemFreeHost, each buffer written
+ * and its flags read back; then cuMemAllocHost pairs. Says whether every pair got the first
+ * buffer back. */
+static int scenario_host(int pairs)
+{
+    void *first = NULL, *p;
+    int same = 1;
+    unsigned int flags = 0;
+    CHECK(cu.ctx_synchronize() == CUDA_SUCCESS);
+    for (int i = 0; i < pairs; i++) {
+        CHECK(cu.mem_host_alloc(&p, 65536, CU_MEMHOSTALLOC_PORTABLE) == CUDA_SUCCESS);
+        memset(p, i, 65536);
+        CHECK(cu.mem_host_get_flags(&flags, p) == CUDA_SUCCESS && flags == CU_MEMHOSTALLOC_PORTABLE);
+        first = first ? first : p;
+        same &= p == first;
+        CHECK(cu.mem_free_host(p) == CUDA_SUCCESS);
+    }
+    for (int i = 0; i < pairs; i++) {
+        CHECK(cu.mem_alloc_host(&p, 4096) == CUDA_SUCCESS);
+        CHECK(cu.mem_host_get_flags(&flags, p) == CUDA_SUCCESS && flags == 0);
+        CHECK(cu.mem_free_host(p) == CUDA_SUCCESS);
+    }
+    printf("host same %s\nok host\n", same ? "yes" : "no");
+    return 0;
+}
+
+/* Two blocks of 48 MiB; where the end of the second is preferred and who accesses it, and what
+ * cuMemGetInfo says (run under GPUSHIM_DEVICE_LIMIT). */
+static int scenario_limit(void)
+{
+    CUdeviceptr a, b;
+    CHECK(cu.mem_alloc(&a, 48u << 20) == CUDA_SUCCESS);
+    CUresult second = cu.mem_alloc(&b, 48u << 20);
+    size_t free_bytes = 0, total = 0;
+    CHECK(cu.mem_get_info(&free_bytes, &total) == CUDA_SUCCESS);
+    printf("second rc %d; info total %zu free %zu\n", second, total, free_bytes);
+    if (second == CUDA_SUCCESS) {
+        int where = 0, by[4] = {0};
+        CHECK(cu.mem_range_get_attribute(&where, sizeof where, CU_MEM_RANGE_ATTRIBUTE_PREFERRED_LOCATION,
+                                         b + (47u << 20), 1u << 20) == CUDA_SUCCESS);
+        CHECK(cu.mem_range_get_attribute(by, sizeof by, CU_MEM_RANGE_ATTRIBUTE_ACCESSED_BY,
+                                         b + (47u << 20), 1u << 20) == CUDA_SUCCESS);
+        int start = 0;
+        CHECK(cu.mem_range_get_attribute(&start, sizeof start, CU_MEM_RANGE_ATTRIBUTE_PREFERRED_LOCATION,
+                                         a, 1u << 20) == CUDA_SUCCESS);
+        CHECK(cu.memset_d8(b, 1, 48u << 20) == CUDA_SUCCESS);
+        printf("past the limit: preferred %d accessed by %d; within: preferred %d\n", where, by[0], start);
+        CHECK(cu.mem_free(b) == CUDA_SUCCESS);
+    }
+    CHECK(cu.mem_free(a) == CUDA_SUCCESS);
+    printf("ok limit\n");
+    return 0;
+}
+
 /* cudaDeviceReset's way ("reset", cuDevicePrimaryCtxReset) or the last release of the primary
  * context ("release"): blocks held, freed and cached before it; after it the same sizes again,
  * each written whole (the fake driver refuses writes to memory the reset freed), and a free of a
@@ -685,6 +770,12 @@ int main(int argc, char **argv)
         return scenario_capture(argc > 2 ? argv[2] : NULL);
     if (strcmp(scenario, "pairs") == 0)
         return scenario_pairs(a, b);
+    if (strcmp(scenario, "temporaries") == 0)
+        return scenario_temporaries(a);
+    if (strcmp(scenario, "host") == 0)
+        return scenario_host(a);
+    if (strcmp(scenario, "limit") == 0)
+        return scenario_limit();
     if (strcmp(scenario, "reset") == 0)
         return scenario_reset(argc > 2 ? argv[2] : NULL);
     fprintf(stderr, "runtime_like: unknown scenario %s\n", scenario);
