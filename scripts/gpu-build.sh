@@ -4,14 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${GPU_BUILD:-build-gpu}
 [ -f "$build/build.ninja" ] || meson setup "$build" -Dtests=disabled >/dev/null
-meson configure "$build" -Db_lto=true >/dev/null # an earlier fallback (below) does not stick
-if ! ninja -C "$build" >"$build.log" 2>&1; then
-  # A toolchain without working LTO (no linker plugin): build without it, and say so.
-  grep -m3 -A4 "FAILED\|error" "$build.log" || tail -5 "$build.log"
-  echo "gpu-build: LTO build failed; building with -Db_lto=false"
-  meson configure "$build" -Db_lto=false >/dev/null && ninja -C "$build" >/dev/null
-fi
-echo "gpu-build: $build, LTO $(meson configure "$build" | awk '$1 == "b_lto" {print $2}')"
+ninja -C "$build" >"$build.log" 2>&1 || { tail -20 "$build.log"; exit 1; }
+echo "gpu-build: $build, $(grep -m1 'link-time optimization' "$build/meson-logs/meson-log.txt" | tr -s ' ')"
 nvcc=${NVCC:-/usr/local/cuda/bin/nvcc}
 flags=(-O2 -std=c++17 -arch=sm_90)
 "$nvcc" "${flags[@]}" tests/gpu/alloc_kernel.cu -o "$build/alloc_kernel_static"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command: every CPU test, as CI runs it. Builds in build-test/, build-asan/, build-tsan/.
+# The test command: every CPU test, as CI runs it. Builds in build-test/, build-asan/, build-tsan/,
+# build-nolto/.
 #   0. every shell script parses (bash -n)
 #   1. unit and integration tests (cmocka) on a normal build
 #   2. unit tests under valgrind (memcheck)
@@ -13,6 +14,13 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "the GPU scripts parse (they run only on GPU machines)"
 for script in scripts/*.sh .ci/run; do bash -n "$script"; done
+
+step "the default build works where gcc has no LTO plugin (it builds without LTO)"
+rm -rf build-nolto
+CC="$PWD/tests/tools/cc-without-lto-plugin.sh" meson setup build-nolto -Dtests=disabled >/dev/null
+grep -q "Checking if \"link-time optimization\" : links: NO" build-nolto/meson-logs/meson-log.txt
+meson compile -C build-nolto -j "$jobs" >/dev/null
+echo "ok: built without LTO"
 
 step "build and run all tests"
 meson setup build-test --reconfigure >/dev/null 2>&1 || meson setup build-test >/dev/null
