@@ -426,8 +426,10 @@ static CUresult pool_alloc(const gs_alloc_req_t *req, CUdeviceptr *ptr, size_t *
         return gs_backend_passthrough.alloc(req, ptr, pitch, block);
     gs_pool_device_t *p = pool_for(req->device);
     uint64_t requested = req->bytes;
-    if (req->kind == GS_KIND_PITCH && gs_pitch_layout(req, p->pitch_align, pitch, &requested))
-        return CUDA_ERROR_INVALID_VALUE; /* the device's pitch alignment */
+    CUresult layout;
+    if (req->kind == GS_KIND_PITCH &&
+        (layout = gs_pitch_layout(req, p->pitch_align, pitch, &requested)) != CUDA_SUCCESS)
+        return layout; /* at the device's pitch alignment */
     if (requested == 0)
         return CUDA_ERROR_INVALID_VALUE; /* as cuMemAlloc(0) */
     if (requested > GS_POOL_LARGEST)

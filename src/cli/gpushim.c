@@ -7,6 +7,7 @@
  *   gpushim plot TRACE -o FILE.svg         memory in use and reserved (the pool, modelled) over
  * time
  */
+#include <ctype.h>
 #include "gs.h"
 
 #include <dlfcn.h>
@@ -261,7 +262,27 @@ static void qsort_stable(event_t *events, size_t count)
     free(tmp);
 }
 
-/* Reads Thread,Time,Action,Pointer,Size,Stream. Returns the number of events, or -1. */
+/* A whole field of digits in base (16 takes an optional 0x), at most max; no sign, no space. */
+static bool parse_field(const char *text, int base, uint64_t max, uint64_t *out)
+{
+    if (base == 16 && (strncmp(text, "0x", 2) == 0 || strncmp(text, "0X", 2) == 0))
+        text += 2;
+    if (*text == '\0' || !(base == 16 ? isxdigit((unsigned char)*text) : isdigit((unsigned char)*text)))
+        return false;
+    errno = 0;
+    char *end = NULL;
+    unsigned long long value = strtoull(text, &end, base);
+    if (errno != 0 || *end != '\0' || value > max)
+        return false;
+    *out = value;
+    return true;
+}
+
+/* The largest size a trace line may hold: more than any device, and far from wrapping. */
+#define TRACE_SIZE_MAX (1ull << 62)
+
+/* Reads Thread,Time,Action,Pointer,Size,Stream. Returns the number of events, or -1 (a bad
+ * line is named on stderr). */
 static long read_trace(const char *path, event_t **out)
 {
     FILE *f = fopen(path, "r");
@@ -275,7 +296,9 @@ static long read_trace(const char *path, event_t **out)
     size_t count = 0, capacity = 1024;
     event_t *events = malloc(capacity * sizeof *events);
     double first = -1;
+    size_t line_number = 1;
     while (events && fgets(line, sizeof line, f)) {
+        line_number++;
         char *field[6] = {0};
         char *save = NULL;
         int n = 0;
@@ -284,7 +307,16 @@ static long read_trace(const char *path, event_t **out)
             field[n++] = tok;
         if (n < 5)
             continue;
-        event_t e = {.ptr = strtoull(field[3], NULL, 16), .bytes = strtoull(field[4], NULL, 10)};
+        event_t e = {0};
+        if (!parse_field(field[3], 16, UINT64_MAX, &e.ptr) ||
+            !parse_field(field[4], 10, TRACE_SIZE_MAX, &e.bytes)) {
+            fprintf(stderr, "gpushim: error: %s, line %zu: pointer '%s' or size '%s' is not a "
+                    "hexadecimal address and a byte count up to 2^62\n",
+                    path, line_number, field[3], field[4]);
+            free(events);
+            fclose(f);
+            return -1;
+        }
         if (strcmp(field[2], "allocate") == 0)
             e.action = GS_TRACE_ALLOCATE;
         else if (strcmp(field[2], "free") == 0 || strcmp(field[2], "deallocate") == 0)

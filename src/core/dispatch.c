@@ -119,7 +119,13 @@ CUresult gs_pitch_layout(const gs_alloc_req_t *req, uint64_t align, size_t *pitc
     if (req->width == 0 || req->height == 0 ||
         (req->element_size != 4 && req->element_size != 8 && req->element_size != 16))
         return CUDA_ERROR_INVALID_VALUE;
+    /* Sizes no device has: out of memory, as the driver says, before any product can wrap. */
+    if (req->width > (1ull << 40) || req->height > (1ull << 40))
+        return CUDA_ERROR_OUT_OF_MEMORY;
     *pitch = (req->width + align - 1) / align * align;
+    if ((uint64_t)*pitch * req->height / req->height != *pitch ||
+        (uint64_t)*pitch * req->height > (1ull << 62))
+        return CUDA_ERROR_OUT_OF_MEMORY;
     *bytes = (uint64_t)*pitch * req->height;
     return CUDA_SUCCESS;
 }

@@ -941,6 +941,37 @@ static void trace_is_rmm_csv_with_every_event(void **state)
 }
 
 /* The gpushim command, every subcommand, on the test driver. */
+/* A trace line with a negative, huge or malformed size or pointer: replay and plot name the line
+ * and stop, without a crash. */
+static void bad_trace_lines_are_refused(void **state)
+{
+    (void)state;
+    static const char *const lines[] = {"1,12:00:00:000001,allocate,0x7f0000000000,-512,0x0\n",
+                                        "1,12:00:00:000001,allocate,0x7f0000000000,18446744073709551615,0x0\n",
+                                        "1,12:00:00:000001,allocate,0x7f0000000000, 512,0x0\n",
+                                        "1,12:00:00:000001,allocate,zz,512,0x0\n"};
+    char *dir = make_temp_dir();
+    char trace[512], library_path[4096], svg[600];
+    snprintf(library_path, sizeof library_path, "LD_LIBRARY_PATH=%s", path_of("GS_FAKE_DIR"));
+    snprintf(trace, sizeof trace, "%s/bad.csv", dir);
+    snprintf(svg, sizeof svg, "%s/bad.svg", dir);
+    for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++) {
+        FILE *f = fopen(trace, "w");
+        assert_non_null(f);
+        fprintf(f, "Thread,Time,Action,Pointer,Size,Stream\n1,12:00:00:000000,allocate,0x7f0000001000,4096,0x0\n%s", lines[i]);
+        fclose(f);
+        run_result_t r = run_env(ENV(library_path), ARGV(path_of("GS_CLI"), "replay", trace, "--mode", "pool"));
+        assert_in_range(r.status, 1, 2); /* an error, not a signal */
+        EXPECT_IN(r, err, "bad.csv, line 3: pointer");
+        run_free(&r);
+        r = run_env(NULL, ARGV(path_of("GS_CLI"), "plot", trace, "-o", svg));
+        assert_in_range(r.status, 1, 2); /* an error, not a signal */
+        EXPECT_IN(r, err, "is not a hexadecimal address and a byte count up to 2^62");
+        run_free(&r);
+    }
+    free(dir);
+}
+
 static void gpushim_command_runs_reports_replays_and_plots(void **state)
 {
     (void)state;
@@ -1086,6 +1117,7 @@ int main(void)
         cmocka_unit_test(json_report_per_rank_with_leaks_and_oom),
         cmocka_unit_test(trace_is_rmm_csv_with_every_event),
         cmocka_unit_test(gpushim_command_runs_reports_replays_and_plots),
+        cmocka_unit_test(bad_trace_lines_are_refused),
     };
     return cmocka_run_group_tests_name("preload", tests, NULL, NULL);
 }

@@ -63,7 +63,7 @@ static CUresult fake_alloc_unlocked(CUdeviceptr *p, size_t bytes)
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     uint64_t rounded = (bytes + 511) & ~511ull;
-    if (fake.used + rounded > fake.limit)
+    if (bytes > fake.limit || fake.used + rounded > fake.limit) /* as the driver: no wrapping */
         return CUDA_ERROR_OUT_OF_MEMORY;
     return take_slot(p, rounded, false);
 }

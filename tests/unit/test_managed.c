@@ -284,6 +284,33 @@ static void spilled_blocks_are_reused_without_thrashing(void **state)
     assert_int_equal(s.failures, 0);
 }
 
+/* Sizes within 511 bytes of 2^64, or whose pitch times height wraps, are CUDA's out-of-memory
+ * error in pool and managed mode, as the driver's, and counted; nothing wraps to a small block. */
+static void huge_sizes_are_out_of_memory(void **state)
+{
+    (void)state;
+    static const gs_mode_t modes[] = {GS_MODE_POOL, GS_MODE_MANAGED};
+    for (int m = 0; m < 2; m++) {
+        start(modes[m], 1ull << 30);
+        CUdeviceptr p = 0;
+        size_t pitch = 0;
+        for (uint64_t less = 0; less < 600; less += 37)
+            assert_int_equal(gs_mem_alloc(&p, SIZE_MAX - less), CUDA_ERROR_OUT_OF_MEMORY);
+        assert_int_equal(gs_mem_alloc(&p, (1ull << 62) + 1), CUDA_ERROR_OUT_OF_MEMORY);
+        assert_int_equal(gs_mem_alloc_pitch(&p, &pitch, SIZE_MAX, 2, 4), CUDA_ERROR_OUT_OF_MEMORY);
+        assert_int_equal(gs_mem_alloc_pitch(&p, &pitch, 1ull << 33, 1ull << 33, 4),
+                         CUDA_ERROR_OUT_OF_MEMORY);
+        assert_int_equal(gs_mem_alloc_async(&p, SIZE_MAX - 1, NULL, false), /* pool: the driver's */
+                         CUDA_ERROR_OUT_OF_MEMORY);
+        gs_device_stats_t s;
+        gs_stats_snapshot(0, &s);
+        assert_int_equal(s.allocations, 0);
+        assert_int_equal(s.failures, 21);
+        assert_int_equal(gs_mem_alloc(&p, 4096), CUDA_SUCCESS); /* the pool still works */
+        assert_int_equal(gs_mem_free(p), CUDA_SUCCESS);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -297,6 +324,7 @@ int main(void)
         cmocka_unit_test_setup(the_device_limit_bounds_the_pool, managed),
         cmocka_unit_test_setup(budget_charges_never_wrap, managed),
         cmocka_unit_test_setup(spilled_blocks_are_reused_without_thrashing, managed),
+        cmocka_unit_test_setup(huge_sizes_are_out_of_memory, managed),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     gs_pool_destroy();
