@@ -71,6 +71,9 @@ typedef struct gs_options {
 /* Parses the GPUSHIM_* entries of envp into *out (defaults first). On a bad or unknown variable
  * writes one line into err (no prefix, no newline) and returns -EINVAL. */
 int gs_options_parse(char *const *envp, gs_options_t *out, char *err, size_t err_len);
+/* The table's variables, in order (tests, tools). */
+size_t gs_option_count(void);
+const char *gs_option_name(size_t i);
 /* Defaults only. */
 void gs_options_defaults(gs_options_t *out);
 /* Resolves a size spec against a device's total memory. */
@@ -101,6 +104,22 @@ const char *gs_format_bytes(uint64_t bytes, char out[32]);
  * SLURM_PROCID; 0 without one), %% a percent sign. */
 void gs_expand_path(const char *template, char *out, size_t out_len);
 int gs_write_all(int fd, const char *data, size_t len);
+
+/* output.c: the report's and the trace's files */
+/* A value as messages show it: one line, control and non-ASCII bytes as \xNN, long ones cut. */
+void gs_escape(const char *value, char *out, size_t len);
+/* At start: the expanded path must name a file (a regular one, or none yet) in a writable folder;
+ * else one line into err and -EINVAL. */
+int gs_output_check(const char *variable, const char *template, char *err, size_t len);
+/* Opens path for appending (truncated first if asked): no link followed, no FIFO waited for,
+ * regular files only. The fd, or -1 after one warning naming the file and why. */
+int gs_output_open(const char *path, bool truncate, const char *what);
+/* Writes it all; the first failure (disk full) is said once per *warned. */
+int gs_output_write(int fd, const char *data, size_t len, const char *what, atomic_bool *warned);
+/* Raised privileges (AT_SECURE); and the options without any GPUSHIM_* path (true if one was
+ * set). */
+bool gs_secure_process(void);
+bool gs_options_secure(gs_options_t *opts);
 
 /* ------------------------------------------------------------------------------------------ */
 /* clock.c: cheap tick counter for the per-call timing (rdtsc on x86-64)                      */
@@ -540,6 +559,7 @@ extern bool gs_tracing;
 /* same_thread: gs_block_t.same_thread (false when unsure). */
 void gs_trace_record(int action, CUdeviceptr ptr, uint64_t bytes, CUstream stream,
                      bool same_thread);
+void gs_trace_start(void);  /* at load, when tracing: who starts the file afresh */
 void gs_trace_flush(void);  /* at exit: every thread's buffer */
 void gs_trace_forget(void); /* fork child */
 

@@ -299,6 +299,8 @@ static long read_trace(const char *path, event_t **out)
     size_t line_number = 1;
     while (events && fgets(line, sizeof line, f)) {
         line_number++;
+        if (strncmp(line, "Thread,Time,Action,", 19) == 0)
+            continue; /* two processes that started a shared file at once both wrote one */
         char *field[6] = {0};
         char *save = NULL;
         int n = 0;

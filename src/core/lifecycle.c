@@ -11,7 +11,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -45,15 +44,6 @@ static void forget_parent(void)
     atomic_store(&gs_finished, false);
 }
 
-/* The folder of a report or trace must exist now: better to stop at start than lose it at exit. */
-static int writable_folder(const char *path)
-{
-    char copy[GS_PATH_MAX];
-    snprintf(copy, sizeof copy, "%s", path);
-    const char *dir = dirname(copy);
-    return access(dir, W_OK) == 0 ? 0 : -errno;
-}
-
 /* Managed mode, and where we differ from a pure interposer: XLA (JAX, TensorFlow) builds its
  * arena with the virtual-memory API, which we pass through, unless TF_FORCE_UNIFIED_MEMORY asks
  * it for cuMemAllocManaged; and JAX would take 75% of the GPU at once, past any sensible
@@ -75,19 +65,23 @@ void gs_start(char *const *envp)
         _exit(1);
     }
     const gs_backend_t *backend = gs_backend_for_mode(gs_opts.mode);
-    if (gs_opts.report == GS_REPORT_FILE && writable_folder(gs_opts.report_path) != 0) {
-        gs_log_error("GPUSHIM_REPORT=%s: the folder does not exist or is not writable; accepted: "
-                     "stderr, off, or a file path in a writable folder",
-                     gs_opts.report_path);
-        _exit(1);
-    }
-    if (gs_opts.trace_path[0] && writable_folder(gs_opts.trace_path) != 0) {
-        gs_log_error("GPUSHIM_TRACE=%s: the folder does not exist or is not writable; accepted: a "
-                     "file path in a writable folder",
-                     gs_opts.trace_path);
+    /* Raised privileges: a user must not make a setuid program write where it may and the user
+     * may not. No GPUSHIM_* path is used; said once, where one was set. */
+    if (gs_secure_process() && gs_options_secure(&gs_opts))
+        gs_log_warning("this program runs with raised privileges (setuid, setgid or "
+                       "capabilities): GPUSHIM_REPORT and GPUSHIM_TRACE paths are ignored; the "
+                       "report goes to stderr");
+    /* Better to stop at start than lose the report or trace at exit. */
+    if ((gs_opts.report == GS_REPORT_FILE &&
+         gs_output_check("GPUSHIM_REPORT", gs_opts.report_path, err, sizeof err) != 0) ||
+        (gs_opts.trace_path[0] &&
+         gs_output_check("GPUSHIM_TRACE", gs_opts.trace_path, err, sizeof err) != 0)) {
+        gs_log_error("%s", err);
         _exit(1);
     }
     gs_tracing = gs_opts.trace_path[0] != '\0';
+    if (gs_tracing)
+        gs_trace_start();
     if (gs_opts.mode == GS_MODE_MANAGED)
         ask_frameworks_for_managed_memory();
     gs_dispatch_use(backend);
@@ -105,16 +99,17 @@ void gs_report_emit(void)
     if (gs_opts.report == GS_REPORT_FILE) {
         char path[GS_PATH_MAX];
         gs_expand_path(gs_opts.report_path, path, sizeof path);
-        fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        fd = gs_output_open(path, true, "report");
         if (fd < 0) {
-            gs_log_warning("cannot write the report to %s (%s); it follows here", path,
-                           strerror(errno));
+            gs_log_warning("the report follows here");
             fd = STDERR_FILENO;
         }
     }
-    gs_write_all(fd, buf.data, buf.len);
-    if (fd != STDERR_FILENO)
-        close(fd);
+    static atomic_bool warned;
+    atomic_store(&warned, false); /* once per report written */
+    gs_output_write(fd, buf.data, buf.len, "report", &warned);
+    if (fd != STDERR_FILENO && close(fd) != 0 && !atomic_exchange(&warned, true))
+        gs_log_warning("writing the report failed (%s)", strerror(errno));
 }
 
 void gs_finish(void)

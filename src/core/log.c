@@ -3,6 +3,7 @@
  * and inside the driver's callbacks. */
 #include "gs.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -98,6 +99,12 @@ void gs_expand_path(const char *template, char *out, size_t out_len)
             continue;
         }
         p++;
+        /* A host name or rank is one file name's part: no '/' (RANK=../x must not leave the
+         * folder), no leading '.', nothing but letters, digits, '.', '_' and '-'. */
+        if (p[0] == 'h' || p[0] == 'r')
+            for (char *c = piece; *c; c++)
+                if (!(isalnum((unsigned char)*c) || *c == '_' || *c == '-' || (*c == '.' && c != piece)))
+                    *c = '_';
         n += (size_t)snprintf(out + n, out_len - n, "%s", piece);
         if (n >= out_len)
             n = out_len - 1;

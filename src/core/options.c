@@ -2,6 +2,7 @@
  * README table and the help text all come from gs_option_table below. */
 #include "gs.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -69,8 +70,8 @@ static int parse_choice(const gs_option_t *opt, const char *value, gs_options_t 
 static int parse_size_option(const gs_option_t *opt, const char *value, gs_options_t *out)
 {
     gs_size_spec_t spec;
-    if (gs_parse_size(value, &spec) != 0 || (!spec.of_host && spec.percent > 100))
-        return -EINVAL;
+    if (gs_parse_size(value, &spec) != 0 || spec.of_host || spec.percent > 100)
+        return -EINVAL; /* %host: only GPUSHIM_MANAGED_LIMIT's */
     *(gs_size_spec_t *)((char *)out + opt->offset) = spec;
     return 0;
 }
@@ -101,7 +102,7 @@ static int parse_report(const gs_option_t *opt, const char *value, gs_options_t 
 }
 
 #define GS_FIELD(f) offsetof(gs_options_t, f)
-#define SIZE_ACCEPTED "bytes with K/M/G/T or KiB/MiB/GiB/TiB suffix, or N% of device memory"
+#define SIZE_ACCEPTED "bytes (digits, an optional fraction) with K/M/G/T or KiB/MiB/GiB/TiB suffix, or N% of device memory (N at least 0.0001)"
 
 static const gs_option_t gs_option_table[] = {
     {"GPUSHIM_MODE", "off, pool, managed", "off",
@@ -196,8 +197,8 @@ static const gs_option_t gs_option_table[] = {
      "the preferred location, or as a device that accesses it.",
      parse_choice, GS_FIELD(managed_advice), advice_choices},
     {"GPUSHIM_MANAGED_LIMIT",
-     "bytes with K/M/G/T or KiB/MiB/GiB/TiB suffix, N% of device memory "
-     "(up to 1000%), or N%host (of host memory); 0: none",
+     "bytes (digits, an optional fraction) with K/M/G/T or KiB/MiB/GiB/TiB suffix, N% of device "
+     "memory (0.0001 to 1000), or N%host (of host memory); 0: none",
      "0",
      "Managed memory: most bytes one process may hold per device, freed blocks kept for reuse "
      "included (they are given back to make room); past it allocations fail with "
@@ -206,6 +207,16 @@ static const gs_option_t gs_option_table[] = {
 };
 
 #define GS_OPTION_COUNT (sizeof gs_option_table / sizeof gs_option_table[0])
+
+size_t gs_option_count(void)
+{
+    return GS_OPTION_COUNT;
+}
+
+const char *gs_option_name(size_t i)
+{
+    return i < GS_OPTION_COUNT ? gs_option_table[i].name : NULL;
+}
 
 void gs_options_defaults(gs_options_t *out)
 {
@@ -219,6 +230,11 @@ void gs_options_defaults(gs_options_t *out)
     }
 }
 
+/* Sizes, strictly: digits with an optional fraction ("1.5"), no sign, exponent, hex float or
+ * space, then a unit (none or B, K/KB/KiB, M.., G.., T..; all powers of 1024, any case) or a
+ * percent sign; "%host" is parsed here and refused by the options that do not take it. The bytes
+ * must be whole; a percentage at least GS_PERCENT_MIN, so that no value but 0 means 0 bytes. */
+#define GS_PERCENT_MIN 0.0001
 int gs_parse_size(const char *text, gs_size_spec_t *out)
 {
     static const struct {
@@ -227,18 +243,27 @@ int gs_parse_size(const char *text, gs_size_spec_t *out)
     } units[] = {{"", 0},     {"B", 0},   {"K", 10},   {"KB", 10}, {"KIB", 10},
                  {"M", 20},   {"MB", 20}, {"MIB", 20}, {"G", 30},  {"GB", 30},
                  {"GIB", 30}, {"T", 40},  {"TB", 40},  {"TIB", 40}};
-    char *end = NULL;
-    if (text == NULL || *text == '\0' || *text == '-' || *text == '+')
+    if (text == NULL || !isdigit((unsigned char)text[0]))
         return -EINVAL;
-    errno = 0;
-    double number = strtod(text, &end);
-    if (errno != 0 || end == text || !isfinite(number) || number < 0)
-        return -EINVAL;
-    while (*end == ' ')
+    const char *end = text;
+    while (isdigit((unsigned char)*end))
         end++;
+    if (*end == '.') {
+        end++;
+        if (!isdigit((unsigned char)*end))
+            return -EINVAL;
+        while (isdigit((unsigned char)*end))
+            end++;
+    }
+    if (end - text > 40)
+        return -EINVAL;
+    char number_text[48];
+    memcpy(number_text, text, (size_t)(end - text));
+    number_text[end - text] = '\0';
+    double number = strtod(number_text, NULL); /* only digits and a point: no locale surprises */
     bool of_host = strcasecmp(end, "%host") == 0;
     if (strcmp(end, "%") == 0 || of_host) {
-        if (number <= 0 || number > (of_host ? 100 : 1000)) /* device: oversubscription allowed */
+        if (number < GS_PERCENT_MIN || number > (of_host ? 100 : 1000)) /* device: oversubscribe */
             return -EINVAL;
         out->bytes = 0;
         out->percent = number;
@@ -249,7 +274,7 @@ int gs_parse_size(const char *text, gs_size_spec_t *out)
         if (strcasecmp(end, units[i].suffix) != 0)
             continue;
         double bytes = ldexp(number, units[i].shift);
-        if (bytes >= 0x1p63 || bytes != floor(bytes))
+        if (bytes >= 0x1p63 || bytes != floor(bytes) || (bytes == 0 && number != 0))
             return -EINVAL;
         out->bytes = (uint64_t)bytes;
         out->percent = 0;
@@ -334,15 +359,18 @@ int gs_options_parse(char *const *envp, gs_options_t *out, char *err, size_t err
                 opt = &gs_option_table[i];
         }
         if (opt == NULL) {
-            char name[64];
-            snprintf(name, sizeof name, "%.*s", (int)(name_len < 63 ? name_len : 63), entry);
+            char raw[64], name[160];
+            snprintf(raw, sizeof raw, "%.*s", (int)(name_len < 63 ? name_len : 63), entry);
+            gs_escape(raw, name, sizeof name);
             unknown_variable(name, err, err_len);
             return -EINVAL;
         }
         if (*value == '\0') /* set but empty: the default, as if unset */
             continue;
         if (opt->parse(opt, value, out) != 0) {
-            snprintf(err, err_len, "%s=%s is not valid; accepted: %s", opt->name, value,
+            char shown[160];
+            gs_escape(value, shown, sizeof shown);
+            snprintf(err, err_len, "%s=%s is not valid; accepted: %s", opt->name, shown,
                      opt->accepted);
             return -EINVAL;
         }

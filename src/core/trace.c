@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -54,7 +55,10 @@ static int gs_queued;
 static bool gs_writer_started, gs_writer_busy, gs_stopping;
 
 static int gs_trace_fd = -1;
-static bool gs_trace_append; /* a forked child adds to the file rather than truncating it */
+/* Whether this process adds to the file rather than starting it afresh (see gs_trace_start). */
+static bool gs_trace_append;
+static bool gs_trace_per_process; /* the path has %p: every process has a file of its own */
+static atomic_bool gs_trace_write_warned;
 static pthread_key_t gs_trace_key;
 static pthread_once_t gs_trace_once = PTHREAD_ONCE_INIT;
 static GS_TLS trace_buffer_t *gs_my_trace;
@@ -196,6 +200,47 @@ static char *put_record(char *out, const char *thread, size_t thread_len, time_f
     return out;
 }
 
+/* Opens the trace file (trace lock held): afresh, or to add to it (gs_trace_append); the header
+ * goes into an empty file. A file that cannot be written stops the trace, said once. Whole lines
+ * only ever go into one write(2), and the file is opened O_APPEND, so the processes of a tree
+ * that share one path add whole lines and never overwrite each other. */
+static void open_trace(void)
+{
+    char path[GS_PATH_MAX];
+    gs_expand_path(gs_opts.trace_path, path, sizeof path);
+    gs_trace_fd = gs_output_open(path, !gs_trace_append, "trace");
+    if (gs_trace_fd < 0) {
+        gs_trace_fd = -2; /* tried: not again */
+        return;
+    }
+    struct stat st;
+    if (fstat(gs_trace_fd, &st) == 0 && st.st_size == 0)
+        gs_output_write(gs_trace_fd, "Thread,Time,Action,Pointer,Size,Stream\n", 39, "trace",
+                        &gs_trace_write_warned);
+}
+
+/* At start. A path with %p is every process's own: it starts its file afresh at its first record.
+ * A path shared by a process tree is started afresh by the tree's first process, now (so that no
+ * later truncation can erase what a child already wrote), and the others add to it: the first
+ * marks the environment, which forked and executed children inherit. */
+#define TRACE_ROOT_MARK "_GPUSHIM_TRACE_ROOT"
+void gs_trace_start(void)
+{
+    gs_trace_per_process = strstr(gs_opts.trace_path, "%p") != NULL;
+    if (gs_trace_per_process)
+        return;
+    gs_trace_append = getenv(TRACE_ROOT_MARK) != NULL;
+    if (gs_trace_append)
+        return;
+    char pid[24];
+    snprintf(pid, sizeof pid, "%d", (int)getpid());
+    setenv(TRACE_ROOT_MARK, pid, 1);
+    pthread_mutex_lock(&gs_trace_lock);
+    open_trace();
+    pthread_mutex_unlock(&gs_trace_lock);
+    gs_trace_append = true;
+}
+
 /* Formats and writes a buffer's records and empties it. The buffer is the caller's alone: taken
  * off the queue, or its owner's. */
 static void write_out(trace_buffer_t *b)
@@ -204,17 +249,8 @@ static void write_out(trace_buffer_t *b)
     if (count == 0 || atomic_exchange(&b->writing, true))
         return;
     pthread_mutex_lock(&gs_trace_lock);
-    if (gs_trace_fd < 0) {
-        char path[GS_PATH_MAX];
-        gs_expand_path(gs_opts.trace_path, path, sizeof path);
-        gs_trace_fd =
-            open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | (gs_trace_append ? 0 : O_TRUNC),
-                 0644);
-        if (gs_trace_fd < 0)
-            gs_log_warning("cannot write the trace to %s; tracing stops", path);
-        else if (!gs_trace_append)
-            gs_write_all(gs_trace_fd, "Thread,Time,Action,Pointer,Size,Stream\n", 39);
-    }
+    if (gs_trace_fd == -1)
+        open_trace();
     if (gs_trace_fd >= 0) {
         static pthread_once_t tables = PTHREAD_ONCE_INIT;
         pthread_once(&tables, fill_two_hex);
@@ -228,11 +264,11 @@ static void write_out(trace_buffer_t *b)
             len =
                 (size_t)(put_record(text + len, thread, thread_len, &times, &b->records[i]) - text);
             if (len > sizeof text - 256) {
-                gs_write_all(gs_trace_fd, text, len);
+                gs_output_write(gs_trace_fd, text, len, "trace", &gs_trace_write_warned);
                 len = 0;
             }
         }
-        gs_write_all(gs_trace_fd, text, len);
+        gs_output_write(gs_trace_fd, text, len, "trace", &gs_trace_write_warned);
     }
     pthread_mutex_unlock(&gs_trace_lock);
     atomic_store_explicit(&b->count, 0, memory_order_release);
@@ -492,5 +528,6 @@ void gs_trace_forget(void)
     if (gs_trace_fd >= 0)
         close(gs_trace_fd);
     gs_trace_fd = -1;
-    gs_trace_append = true;
+    gs_trace_append = !gs_trace_per_process; /* a file of its own (%p) starts afresh */
+    atomic_store(&gs_trace_write_warned, false);
 }

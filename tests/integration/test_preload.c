@@ -269,7 +269,10 @@ static void bad_variables_stop_the_program_at_start(void **state)
         {"GPUSHIM_MODEE=pool", "gpushim: error: GPUSHIM_MODEE is not a gpushim variable (did you mean GPUSHIM_MODE?)"},
         {"GPUSHIM_REPORT=stdrr", "gpushim: error: GPUSHIM_REPORT=stdrr is not valid; accepted: stderr, off, or a file path"},
         {"GPUSHIM_REPORT=/no/such/folder/r.txt", "gpushim: error: GPUSHIM_REPORT=/no/such/folder/r.txt: the folder does not exist"},
-        {"GPUSHIM_POOL_MAX=12Q", "gpushim: error: GPUSHIM_POOL_MAX=12Q is not valid; accepted: bytes with K/M/G/T"},
+        {"GPUSHIM_POOL_MAX=12Q", "gpushim: error: GPUSHIM_POOL_MAX=12Q is not valid; accepted: bytes (digits, an optional fraction) with K/M/G/T"},
+        {"GPUSHIM_REPORT=/tmp/", "gpushim: error: GPUSHIM_REPORT=/tmp/: names a folder, not a file"},
+        {"GPUSHIM_TRACE=/dev/null", "gpushim: error: GPUSHIM_TRACE=/dev/null: exists and is not a regular file"},
+        {"GPUSHIM_REPORT=/no/such\nfolder/r.txt", "gpushim: error: GPUSHIM_REPORT=/no/such\\x0afolder/r.txt: the folder does not exist"},
         {"GPUSHIM_POOL_INITIAL=150%", "gpushim: error: GPUSHIM_POOL_INITIAL=150% is not valid"},
         {"GPUSHIM_POOL_REUSE=sometimes", "gpushim: error: GPUSHIM_POOL_REUSE=sometimes is not valid; accepted: safe, immediate\n"},
     };
@@ -941,6 +944,51 @@ static void trace_is_rmm_csv_with_every_event(void **state)
 }
 
 /* The gpushim command, every subcommand, on the test driver. */
+/* Random GPUSHIM_* values in real processes (2,000, bounded by the harness's alarm): each run
+ * exits 0 with nothing on stderr, or 1 with exactly one line, never a signal or a hang. Run in a
+ * folder of its own: accepted paths may be created there. */
+static void fuzzed_variables_stop_a_program_with_one_line_or_not_at_all(void **state)
+{
+    (void)state;
+    static const char *const names[] = {"GPUSHIM_MODE", "GPUSHIM_REPORT", "GPUSHIM_REPORT_FORMAT",
+                                        "GPUSHIM_TRACE", "GPUSHIM_POOL_MAX", "GPUSHIM_POOL_CHUNK",
+                                        "GPUSHIM_DEVICE_LIMIT", "GPUSHIM_HOST_POOL", "GPUSHIM_MANAGED_LIMIT",
+                                        "GPUSHIM_MANAGED_PREFETCH", "GPUSHIM_POOL_REUSE", "GPUSHIM_ON_OOM",
+                                        "GPUSHIM_MODEL", "GPUSHIM_"};
+    static const char *const pieces[] = {"0", "1", "512", "1.5", "%", "%host", "K", "GiB", " ",
+                                         "\n", "\x1b", "\xff", "/", "..", "%p", "%r", "x.txt",
+                                         "pool", "managed", "off", "json", "stderr", "-", "e9", "/dev/null"};
+    char *dir = make_temp_dir();
+    char cwd[4096];
+    assert_non_null(getcwd(cwd, sizeof cwd));
+    assert_int_equal(chdir(dir), 0);
+    unsigned seed = 777;
+    int stopped = 0, ran = 0;
+    for (int i = 0; i < 2000; i++) {
+        char entry[512];
+        size_t len = (size_t)snprintf(entry, sizeof entry, "%s=", names[i % (sizeof names / sizeof names[0])]);
+        int parts = 1 + (int)((seed = seed * 1103515245 + 12345) >> 16) % 4;
+        for (int k = 0; k < parts; k++) {
+            seed = seed * 1103515245 + 12345;
+            len += (size_t)snprintf(entry + len, sizeof entry - len, "%s",
+                                    pieces[(seed >> 16) % (sizeof pieces / sizeof pieces[0])]);
+        }
+        run_result_t r = run_shim(ENV(entry), ARGV(path_of("GS_NO_CUDA")));
+        if (!(r.status == 0 && r.err[0] == '\0') &&
+            !(r.status == 1 && count_of(r.err, "\n") == 1 && r.err[strlen(r.err) - 1] == '\n'))
+            print_message("entry [%s]: status %d, stderr [%s]\n", entry, r.status, r.err);
+        assert_true((r.status == 0 && r.err[0] == '\0') ||
+                    (r.status == 1 && count_of(r.err, "\n") == 1 && r.err[strlen(r.err) - 1] == '\n'));
+        stopped += r.status == 1;
+        ran += r.status == 0;
+        run_free(&r);
+    }
+    assert_int_equal(chdir(cwd), 0);
+    print_message("fuzz: %d runs went on, %d stopped with one line\n", ran, stopped);
+    assert_true(ran > 50 && stopped > 500);
+    free(dir);
+}
+
 /* A trace line with a negative, huge or malformed size or pointer: replay and plot name the line
  * and stop, without a crash. */
 static void bad_trace_lines_are_refused(void **state)
@@ -1118,6 +1166,7 @@ int main(void)
         cmocka_unit_test(trace_is_rmm_csv_with_every_event),
         cmocka_unit_test(gpushim_command_runs_reports_replays_and_plots),
         cmocka_unit_test(bad_trace_lines_are_refused),
+        cmocka_unit_test(fuzzed_variables_stop_a_program_with_one_line_or_not_at_all),
     };
     return cmocka_run_group_tests_name("preload", tests, NULL, NULL);
 }
