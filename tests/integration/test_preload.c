@@ -5,9 +5,11 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -944,6 +946,134 @@ static void trace_is_rmm_csv_with_every_event(void **state)
 }
 
 /* The gpushim command, every subcommand, on the test driver. */
+static char *file_text(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return NULL;
+    static char text[1 << 20];
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    text[n] = '\0';
+    fclose(f);
+    return text;
+}
+
+/* The report and trace never harm a file they were not asked to write: a link at the path is
+ * refused, not followed (its target keeps its bytes), a FIFO too (no hang); %h folders that
+ * exist are accepted; RANK cannot lead out of the folder. */
+static void report_and_trace_files_are_opened_safely(void **state)
+{
+    (void)state;
+    char *dir = make_temp_dir();
+    char victim[512], link_path[512], fifo[512], env[4][700];
+    snprintf(victim, sizeof victim, "%s/victim.txt", dir);
+    snprintf(link_path, sizeof link_path, "%s/link.txt", dir);
+    snprintf(fifo, sizeof fifo, "%s/fifo.txt", dir);
+    FILE *f = fopen(victim, "w");
+    fputs("precious\n", f);
+    fclose(f);
+    assert_int_equal(symlink(victim, link_path), 0);
+    assert_int_equal(mkfifo(fifo, 0600), 0);
+    const char *const targets[] = {link_path, fifo};
+    for (int t = 0; t < 2; t++)
+        for (int v = 0; v < 2; v++) {
+            snprintf(env[0], sizeof env[0], "%s=%s", v ? "GPUSHIM_TRACE" : "GPUSHIM_REPORT", targets[t]);
+            run_result_t r = run_shim(ENV(env[0]), ARGV(path_of("GS_RUNTIME_LIKE"), "basic", "3"));
+            EXPECT_STATUS(r, 1);
+            EXPECT_IN(r, err, t ? "exists and is not a regular file" : "is a symbolic link");
+            assert_int_equal(count_of(r.err, "\n"), 1);
+            run_free(&r);
+        }
+    assert_string_equal(file_text(victim), "precious\n");
+
+    /* %h: a folder named after the host, which exists */
+    char host[256] = "";
+    gethostname(host, sizeof host - 1);
+    for (char *c = host; *c; c++)
+        if (!(isalnum((unsigned char)*c) || *c == '_' || *c == '-' || (*c == '.' && c != host)))
+            *c = '_';
+    char host_dir[800], report[900];
+    snprintf(host_dir, sizeof host_dir, "%s/%s", dir, host);
+    assert_int_equal(mkdir(host_dir, 0700), 0);
+    snprintf(env[0], sizeof env[0], "GPUSHIM_REPORT=%s/%%h/r.txt", dir);
+    run_result_t r = run_shim(ENV(env[0]), ARGV(path_of("GS_RUNTIME_LIKE"), "basic", "3"));
+    EXPECT_STATUS(r, 0);
+    run_free(&r);
+    snprintf(report, sizeof report, "%s/r.txt", host_dir);
+    assert_non_null(file_text(report));
+    assert_non_null(strstr(file_text(report), "device 0: 3 allocations"));
+
+    /* RANK=../x stays in the folder, as _._x */
+    snprintf(env[0], sizeof env[0], "GPUSHIM_REPORT=%s/r-%%r.txt", dir);
+    r = run_shim(ENV(env[0], "RANK=../x"), ARGV(path_of("GS_RUNTIME_LIKE"), "basic", "3"));
+    EXPECT_STATUS(r, 0);
+    run_free(&r);
+    snprintf(report, sizeof report, "%s/r-_._x.txt", dir);
+    assert_non_null(file_text(report));
+    free(dir);
+}
+
+/* A full disk (here a file size limit: writes to files fail with EFBIG; stderr is a pipe): one
+ * warning for the trace, one for the report, and the program goes on and exits 0. */
+static void write_errors_are_said_once(void **state)
+{
+    (void)state;
+    char *dir = make_temp_dir();
+    char trace[600], report[600], command[4096];
+    snprintf(trace, sizeof trace, "GPUSHIM_TRACE=%s/t.csv", dir);
+    snprintf(report, sizeof report, "GPUSHIM_REPORT=%s/r.txt", dir);
+    snprintf(command, sizeof command, "(ulimit -f 0; trap '' XFSZ; exec %s temporaries 200) 2>&1 | cat >&2",
+             path_of("GS_RUNTIME_LIKE"));
+    run_result_t r = run_shim(ENV(trace, report, "GPUSHIM_MODE=pool"), ARGV("/bin/sh", "-c", command));
+    EXPECT_STATUS(r, 0);
+    EXPECT_IN(r, err, "gpushim: warning: writing the trace failed (File too large); what follows is lost\n");
+    EXPECT_IN(r, err, "gpushim: warning: writing the report failed (File too large)");
+    assert_int_equal(count_of(r.err, "writing the trace failed"), 1);
+    assert_int_equal(count_of(r.err, "writing the report failed"), 1);
+    run_free(&r);
+    free(dir);
+}
+
+/* Fork, with one trace path for both processes: the child's records survive the parent's (the
+ * file was started at load, not at the parent's first write), one header; with %p each process
+ * has its own file, each with its header, each readable by replay. */
+static void forked_processes_keep_their_trace_records(void **state)
+{
+    (void)state;
+    char *dir = make_temp_dir();
+    char env[600], path[700], library_path[4096];
+    snprintf(library_path, sizeof library_path, "LD_LIBRARY_PATH=%s", path_of("GS_FAKE_DIR"));
+    snprintf(env, sizeof env, "GPUSHIM_TRACE=%s/shared.csv", dir);
+    run_result_t r = run_shim(ENV(env, "GPUSHIM_MODE=pool"), ARGV(path_of("GS_RUNTIME_LIKE"), "fork-trace", "100"));
+    EXPECT_STATUS(r, 0);
+    run_free(&r);
+    snprintf(path, sizeof path, "%s/shared.csv", dir);
+    char *text = file_text(path);
+    assert_int_equal(count_of(text, "Thread,Time,Action"), 1);
+    assert_int_equal(count_of(text, ",4096,"), 200); /* the child's pairs */
+    assert_int_equal(count_of(text, ",8192,"), 200); /* the parent's */
+
+    snprintf(env, sizeof env, "GPUSHIM_TRACE=%s/own-%%p.csv", dir);
+    r = run_shim(ENV(env, "GPUSHIM_MODE=pool"), ARGV(path_of("GS_RUNTIME_LIKE"), "fork-trace", "100"));
+    EXPECT_STATUS(r, 0);
+    run_free(&r);
+    char command[1024];
+    snprintf(command, sizeof command, "ls %s/own-*.csv", dir);
+    char *files = strdup(command_output(command));
+    int count = 0;
+    for (char *file = strtok(files, "\n"); file; file = strtok(NULL, "\n"), count++) {
+        text = file_text(file);
+        assert_ptr_equal(strstr(text, "Thread,Time,Action,Pointer,Size,Stream\n"), text);
+        run_result_t replay = run_env(ENV(library_path), ARGV(path_of("GS_CLI"), "replay", file, "--mode", "off"));
+        EXPECT_STATUS(replay, 0);
+        EXPECT_IN(replay, out, "replayed 200 events");
+        run_free(&replay);
+    }
+    assert_int_equal(count, 2);
+    free(files);
+    free(dir);
+}
+
 /* Random GPUSHIM_* values in real processes (2,000, bounded by the harness's alarm): each run
  * exits 0 with nothing on stderr, or 1 with exactly one line, never a signal or a hang. Run in a
  * folder of its own: accepted paths may be created there. */
@@ -1166,6 +1296,9 @@ int main(void)
         cmocka_unit_test(trace_is_rmm_csv_with_every_event),
         cmocka_unit_test(gpushim_command_runs_reports_replays_and_plots),
         cmocka_unit_test(bad_trace_lines_are_refused),
+        cmocka_unit_test(report_and_trace_files_are_opened_safely),
+        cmocka_unit_test(write_errors_are_said_once),
+        cmocka_unit_test(forked_processes_keep_their_trace_records),
         cmocka_unit_test(fuzzed_variables_stop_a_program_with_one_line_or_not_at_all),
     };
     return cmocka_run_group_tests_name("preload", tests, NULL, NULL);

@@ -342,6 +342,29 @@ static int scenario_fork(const char *how)
     return 0;
 }
 
+/* The child allocates first, then the parent: "n pairs" each (the trace of both must survive). */
+static int scenario_fork_trace(int pairs)
+{
+    pid_t pid = fork();
+    CUdeviceptr p;
+    if (pid == 0) {
+        for (int i = 0; i < pairs; i++) {
+            CHECK(cu.mem_alloc(&p, 4096) == CUDA_SUCCESS);
+            CHECK(cu.mem_free(p) == CUDA_SUCCESS);
+        }
+        exit(0);
+    }
+    int status;
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    for (int i = 0; i < pairs; i++) {
+        CHECK(cu.mem_alloc(&p, 8192) == CUDA_SUCCESS);
+        CHECK(cu.mem_free(p) == CUDA_SUCCESS);
+    }
+    printf("ok fork-trace\n");
+    return 0;
+}
+
 static void *exit_from_thread(void *arg)
 {
     (void)arg;
@@ -746,6 +769,8 @@ int main(int argc, char **argv)
         return scenario_threads(a, b);
     if (strcmp(scenario, "fork") == 0)
         return scenario_fork(argc > 2 ? argv[2] : NULL);
+    if (strcmp(scenario, "fork-trace") == 0)
+        return scenario_fork_trace(a);
     if (strcmp(scenario, "exit-thread") == 0)
         return scenario_exit_thread();
     if (strcmp(scenario, "exit-library") == 0)
