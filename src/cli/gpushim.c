@@ -9,6 +9,7 @@
  */
 #include <ctype.h>
 #include "gs.h"
+#include "json.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -107,7 +108,7 @@ static char *slurp(const char *path)
     fseek(f, 0, SEEK_END);
     long size = ftell(f);
     fseek(f, 0, SEEK_SET);
-    char *text = calloc(1, (size_t)size + 1);
+    char *text = size >= 0 ? calloc(1, (size_t)size + 1) : NULL;
     if (text && fread(text, 1, (size_t)size, f) != (size_t)size) {
         free(text);
         text = NULL;
@@ -116,32 +117,17 @@ static char *slurp(const char *path)
     return text;
 }
 
-/* The number after "key": within [from, to), or -1. Our own JSON: keys are unique per object. */
-static double json_number(const char *from, const char *to, const char *key)
+/* A report's field for people: a string as it is (control bytes escaped), a number, or null. */
+static const char *shown(const json_t *report, const char *key, char *out, size_t len)
 {
-    char pattern[96];
-    snprintf(pattern, sizeof pattern, "\"%s\": ", key);
-    const char *p = strstr(from, pattern);
-    if (p == NULL || (to && p >= to))
-        return -1;
-    return strtod(p + strlen(pattern), NULL);
-}
-
-static void json_string(const char *text, const char *key, char *out, size_t len)
-{
-    char pattern[96];
-    snprintf(pattern, sizeof pattern, "\"%s\": ", key);
-    const char *p = strstr(text, pattern);
-    out[0] = '\0';
-    if (p == NULL)
-        return;
-    p += strlen(pattern);
-    if (*p == '"')
-        p++;
-    size_t n = 0;
-    while (p[n] && p[n] != '"' && p[n] != ',' && p[n] != '\n' && n + 1 < len)
-        n++;
-    snprintf(out, len, "%.*s", (int)n, p);
+    const json_t *v = json_get(report, key);
+    if (v && v->kind == JSON_STRING)
+        gs_escape(v->string, out, len);
+    else if (v && v->kind == JSON_NUMBER)
+        snprintf(out, len, "%.0f", v->number);
+    else
+        snprintf(out, len, "%s", v && v->kind == JSON_BOOL ? (v->boolean ? "true" : "false") : "null");
+    return out;
 }
 
 typedef struct totals {
@@ -157,38 +143,46 @@ static int cmd_report(int argc, char **argv)
     totals_t t = {0};
     for (int i = 0; i < argc; i++) {
         char *text = slurp(argv[i]);
-        if (text == NULL || strstr(text, "\"schema\": \"gpushim-report/1\"") == NULL) {
-            free(text);
-            return fail("report: %s is not a gpushim JSON report (GPUSHIM_REPORT_FORMAT=json)",
+        if (text == NULL) {
+            fprintf(stderr, "gpushim: error: report: cannot read %s (%s)\n", argv[i], strerror(errno));
+            return 2;
+        }
+        char err[256];
+        json_t *report = json_parse(text, err, sizeof err);
+        free(text);
+        if (report == NULL) {
+            fprintf(stderr, "gpushim: error: report: %s is not valid JSON: %s\n", argv[i], err);
+            return 2;
+        }
+        const char *schema = json_text(report, "schema");
+        const json_t *devices = json_get(report, "devices");
+        if (schema == NULL || strcmp(schema, "gpushim-report/1") != 0 || devices == NULL ||
+            devices->kind != JSON_ARRAY) {
+            json_free(report);
+            return fail("report: %s is JSON but not a gpushim report (schema gpushim-report/1, "
+                        "GPUSHIM_REPORT_FORMAT=json)",
                         argv[i]);
         }
-        char pid[32], rank[32], mode[32], program[64], host[128];
-        json_string(text, "pid", pid, sizeof pid);
-        json_string(text, "rank", rank, sizeof rank);
-        json_string(text, "mode", mode, sizeof mode);
-        json_string(text, "program", program, sizeof program);
-        json_string(text, "host", host, sizeof host);
-        printf("%s: pid %s (%s) on %s, rank %s, mode %s\n", argv[i], pid, program, host, rank,
-               mode);
+        char pid[32], rank[64], mode[32], program[128], host[256];
+        printf("%s: pid %s (%s) on %s, rank %s, mode %s\n", argv[i],
+               shown(report, "pid", pid, sizeof pid), shown(report, "program", program, sizeof program),
+               shown(report, "host", host, sizeof host), shown(report, "rank", rank, sizeof rank),
+               shown(report, "mode", mode, sizeof mode));
         t.reports++;
-        for (const char *d = strstr(text, "\"device\": "); d; d = strstr(d + 1, "\"device\": ")) {
-            const char *end = strstr(d + 1, "\"device\": ");
+        for (size_t k = 0; k < devices->count; k++) {
+            const json_t *d = devices->items[k];
             char peak[32], requested[32], live[32], reserved[32];
-            double a = json_number(d, end, "allocations"), f = json_number(d, end, "failed");
-            double p = json_number(d, end, "in_use_peak"),
-                   r = json_number(d, end, "bytes_requested");
-            double l = json_number(d, end, "live_at_exit"),
-                   b = json_number(d, end, "in_use_at_exit");
-            double rp = json_number(d, end, "reserved_peak");
-            double resets = json_number(d, end, "resets"); /* -1 in reports that predate it */
-            double released = json_number(d, end, "released_by_reset");
-            const char *oom = strstr(d, "\"out_of_memory\": [");
-            int ooms = 0;
-            for (const char *e = oom; e && (!end || e < end) && *e != ']'; e++)
-                ooms += *e == '{';
+            double a = json_number(d, "allocations", 0), f = json_number(d, "failed", 0);
+            double p = json_number(d, "in_use_peak", 0), r = json_number(d, "bytes_requested", 0);
+            double l = json_number(d, "live_at_exit", 0), b = json_number(d, "in_use_at_exit", 0);
+            double rp = json_number(json_get(d, "pool"), "reserved_peak", -1);
+            double resets = json_number(d, "resets", -1); /* -1 in reports that predate it */
+            double released = json_number(d, "released_by_reset", 0);
+            const json_t *oom = json_get(d, "out_of_memory");
+            int ooms = oom && oom->kind == JSON_ARRAY ? (int)oom->count : 0;
             printf("  device %d: %.0f allocations, %.0f failed (%d out of memory), requested %s; "
                    "peak in use %s; live at exit %.0f (%s)",
-                   (int)json_number(d, end, "device"), a, f, ooms,
+                   (int)json_number(d, "device", 0), a, f, ooms,
                    gs_format_bytes((uint64_t)r, requested), gs_format_bytes((uint64_t)p, peak), l,
                    gs_format_bytes((uint64_t)b, live));
             if (rp >= 0)
@@ -204,7 +198,7 @@ static int cmd_report(int argc, char **argv)
             if (p > t.peak_max)
                 t.peak_max = p;
         }
-        free(text);
+        json_free(report);
     }
     char a[32], b[32], c[32], d[32];
     printf("all %d reports, %d devices: %.0f allocations, %.0f failed (%.0f out of memory), "
@@ -506,13 +500,14 @@ static int cmd_replay(int argc, char **argv, const char *self)
         int rc = pclose(child);
         line[strcspn(line, "\n")] = '\0';
         char *text = slurp(report);
-        char peak[32], reserved[32];
-        double in_use = text ? json_number(text, NULL, "in_use_peak") : -1;
-        double pool = text ? json_number(text, NULL, "reserved_peak") : -1;
-        double managed = text ? json_number(text, NULL, "peak") : -1;
-        double held = strcmp(modes[m], "pool") == 0      ? pool
-                      : strcmp(modes[m], "managed") == 0 ? managed
-                                                         : in_use;
+        char peak[32], reserved[32], err[256];
+        json_t *parsed = text ? json_parse(text, err, sizeof err) : NULL;
+        const json_t *devices = json_get(parsed, "devices");
+        const json_t *device = devices && devices->kind == JSON_ARRAY && devices->count ? devices->items[0] : NULL;
+        double in_use = json_number(device, "in_use_peak", -1);
+        /* Pool and managed mode (the pool over managed memory) reserve; off mode holds what it uses. */
+        double held = strcmp(modes[m], "off") != 0 ? json_number(json_get(device, "pool"), "reserved_peak", -1) : in_use;
+        json_free(parsed);
         printf("mode %-7s %s; peak in use %s, peak reserved %s%s\n", modes[m], line,
                gs_format_bytes(in_use > 0 ? (uint64_t)in_use : 0, peak),
                gs_format_bytes(held > 0 ? (uint64_t)held : 0, reserved),

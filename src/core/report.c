@@ -3,7 +3,9 @@
 #include "gs.h"
 
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #define LEAKS_SHOWN 10  /* text */
@@ -167,6 +169,38 @@ static void render_json_device(int device, const gs_device_stats_t *s, const lea
     gs_buf_printf(out, "]");
 }
 
+/* A JSON string's contents: quote, backslash and control bytes escaped (\u00XX), the rest as it
+ * is (program and host names are the system's bytes). */
+static const char *json_escaped(const char *in, char *out, size_t len)
+{
+    size_t n = 0;
+    for (const unsigned char *p = (const unsigned char *)in; *p && n + 7 < len; p++) {
+        if (*p == '"' || *p == '\\')
+            out[n++] = '\\', out[n++] = (char)*p;
+        else if (*p < 0x20 || *p == 0x7f)
+            n += (size_t)snprintf(out + n, len - n, "\\u%04x", *p);
+        else
+            out[n++] = (char)*p;
+    }
+    out[n] = '\0';
+    return out;
+}
+
+/* The rank as JSON: a number when it is one (the usual), else a string, never raw text. */
+static const char *json_rank(const char *rank, char *out, size_t len)
+{
+    size_t digits = rank ? strspn(rank, "0123456789") : 0;
+    if (rank == NULL)
+        snprintf(out, len, "null");
+    else if (digits > 0 && digits < 19 && rank[digits] == '\0' && (rank[0] != '0' || digits == 1))
+        snprintf(out, len, "%s", rank);
+    else {
+        char escaped[256];
+        snprintf(out, len, "\"%s\"", json_escaped(rank, escaped, sizeof escaped));
+    }
+    return out;
+}
+
 void gs_report_render(gs_buf_t *out)
 {
     bool json = gs_opts.report_format == GS_FORMAT_JSON;
@@ -179,12 +213,16 @@ void gs_report_render(gs_buf_t *out)
                        : getenv("SLURM_PROCID")         ? getenv("SLURM_PROCID")
                                                         : NULL;
     const gs_backend_t *backend = gs_dispatch_backend();
+    char name_json[400], host_json[800], rank_json[300];
     if (json)
         gs_buf_printf(
             out,
-            "{\n  \"schema\": \"gpushim-report/1\",\n  \"pid\": %d,\n  \"program\": \"%s\",\n"
-            "  \"host\": \"%s\",\n  \"rank\": %s,\n  \"mode\": \"%s\",\n  \"devices\": [\n",
-            (int)getpid(), name, host, rank ? rank : "null", gs_mode_names[gs_opts.mode]);
+            "{\n  \"schema\": \"gpushim-report/1\",\n  \"version\": \"%s\",\n  \"pid\": %d,\n"
+            "  \"program\": \"%s\",\n  \"host\": \"%s\",\n  \"rank\": %s,\n  \"mode\": \"%s\",\n"
+            "  \"devices\": [\n",
+            GS_VERSION, (int)getpid(), json_escaped(name, name_json, sizeof name_json),
+            json_escaped(host, host_json, sizeof host_json),
+            json_rank(rank, rank_json, sizeof rank_json), gs_mode_names[gs_opts.mode]);
     else
         gs_buf_printf(out, "gpushim: report for pid %d (%s), mode %s\n", (int)getpid(), name,
                       gs_mode_names[gs_opts.mode]);

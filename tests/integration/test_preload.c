@@ -1074,6 +1074,58 @@ static void forked_processes_keep_their_trace_records(void **state)
     free(dir);
 }
 
+/* The JSON report escapes every string (a rank cannot inject a key) and carries the version;
+ * gpushim report reads any valid JSON (minified too), and says what is wrong with a truncated
+ * file, a missing one, or JSON that is not a report. */
+static void json_reports_are_escaped_and_parsed(void **state)
+{
+    (void)state;
+    char *dir = make_temp_dir();
+    char env[600], path[600], command[2048];
+    snprintf(path, sizeof path, "%s/r.json", dir);
+    snprintf(env, sizeof env, "GPUSHIM_REPORT=%s", path);
+    run_result_t r = run_shim(ENV(env, "GPUSHIM_REPORT_FORMAT=json", "RANK=1, \"x\": 2\t"),
+                              ARGV(path_of("GS_RUNTIME_LIKE"), "basic", "3"));
+    EXPECT_STATUS(r, 0);
+    run_free(&r);
+    snprintf(command, sizeof command, "python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); "
+             "print(repr(r[\"rank\"]), \"x\" in r, r[\"version\"] != \"\")' %s", path);
+    assert_string_equal(command_output(command), "'1, \"x\": 2\\t' False True\n");
+    /* minified: the same report without white space */
+    char minified[700];
+    snprintf(minified, sizeof minified, "%s/min.json", dir);
+    snprintf(command, sizeof command, "python3 -c 'import json, sys; json.dump(json.load(open(sys.argv[1])), "
+             "open(sys.argv[2], \"w\"), separators=(\",\", \":\"))' %s %s", path, minified);
+    command_output(command);
+    r = run_env(NULL, ARGV(path_of("GS_CLI"), "report", minified));
+    EXPECT_STATUS(r, 0);
+    EXPECT_IN(r, out, "rank 1, \"x\": 2\\x09, mode off\n  device 0: 3 allocations");
+    run_free(&r);
+    /* truncated */
+    char truncated[700];
+    snprintf(truncated, sizeof truncated, "%s/cut.json", dir);
+    snprintf(command, sizeof command, "head -c 200 %s > %s", path, truncated);
+    command_output(command);
+    r = run_env(NULL, ARGV(path_of("GS_CLI"), "report", truncated));
+    EXPECT_STATUS(r, 2);
+    EXPECT_IN(r, err, "is not valid JSON: line ");
+    EXPECT_IN(r, err, "the text ends early (a truncated file?)");
+    run_free(&r);
+    /* missing */
+    r = run_env(NULL, ARGV(path_of("GS_CLI"), "report", "/no/such/report.json"));
+    EXPECT_STATUS(r, 2);
+    EXPECT_IN(r, err, "cannot read /no/such/report.json (No such file or directory)");
+    run_free(&r);
+    /* JSON, but not a report */
+    snprintf(command, sizeof command, "echo '{\"schema\": \"other\", \"devices\": []}' > %s", truncated);
+    command_output(command);
+    r = run_env(NULL, ARGV(path_of("GS_CLI"), "report", truncated));
+    EXPECT_STATUS(r, 2);
+    EXPECT_IN(r, err, "is JSON but not a gpushim report");
+    run_free(&r);
+    free(dir);
+}
+
 /* Random GPUSHIM_* values in real processes (2,000, bounded by the harness's alarm): each run
  * exits 0 with nothing on stderr, or 1 with exactly one line, never a signal or a hang. Run in a
  * folder of its own: accepted paths may be created there. */
@@ -1296,6 +1348,7 @@ int main(void)
         cmocka_unit_test(trace_is_rmm_csv_with_every_event),
         cmocka_unit_test(gpushim_command_runs_reports_replays_and_plots),
         cmocka_unit_test(bad_trace_lines_are_refused),
+        cmocka_unit_test(json_reports_are_escaped_and_parsed),
         cmocka_unit_test(report_and_trace_files_are_opened_safely),
         cmocka_unit_test(write_errors_are_said_once),
         cmocka_unit_test(forked_processes_keep_their_trace_records),
