@@ -561,6 +561,7 @@ void gs_trace_record(int action, CUdeviceptr ptr, uint64_t bytes, CUstream strea
                      bool same_thread);
 void gs_trace_start(void);  /* at load, when tracing: who starts the file afresh */
 void gs_trace_flush(void);  /* at exit: every thread's buffer */
+void gs_trace_flush_after_signal(void); /* the same with bounded waits (another thread may hold a lock) */
 void gs_trace_forget(void); /* fork child */
 
 /* At load: read options (exit(1) on bad input), fork handlers. Touches no CUDA. */
@@ -568,6 +569,9 @@ void gs_trace_forget(void); /* fork child */
  * (constructors of the program's libraries can run first), and then gs_opts are still zero. */
 extern atomic_bool gs_started;
 void gs_start(char *const *envp);
+/* At the first CUDA call: handlers for SIGTERM, SIGINT, SIGHUP, SIGXCPU where the program has
+ * none, that write the report and trace and end the program as the signal would have. */
+void gs_signals_install(void);
 /* At exit: the report, once. Touches no CUDA. */
 void gs_finish(void);
 /* Writes the report for every device that saw activity. */

@@ -47,6 +47,7 @@ const gs_backend_t *gs_dispatch_backend(void)
 
 static void start_backend(void)
 {
+    gs_signals_install(); /* lifecycle.c: the report and trace survive a scheduler's signal */
     if (gs_backend->start)
         gs_backend->start();
     atomic_store_explicit(&gs_backend_started, true, memory_order_release);

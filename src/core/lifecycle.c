@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -90,11 +91,9 @@ void gs_start(char *const *envp)
     atomic_store(&gs_started, true);
 }
 
-void gs_report_emit(void)
+/* Writes a rendered report where GPUSHIM_REPORT says; a write error is said once. */
+static void report_write(const gs_buf_t *buf)
 {
-    static gs_buf_t buf; /* static: too large for the stack of an exiting thread */
-    buf.len = 0;
-    gs_report_render(&buf);
     int fd = STDERR_FILENO;
     if (gs_opts.report == GS_REPORT_FILE) {
         char path[GS_PATH_MAX];
@@ -107,18 +106,80 @@ void gs_report_emit(void)
     }
     static atomic_bool warned;
     atomic_store(&warned, false); /* once per report written */
-    gs_output_write(fd, buf.data, buf.len, "report", &warned);
+    gs_output_write(fd, buf->data, buf->len, "report", &warned);
     if (fd != STDERR_FILENO && close(fd) != 0 && !atomic_exchange(&warned, true))
         gs_log_warning("writing the report failed (%s)", strerror(errno));
 }
 
-void gs_finish(void)
+static gs_buf_t gs_report_buf; /* static: too large for the stack of an exiting thread */
+
+void gs_report_emit(void)
 {
-    /* Once, whichever thread calls exit and however often the destructor runs. */
+    gs_report_buf.len = 0;
+    gs_report_render(&gs_report_buf);
+    report_write(&gs_report_buf);
+}
+
+/* The report is rendered before the trace is flushed, so that every record it counts is in the
+ * trace though other threads go on allocating. */
+static void finish(bool signalled)
+{
+    /* Once, whichever thread calls exit, however often the destructor runs, whatever signal. */
     if (atomic_exchange(&gs_finished, true))
         return;
-    gs_trace_flush();
-    if (gs_opts.report == GS_REPORT_OFF || (!gs_stats_active() && !gs_host_pool_active()))
+    bool report = gs_opts.report != GS_REPORT_OFF && (gs_stats_active() || gs_host_pool_active());
+    gs_report_buf.len = 0;
+    if (report)
+        gs_report_render(&gs_report_buf);
+    if (signalled)
+        gs_trace_flush_after_signal();
+    else
+        gs_trace_flush();
+    if (report)
+        report_write(&gs_report_buf);
+}
+
+void gs_finish(void)
+{
+    finish(false);
+}
+
+/* ---- the signals a scheduler ends a job with ---------------------------------------------- */
+
+/* SIGTERM and SIGINT (scancel, kill, Ctrl-C), SIGHUP, SIGXCPU (Slurm's CPU limit): a job ended
+ * so would otherwise leave no report and lose the trace's buffers. Installed when the process
+ * first uses CUDA, not at load (a process that never does is left alone, and Python, which
+ * installs its KeyboardInterrupt handler only over the default action, has done so by then), and
+ * only where the program left the default action: the handler writes the report and the trace, restores the default and
+ * raises the signal again, so the program ends as it would have (status, core dump). A handler
+ * the program installs later replaces ours, as it would replace the default. Hazard: the signal
+ * may interrupt a thread inside the shim; no lock is waited for without a bound
+ * (gs_trace_flush_after_signal), nothing is allocated, no CUDA is called. SIGKILL, _exit and
+ * abort cannot be caught: the trace then holds what was written when a buffer filled, in whole
+ * lines. */
+static const int gs_ending_signals[] = {SIGTERM, SIGINT, SIGHUP, SIGXCPU};
+
+static void on_ending_signal(int sig)
+{
+    int saved = errno;
+    finish(true);
+    signal(sig, SIG_DFL);
+    errno = saved;
+    raise(sig); /* blocked until the handler returns, then the default action */
+}
+
+void gs_signals_install(void)
+{
+    if (gs_opts.report == GS_REPORT_OFF && !gs_tracing)
         return;
-    gs_report_emit();
+    struct sigaction ours = {.sa_handler = on_ending_signal};
+    sigemptyset(&ours.sa_mask);
+    for (size_t i = 0; i < sizeof gs_ending_signals / sizeof gs_ending_signals[0]; i++)
+        sigaddset(&ours.sa_mask, gs_ending_signals[i]);
+    for (size_t i = 0; i < sizeof gs_ending_signals / sizeof gs_ending_signals[0]; i++) {
+        struct sigaction old;
+        if (sigaction(gs_ending_signals[i], NULL, &old) == 0 && !(old.sa_flags & SA_SIGINFO) &&
+            old.sa_handler == SIG_DFL)
+            sigaction(gs_ending_signals[i], &ours, NULL);
+    }
 }

@@ -12,7 +12,10 @@
  * buffer goes to a queue that a writer thread formats and writes; the thread takes an empty
  * buffer and goes on. If the writer falls behind (more than TRACE_QUEUED_MAX buffers waiting),
  * the thread writes its buffer itself, so memory stays bounded. At exit every buffer is written,
- * so nothing is lost (records a still-running thread adds after that point are not). */
+ * so nothing is lost: the exit report is rendered first and the trace flushed after, so every
+ * record it counts is in the file (a thread preempted between its count and its record aside).
+ * A thread's current buffer may be flushed while the thread goes on filling it (see
+ * trace_buffer_t.written). */
 #include "gs.h"
 
 #include <fcntl.h>
@@ -23,6 +26,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #define TRACE_RECORDS 8192 /* 256 KiB a buffer */
@@ -39,7 +43,11 @@ typedef struct trace_buffer {
     struct trace_buffer *next;  /* on the queue or the spare list */
     struct trace_buffer *every; /* the list of all buffers, for the exit flush */
     uint32_t thread;            /* whose records these are */
-    atomic_bool writing;        /* at exit, a thread and the exit flush may both try */
+    /* Records [0, count) are complete: the owner stores count (release) after each one. A flush
+     * that does not hold the buffer alone (at exit, of a thread's current buffer) writes
+     * [written, count) and moves written on; who holds it alone writes the rest and empties it.
+     * written, and count's reset to 0, only under gs_trace_lock. */
+    size_t written;
     _Atomic size_t count;
     trace_record_t records[TRACE_RECORDS];
 } trace_buffer_t;
@@ -241,14 +249,36 @@ void gs_trace_start(void)
     gs_trace_append = true;
 }
 
-/* Formats and writes a buffer's records and empties it. The buffer is the caller's alone: taken
- * off the queue, or its owner's. */
-static void write_out(trace_buffer_t *b)
+/* Locks for the exit paths: after a fatal signal (gs_trace_bounded) the thread it interrupted may
+ * hold either lock, so a lock is waited for 200 ms at most, and the work it guards skipped after
+ * that; otherwise as pthread_mutex_lock. */
+static volatile sig_atomic_t gs_trace_bounded;
+
+static bool take(pthread_mutex_t *lock)
 {
-    size_t count = atomic_load_explicit(&b->count, memory_order_acquire);
-    if (count == 0 || atomic_exchange(&b->writing, true))
+    if (!gs_trace_bounded)
+        return pthread_mutex_lock(lock) == 0;
+    for (int tries = 0; tries < 200; tries++) {
+        if (pthread_mutex_trylock(lock) == 0)
+            return true;
+        struct timespec ms = {0, 1000000};
+        nanosleep(&ms, NULL);
+    }
+    return false;
+}
+
+/* Formats and writes a buffer's records not written yet. alone: the caller holds the buffer
+ * alone (taken off the queue, or its owner's, handing it off), and empties it; otherwise (the exit
+ * flush of a thread's current buffer, which may go on filling it) only what is complete now. */
+static void write_out(trace_buffer_t *b, bool alone)
+{
+    if (!take(&gs_trace_lock))
         return;
-    pthread_mutex_lock(&gs_trace_lock);
+    size_t count = atomic_load_explicit(&b->count, memory_order_acquire), from = b->written;
+    if (count <= from) {
+        pthread_mutex_unlock(&gs_trace_lock);
+        return;
+    }
     if (gs_trace_fd == -1)
         open_trace();
     if (gs_trace_fd >= 0) {
@@ -260,7 +290,7 @@ static void write_out(trace_buffer_t *b)
         thread[thread_len++] = ',';
         time_format_t times = time_format_start();
         size_t len = 0;
-        for (size_t i = 0; i < count; i++) {
+        for (size_t i = from; i < count; i++) {
             len =
                 (size_t)(put_record(text + len, thread, thread_len, &times, &b->records[i]) - text);
             if (len > sizeof text - 256) {
@@ -270,9 +300,13 @@ static void write_out(trace_buffer_t *b)
         }
         gs_output_write(gs_trace_fd, text, len, "trace", &gs_trace_write_warned);
     }
+    if (alone) {
+        b->written = 0;
+        atomic_store_explicit(&b->count, 0, memory_order_release);
+    } else {
+        b->written = count;
+    }
     pthread_mutex_unlock(&gs_trace_lock);
-    atomic_store_explicit(&b->count, 0, memory_order_release);
-    atomic_store(&b->writing, false);
 }
 
 static void *writer_main(void *arg)
@@ -289,7 +323,7 @@ static void *writer_main(void *arg)
         gs_queued--;
         gs_writer_busy = true;
         pthread_mutex_unlock(&gs_queue_lock);
-        write_out(b);
+        write_out(b, true);
         pthread_mutex_lock(&gs_queue_lock);
         gs_writer_busy = false;
         b->next = gs_spares;
@@ -325,7 +359,7 @@ static trace_buffer_t *take_spare(uint32_t thread)
         gs_spares = b->next;
     else if ((b = malloc(sizeof *b)) != NULL) {
         atomic_init(&b->count, 0);
-        atomic_init(&b->writing, false);
+        b->written = 0;
         b->every = gs_every;
         gs_every = b;
     }
@@ -355,7 +389,7 @@ static trace_buffer_t *hand_off(trace_buffer_t *b, bool want_another)
     trace_buffer_t *next = want_another && queue ? take_spare(b->thread) : NULL;
     pthread_mutex_unlock(&gs_queue_lock);
     if (!queue) { /* the writer is behind, absent or stopped: write it here */
-        write_out(b);
+        write_out(b, true);
         if (want_another)
             return b;
         pthread_mutex_lock(&gs_queue_lock);
@@ -485,21 +519,33 @@ void gs_trace_record(int action, CUdeviceptr ptr, uint64_t bytes, CUstream strea
  * every thread's current buffer are written here, so the file is complete when exit goes on. */
 void gs_trace_flush(void)
 {
-    if (!gs_tracing)
+    if (!gs_tracing || !take(&gs_queue_lock))
         return;
-    pthread_mutex_lock(&gs_queue_lock);
     gs_stopping = true;
-    while (gs_writer_busy)
-        pthread_cond_wait(&gs_writer_idle, &gs_queue_lock);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 1; /* after a signal, the writer is not waited for longer */
+    while (gs_writer_busy) {
+        if (!gs_trace_bounded)
+            pthread_cond_wait(&gs_writer_idle, &gs_queue_lock);
+        else if (pthread_cond_timedwait(&gs_writer_idle, &gs_queue_lock, &until) != 0)
+            break;
+    }
     trace_buffer_t *queued = gs_queue_head;
     gs_queue_head = gs_queue_tail = NULL;
     gs_queued = 0;
     trace_buffer_t *every = gs_every;
     pthread_mutex_unlock(&gs_queue_lock);
     for (trace_buffer_t *b = queued; b; b = b->next)
-        write_out(b);
+        write_out(b, true);
     for (trace_buffer_t *b = every; b; b = b->every)
-        write_out(b); /* current buffers; written ones are empty */
+        write_out(b, false); /* current buffers, whose threads may go on */
+}
+
+void gs_trace_flush_after_signal(void)
+{
+    gs_trace_bounded = 1;
+    gs_trace_flush();
 }
 
 /* Fork child: the parent's records are the parent's to write, and its writer thread did not come
@@ -517,7 +563,7 @@ void gs_trace_forget(void)
     gs_spares = NULL;
     for (trace_buffer_t *b = gs_every; b; b = b->every) {
         atomic_store(&b->count, 0);
-        atomic_store(&b->writing, false);
+        b->written = 0;
         if (b != gs_my_trace) {
             b->next = gs_spares;
             gs_spares = b;

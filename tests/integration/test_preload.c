@@ -6,6 +6,7 @@
 #include <cmocka.h>
 
 #include <ctype.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1126,6 +1127,82 @@ static void json_reports_are_escaped_and_parsed(void **state)
     free(dir);
 }
 
+/* A job ended by its scheduler's signal (SIGTERM, SIGINT, SIGHUP, SIGXCPU, sent by another
+ * thread while the program allocates): the report is written, the trace holds every record it
+ * counts (one pair may be in flight when the signal comes) in whole lines, and the program ends
+ * by that signal. A program with a handler of its own keeps it. */
+static void a_scheduler_signal_leaves_report_and_trace(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *name;
+        int number;
+    } signals[] = {{"TERM", SIGTERM}, {"INT", SIGINT}, {"HUP", SIGHUP}, {"XCPU", SIGXCPU}};
+    char *dir = make_temp_dir();
+    char trace_env[600], report_env[600], trace[600], report[600];
+    snprintf(trace, sizeof trace, "%s/t.csv", dir);
+    snprintf(report, sizeof report, "%s/r.json", dir);
+    snprintf(trace_env, sizeof trace_env, "GPUSHIM_TRACE=%s", trace);
+    snprintf(report_env, sizeof report_env, "GPUSHIM_REPORT=%s", report);
+    for (size_t i = 0; i < sizeof signals / sizeof signals[0]; i++) {
+        unlink(trace), unlink(report);
+        run_result_t r = run_shim(ENV(trace_env, report_env, "GPUSHIM_REPORT_FORMAT=json", "GPUSHIM_MODE=pool"),
+                                  ARGV(path_of("GS_RUNTIME_LIKE"), "signal", signals[i].name));
+        assert_int_equal(r.status, 128 + signals[i].number);
+        run_free(&r);
+        char command[2048];
+        snprintf(command, sizeof command,
+                 "python3 -c 'import json, sys; r = json.load(open(sys.argv[1]))[\"devices\"][0]; "
+                 "lines = open(sys.argv[2]).read().split(\"\\n\"); "
+                 "ok = lines[0].startswith(\"Thread,\") and lines[-1] == \"\" and "
+                 "all(len(l.split(\",\")) == 6 for l in lines[1:-1]); "
+                 "a = sum(\",allocate,\" in l for l in lines); f = sum(\",free,\" in l for l in lines); "
+                 "print(ok, r[\"allocations\"] > 100, 0 <= r[\"allocations\"] - a <= 1, 0 <= r[\"frees\"] - f <= 1)' %s %s",
+                 report, trace);
+        const char *checked = command_output(command);
+        if (strcmp(checked, "True True True True\n") != 0)
+            print_message("SIG%s: %s", signals[i].name, checked);
+        assert_string_equal(checked, "True True True True\n");
+    }
+    run_result_t r = run_shim(ENV(trace_env, report_env, "GPUSHIM_MODE=pool"),
+                              ARGV(path_of("GS_RUNTIME_LIKE"), "signal", "own"));
+    EXPECT_STATUS(r, 7);
+    EXPECT_IN(r, out, "own handler ran\n");
+    run_free(&r);
+    free(dir);
+}
+
+/* exit() from one thread while eight others allocate: every record the report counts is in the
+ * trace (one a thread may be in flight), in whole lines. */
+static void exit_while_threads_allocate_keeps_every_counted_record(void **state)
+{
+    (void)state;
+    char *dir = make_temp_dir();
+    char trace_env[600], report_env[600], trace[600], report[600], command[2048];
+    snprintf(trace, sizeof trace, "%s/t.csv", dir);
+    snprintf(report, sizeof report, "%s/r.json", dir);
+    snprintf(trace_env, sizeof trace_env, "GPUSHIM_TRACE=%s", trace);
+    snprintf(report_env, sizeof report_env, "GPUSHIM_REPORT=%s", report);
+    for (int round = 0; round < 3; round++) {
+        run_result_t r = run_shim(ENV(trace_env, report_env, "GPUSHIM_REPORT_FORMAT=json", "GPUSHIM_MODE=pool"),
+                                  ARGV(path_of("GS_RUNTIME_LIKE"), "exit-busy", "8"));
+        EXPECT_STATUS(r, 0);
+        run_free(&r);
+        snprintf(command, sizeof command,
+                 "python3 -c 'import json, sys; r = json.load(open(sys.argv[1]))[\"devices\"][0]; "
+                 "lines = open(sys.argv[2]).read().split(\"\\n\"); "
+                 "ok = lines[-1] == \"\" and all(len(l.split(\",\")) == 6 for l in lines[1:-1]); "
+                 "a = sum(\",allocate,\" in l for l in lines); "
+                 "print(ok, r[\"allocations\"] > 1000, a >= r[\"allocations\"] - 8, a, r[\"allocations\"])' %s %s",
+                 report, trace);
+        const char *checked = command_output(command);
+        if (strncmp(checked, "True True True ", 15) != 0)
+            print_message("round %d: %s", round, checked);
+        assert_memory_equal(checked, "True True True ", 15);
+    }
+    free(dir);
+}
+
 /* Random GPUSHIM_* values in real processes (2,000, bounded by the harness's alarm): each run
  * exits 0 with nothing on stderr, or 1 with exactly one line, never a signal or a hang. Run in a
  * folder of its own: accepted paths may be created there. */
@@ -1348,6 +1425,8 @@ int main(void)
         cmocka_unit_test(trace_is_rmm_csv_with_every_event),
         cmocka_unit_test(gpushim_command_runs_reports_replays_and_plots),
         cmocka_unit_test(bad_trace_lines_are_refused),
+        cmocka_unit_test(exit_while_threads_allocate_keeps_every_counted_record),
+        cmocka_unit_test(a_scheduler_signal_leaves_report_and_trace),
         cmocka_unit_test(json_reports_are_escaped_and_parsed),
         cmocka_unit_test(report_and_trace_files_are_opened_safely),
         cmocka_unit_test(write_errors_are_said_once),

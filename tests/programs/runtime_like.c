@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -363,6 +364,72 @@ static int scenario_fork_trace(int pairs)
     }
     printf("ok fork-trace\n");
     return 0;
+}
+
+/* Pairs in a loop (at most 10 s) until a signal ends the program: sig is sent by another thread
+ * 50 ms in, as a scheduler would. own: the program handles SIGTERM itself first (exit 7). */
+static int signal_number;
+
+static void *send_signal(void *arg)
+{
+    (void)arg;
+    usleep(50000);
+    kill(getpid(), signal_number);
+    return NULL;
+}
+
+static void own_handler(int sig)
+{
+    (void)sig;
+    static const char text[] = "own handler ran\n";
+    write(STDOUT_FILENO, text, sizeof text - 1);
+    exit(7);
+}
+
+static int scenario_signal(const char *name)
+{
+    signal_number = name && strcmp(name, "INT") == 0    ? SIGINT
+                    : name && strcmp(name, "HUP") == 0  ? SIGHUP
+                    : name && strcmp(name, "XCPU") == 0 ? SIGXCPU
+                                                        : SIGTERM;
+    if (name && strcmp(name, "own") == 0)
+        signal(SIGTERM, own_handler);
+    CUdeviceptr p;
+    CHECK(cu.mem_alloc(&p, 4096) == CUDA_SUCCESS);
+    CHECK(cu.mem_free(p) == CUDA_SUCCESS);
+    pthread_t thread;
+    pthread_create(&thread, NULL, send_signal, NULL);
+    for (time_t end = time(NULL) + 10; time(NULL) < end;) {
+        CHECK(cu.mem_alloc(&p, 4096) == CUDA_SUCCESS);
+        CHECK(cu.mem_free(p) == CUDA_SUCCESS);
+    }
+    printf("no signal came\n");
+    return 3;
+}
+
+/* Threads allocate in loops (at most 10 s) while the main thread calls exit after 50 ms. */
+static void *allocate_until_exit(void *arg)
+{
+    (void)arg;
+    CUdeviceptr p;
+    for (time_t end = time(NULL) + 10; time(NULL) < end;) {
+        if (cu.mem_alloc(&p, 4096) == CUDA_SUCCESS)
+            cu.mem_free(p);
+    }
+    return NULL;
+}
+
+static int scenario_exit_busy(int threads)
+{
+    CUdeviceptr p;
+    CHECK(cu.mem_alloc(&p, 4096) == CUDA_SUCCESS);
+    CHECK(cu.mem_free(p) == CUDA_SUCCESS);
+    for (int i = 0; i < threads; i++) {
+        pthread_t thread;
+        pthread_create(&thread, NULL, allocate_until_exit, NULL);
+    }
+    usleep(50000);
+    exit(0);
 }
 
 static void *exit_from_thread(void *arg)
@@ -769,6 +836,10 @@ int main(int argc, char **argv)
         return scenario_threads(a, b);
     if (strcmp(scenario, "fork") == 0)
         return scenario_fork(argc > 2 ? argv[2] : NULL);
+    if (strcmp(scenario, "exit-busy") == 0)
+        return scenario_exit_busy(a);
+    if (strcmp(scenario, "signal") == 0)
+        return scenario_signal(argc > 2 ? argv[2] : NULL);
     if (strcmp(scenario, "fork-trace") == 0)
         return scenario_fork_trace(a);
     if (strcmp(scenario, "exit-thread") == 0)
