@@ -1203,6 +1203,49 @@ static void exit_while_threads_allocate_keeps_every_counted_record(void **state)
     free(dir);
 }
 
+/* Fault injection over the driver entry points the shim calls, the Nth call failing (N = 1..50,
+ * sampled), in every mode, with every kind of allocation and pinned memory: the program ends by
+ * itself (exit 0, or its own check of a failed call), never by a signal or the harness's alarm; one report;
+ * frees never exceed allocations. */
+static void fault_injection_sweep_never_crashes(void **state)
+{
+    (void)state;
+    static const char *const names[] = {
+        "cuMemAlloc_v2", "cuMemFree_v2", "cuMemAllocManaged", "cuMemAllocAsync", "cuMemFreeAsync",
+        "cuMemAllocPitch_v2", "cuCtxSynchronize", "cuEventCreate", "cuEventRecord", "cuEventQuery",
+        "cuMemPrefetchAsync_v2", "cuMemAdvise_v2", "cuMemHostAlloc", "cuMemAllocHost_v2",
+        "cuMemFreeHost", "cuMemGetInfo_v2", "cuPointerGetAttribute", "cuDeviceGetCount"};
+    static const int nth[] = {1, 2, 3, 4, 6, 9, 14, 20, 30, 50};
+    static const char *const scenarios[][2] = {{"temporaries", "6"}, {"all", NULL}, {"host", "5"}};
+    int runs = 0, failed_checks = 0;
+    for (size_t m = 0; m < 3; m++)
+        for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+            for (size_t k = 0; k < sizeof nth / sizeof nth[0]; k++) {
+                const char *const *sc = scenarios[(i + k) % 3];
+                char fault[128];
+                snprintf(fault, sizeof fault, "FAKECUDA_FAIL=%s:%d", names[i], nth[k]);
+                run_result_t r = sc[1] ? run_shim(ENV(every_mode[m], fault, "GPUSHIM_MANAGED_LIMIT=50%"),
+                                                  ARGV(path_of("GS_RUNTIME_LIKE"), sc[0], sc[1]))
+                                       : run_shim(ENV(every_mode[m], fault, "GPUSHIM_MANAGED_LIMIT=50%"),
+                                                  ARGV(path_of("GS_RUNTIME_LIKE"), sc[0]));
+                runs++;
+                long long allocations = number_after(r.err, "device 0: ");
+                long long frees = -1;
+                const char *at = strstr(r.err, " allocations, ");
+                if (at)
+                    frees = strtoll(at + 14, NULL, 10);
+                bool ok = r.status >= 0 && r.status < 128 && count_of(r.err, "gpushim: report for pid") <= 1 &&
+                          (allocations < 0 || frees <= allocations);
+                if (!ok)
+                    print_message("%s %s %s: status %d\n%s", every_mode[m], fault, sc[0], r.status, r.err);
+                assert_true(ok);
+                failed_checks += r.status != 0;
+                run_free(&r);
+            }
+    print_message("fault sweep: %d runs, %d ended by the program's own check of a failed call\n", runs,
+                  failed_checks);
+}
+
 /* Random GPUSHIM_* values in real processes (2,000, bounded by the harness's alarm): each run
  * exits 0 with nothing on stderr, or 1 with exactly one line, never a signal or a hang. Run in a
  * folder of its own: accepted paths may be created there. */
@@ -1425,6 +1468,7 @@ int main(void)
         cmocka_unit_test(trace_is_rmm_csv_with_every_event),
         cmocka_unit_test(gpushim_command_runs_reports_replays_and_plots),
         cmocka_unit_test(bad_trace_lines_are_refused),
+        cmocka_unit_test(fault_injection_sweep_never_crashes),
         cmocka_unit_test(exit_while_threads_allocate_keeps_every_counted_record),
         cmocka_unit_test(a_scheduler_signal_leaves_report_and_trace),
         cmocka_unit_test(json_reports_are_escaped_and_parsed),
