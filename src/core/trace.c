@@ -253,6 +253,9 @@ void gs_trace_start(void)
  * hold either lock, so a lock is waited for 200 ms at most, and the work it guards skipped after
  * that; otherwise as pthread_mutex_lock. */
 static volatile sig_atomic_t gs_trace_bounded;
+/* Set by the exit flush, under the trace lock: nothing is written after it, so that a thread
+ * still running cannot leave half a line when the process ends under it. */
+static bool gs_trace_closed;
 
 static bool take(pthread_mutex_t *lock)
 {
@@ -275,7 +278,7 @@ static void write_out(trace_buffer_t *b, bool alone)
     if (!take(&gs_trace_lock))
         return;
     size_t count = atomic_load_explicit(&b->count, memory_order_acquire), from = b->written;
-    if (count <= from) {
+    if (count <= from || gs_trace_closed) {
         pthread_mutex_unlock(&gs_trace_lock);
         return;
     }
@@ -540,6 +543,10 @@ void gs_trace_flush(void)
         write_out(b, true);
     for (trace_buffer_t *b = every; b; b = b->every)
         write_out(b, false); /* current buffers, whose threads may go on */
+    if (take(&gs_trace_lock)) {
+        gs_trace_closed = true;
+        pthread_mutex_unlock(&gs_trace_lock);
+    }
 }
 
 void gs_trace_flush_after_signal(void)
@@ -575,5 +582,6 @@ void gs_trace_forget(void)
         close(gs_trace_fd);
     gs_trace_fd = -1;
     gs_trace_append = !gs_trace_per_process; /* a file of its own (%p) starts afresh */
+    gs_trace_closed = false;
     atomic_store(&gs_trace_write_warned, false);
 }
