@@ -760,12 +760,13 @@ static void pool_report(int device, gs_buf_t *out, bool json)
     const char *idle_off = gs_opts.pool_idle_reuse == GS_IDLE_REUSE_OFF
                                ? "GPUSHIM_POOL_IDLE_REUSE=off"
                                : gs_work_blind_reason();
-    const char *vmm_off = p->vmm.off;
     gs_device_stats_t s;
     gs_stats_snapshot(device, &s);
     uint64_t served = hits + misses, cached = cached_bytes(device);
-    double ratio = s.peak > 0 ? (double)p->reserved_peak / (double)s.peak : 0.0;
+    /* Under the lock: at exit other threads may still allocate and grow the pool. */
     pthread_mutex_lock(&p->lock);
+    const char *vmm_off = p->vmm.off;
+    double ratio = s.peak > 0 ? (double)p->reserved_peak / (double)s.peak : 0.0;
     uint64_t largest = 0;
     for (int h = 0; h < HEAPS; h++) {
         uint64_t in_heap = 0;
