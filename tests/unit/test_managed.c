@@ -275,7 +275,11 @@ static void spilled_blocks_are_reused_without_thrashing(void **state)
     assert_true(fake.used <= 16 * MiB);
     assert_true(fake.managed_allocs >= 1 && fake.managed_allocs <= 3);
     const char *text = report_text();
-    assert_true(fake.syncs - 10 <= 5); /* the program's 10, and few of the shim's */
+    /* The program's 10, and few of the shim's: after a slow one it backs off, 1 ms doubling, so a
+     * loaded machine (valgrind) sees a few more; spilling that thrashed made one a round (40). */
+    if (fake.syncs - 10 > 15)
+        print_message("synchronizations: %d\n", fake.syncs);
+    assert_true(fake.syncs - 10 <= 15);
     assert_non_null(strstr(text, " 0 chunks given back"));
     assert_non_null(strstr(text, "spilled to managed memory: "));
     assert_non_null(strstr(text, "on the device, "));
