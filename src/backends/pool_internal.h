@@ -240,10 +240,7 @@ uint64_t gs_pool_vmm_unmap_from(gs_pool_device_t *p, int device, uint64_t from, 
 /* Unmaps every piece (a reset context, a destroyed one); the range stays reserved. */
 void gs_pool_vmm_unmap_all(gs_pool_device_t *p);
 
-/* pool_managed.c, lock held. A new chunk of managed memory at *base, placed within
- * GPUSHIM_DEVICE_LIMIT or past it (c->on_device, c->on_host), advised and prefetched. */
-CUresult gs_pool_managed_take(gs_pool_device_t *p, int device, gs_pool_chunk_t *c, CUdeviceptr *base,
-                              uint64_t size);
+/* pool_managed.c, lock held. */
 /* Device memory for a chunk (charged to GPUSHIM_DEVICE_LIMIT), or managed memory for a managed
  * one; and back. */
 CUresult gs_pool_chunk_take(gs_pool_device_t *p, int device, gs_pool_chunk_t *c, CUdeviceptr *base,

@@ -22,8 +22,10 @@ static void advise(int device, CUdeviceptr at, uint64_t bytes, CUmem_advise advi
         GS_DRIVER_CALL(device, drv->mem_advise(at, bytes, advice, where));
 }
 
-CUresult gs_pool_managed_take(gs_pool_device_t *p, int device, gs_pool_chunk_t *c, CUdeviceptr *base,
-                              uint64_t size)
+/* A new chunk of managed memory at *base, placed within GPUSHIM_DEVICE_LIMIT or past it
+ * (c->on_device, c->on_host), advised and prefetched. */
+static CUresult managed_take(gs_pool_device_t *p, int device, gs_pool_chunk_t *c, CUdeviceptr *base,
+                             uint64_t size)
 {
     const gs_driver_t *drv = gs_driver();
     if (drv->mem_alloc_managed == NULL)
@@ -58,7 +60,7 @@ CUresult gs_pool_chunk_take(gs_pool_device_t *p, int device, gs_pool_chunk_t *c,
 {
     const gs_driver_t *drv = gs_driver();
     if (p->managed || c->heap == HEAP_SPILL)
-        return gs_pool_managed_take(p, device, c, base, size);
+        return managed_take(p, device, c, base, size);
     if (drv->mem_alloc == NULL)
         return CUDA_ERROR_NOT_SUPPORTED;
     if (!gs_budget_charge(device, size))

@@ -201,6 +201,12 @@ static int give_back_kept(void)
     return count;
 }
 
+/* The driver's own pinned allocation, by the entry point the program called. */
+static CUresult driver_alloc(void **ptr, size_t bytes, unsigned int flags, bool alloc_host)
+{
+    return alloc_host ? GS_RAW(mem_alloc_host, ptr, bytes) : GS_RAW(mem_host_alloc, ptr, bytes, flags);
+}
+
 static void count_allocation(host_block_t *b)
 {
     gs_host.allocations++;
@@ -213,8 +219,7 @@ CUresult gs_mem_host_alloc(void **ptr, size_t bytes, unsigned int flags, bool al
 {
     const gs_driver_t *drv = gs_driver();
     if (gs_depth > 0 || ptr == NULL || bytes == 0)
-        return alloc_host ? GS_RAW(mem_alloc_host, ptr, bytes)
-                          : GS_RAW(mem_host_alloc, ptr, bytes, flags);
+        return driver_alloc(ptr, bytes, flags, alloc_host);
     bool pooled = gs_host_pool_on();
     uint64_t size = pooled ? class_size(bytes) : bytes;
     if (size == 0) {
@@ -244,11 +249,9 @@ CUresult gs_mem_host_alloc(void **ptr, size_t bytes, unsigned int flags, bool al
     if (b == NULL) {
         void *fresh = NULL;
         gs_depth++;
-        CUresult rc = alloc_host ? GS_RAW(mem_alloc_host, &fresh, size)
-                                 : GS_RAW(mem_host_alloc, &fresh, size, flags);
+        CUresult rc = driver_alloc(&fresh, size, flags, alloc_host);
         if (rc == CUDA_ERROR_OUT_OF_MEMORY && give_back_kept() > 0) /* the host needs them */
-            rc = alloc_host ? GS_RAW(mem_alloc_host, &fresh, size)
-                            : GS_RAW(mem_host_alloc, &fresh, size, flags);
+            rc = driver_alloc(&fresh, size, flags, alloc_host);
         gs_depth--;
         if (rc != CUDA_SUCCESS || (b = calloc(1, sizeof *b)) == NULL) {
             if (rc == CUDA_SUCCESS && drv->mem_free_host)
